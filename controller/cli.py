@@ -1,0 +1,183 @@
+"""`swapctl`: the daemon and the commissioning tools behind one command.
+
+Commands of the simulator (demo, sim, simulate) plug in through the `swapctl.commands`
+entry-point group, so this package never imports the simulator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from controller import __version__
+from controller.config import ModbusEndpoint, SerialLine, StationConfig
+from controller.configload import ConfigError, load_config
+
+EXIT_USAGE = 2
+DEFAULT_CONFIG = Path("/etc/swapstation/station.toml")
+
+_log = logging.getLogger("swapctl")
+Handler = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `swapctl`; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Handler | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return EXIT_USAGE
+    return func(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full command tree, plugins included."""
+    parser = argparse.ArgumentParser(
+        prog="swapctl", description="swapstation: battery-swap station controller"
+    )
+    parser.add_argument("--version", action="version", version=f"swapctl {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the daemon (what the systemd unit starts)")
+    add_config_arg(p)
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("check-config", help="validate a station config and summarise it")
+    p.add_argument("path", type=Path)
+    p.set_defaults(func=_cmd_check_config)
+
+    p = sub.add_parser("config-schema", help="print the JSON Schema of station.toml")
+    p.set_defaults(func=_cmd_config_schema)
+
+    for ep in sorted(entry_points(group="swapctl.commands"), key=lambda e: e.name):
+        try:
+            register = ep.load()
+        except ImportError as exc:  # an optional plugin whose dependencies are absent
+            _log.debug("swapctl plugin %s unavailable: %s", ep.name, exc)
+            continue
+        register(sub)
+    return parser
+
+
+def add_config_arg(parser: argparse.ArgumentParser) -> None:
+    """`--config PATH`, defaulting to $SWAPSTATION_CONFIG or /etc/swapstation/station.toml."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=Path(os.environ.get("SWAPSTATION_CONFIG", DEFAULT_CONFIG)),
+        help="station config (default: $SWAPSTATION_CONFIG or %(default)s)",
+    )
+
+
+def load_or_report(path: Path) -> StationConfig | None:
+    """Load a config, or print every problem to stderr and return None."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for line in exc.lines():
+            print(line, file=sys.stderr)
+        return None
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from controller.daemon import EXIT_CONFIG, Daemon
+    from controller.logsetup import setup_logging
+
+    config = load_or_report(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    secrets = [config.mqtt.password.get_secret_value()] if config.mqtt.password else []
+    setup_logging(config.logging.format, config.logging.level, secrets)
+    return asyncio.run(Daemon(config).run())
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    config = load_or_report(args.path)
+    if config is None:
+        return EXIT_USAGE
+    print(f"{args.path}: valid")
+    print(summarise(config))
+    return 0
+
+
+def _cmd_config_schema(_: argparse.Namespace) -> int:
+    print(json.dumps(StationConfig.model_json_schema(), indent=2))
+    return 0
+
+
+def summarise(config: StationConfig) -> str:
+    """A one-screen description of what the daemon will talk to."""
+    m = config.mqtt
+    auth = (
+        f"user {m.username!r} with password"
+        if m.password
+        else (f"user {m.username!r}" if m.username else "anonymous")
+    )
+    lines = [
+        f"station     {config.station_id}",
+        (
+            f"mqtt        {m.host}:{m.port} as {config.client_id}, topics"
+            f" {config.topic_root}/..., tls {'on' if m.tls else 'off'}, {auth}"
+        ),
+        f"storage     {config.storage.dir}",
+        f"logging     {config.logging.format}, {config.logging.level}",
+        f"racks       {len(config.racks)} rack(s), {config.slot_count} slot(s)",
+    ]
+    for rack in config.racks:
+        units = (
+            f"unit {rack.unit_id}"
+            if rack.unit_id is not None
+            else (f"units {_ranges(rack.unit_ids or [])}")
+        )
+        lines.append(
+            f"  {rack.name:<10}{_endpoint(rack)} {units}, profile {rack.profile},"
+            f" slots {_ranges(rack.slots)}, poll {rack.poll_period_s:g} s"
+        )
+    if config.station_io is not None:
+        io = config.station_io
+        lines.append(f"station_io  {_endpoint(io)} unit {io.unit_id}, poll {io.poll_period_s:g} s")
+    else:
+        lines.append("station_io  not configured")
+    if config.robot is not None:
+        lines.append(f"robot       {_serial(config.robot.serial)}")
+    else:
+        lines.append("robot       not configured")
+    lines.append(f"swap        dispense at SoC >= {config.swap.min_dispense_soc:g} %")
+    return "\n".join(lines)
+
+
+def _endpoint(ep: ModbusEndpoint) -> str:
+    if ep.serial is not None:
+        return f"rtu {_serial(ep.serial)}"
+    return f"tcp {ep.host}:{ep.port}"
+
+
+def _serial(line: SerialLine) -> str:
+    return f"{line.device} {line.baudrate} {line.bytesize}{line.parity}{line.stopbits}"
+
+
+def _ranges(numbers: Sequence[int]) -> str:
+    """[1,2,3,5] -> '1-3,5'."""
+    out: list[str] = []
+    nums = sorted(numbers)
+    start = prev = nums[0] if nums else 0
+    for n in [*nums[1:], None]:
+        if n is not None and n == prev + 1:
+            prev = n
+            continue
+        out.append(str(start) if start == prev else f"{start}-{prev}")
+        if n is not None:
+            start = prev = n
+    return ",".join(out) if nums else "-"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

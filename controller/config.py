@@ -1,0 +1,278 @@
+"""Station configuration: the typed model of `station.toml`.
+
+Every section forbids unknown keys, so a typo is an error rather than a silently ignored
+setting. Loading, environment overrides and error formatting live in `configload`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+TOPIC_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+
+
+def _resolve(value: Path | None, info: ValidationInfo) -> Path | None:
+    """Resolve a relative path against the config file's directory."""
+    if value is None or value.is_absolute():
+        return value
+    base = (info.context or {}).get("base_dir")
+    return (Path(base) / value) if base is not None else value
+
+
+def _name(value: str) -> str:
+    if not NAME_RE.match(value):
+        raise ValueError(
+            "must be 1-64 characters of letters, digits, '_', '-' or '.', starting with a letter"
+            " or digit (it is used in MQTT topics and file names)"
+        )
+    return value
+
+
+ConfigPath = Annotated[Path, AfterValidator(_resolve)]
+Name = Annotated[str, AfterValidator(_name)]
+Seconds = Annotated[float, Field(gt=0, le=86_400)]
+UnitId = Annotated[int, Field(ge=1, le=247)]
+SlotNumber = Annotated[int, Field(ge=1, le=999)]
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsConfig(Section):
+    """TLS towards the broker; without `ca_file` the system's CA store is used."""
+
+    ca_file: ConfigPath | None = None
+    cert_file: ConfigPath | None = None
+    key_file: ConfigPath | None = Field(default=None, validate_default=True)
+
+    @field_validator("key_file")
+    @classmethod
+    def _cert_and_key_together(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if (value is None) != (info.data.get("cert_file") is None):
+            raise ValueError("cert_file and key_file go together: give both or neither")
+        return value
+
+
+class MqttConfig(Section):
+    """Broker connection, identity and reconnection policy."""
+
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=1883, ge=1, le=65535)
+    client_id: str | None = Field(default=None, min_length=1, max_length=64)
+    topic_prefix: str = Field(default="swapstation", pattern=TOPIC_PREFIX_RE.pattern)
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    username: str | None = None
+    password_file: ConfigPath | None = None
+    # Set from the environment (SWAPSTATION_MQTT__PASSWORD) or read from password_file;
+    # never written in station.toml (configload refuses it there).
+    password: SecretStr | None = None
+    tls: TlsConfig | None = None
+    reconnect_min_s: Seconds = 0.5
+    reconnect_max_s: Seconds = 30.0
+    connect_timeout_s: Seconds = 10.0
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> Self:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError(
+                f"reconnect_max_s ({self.reconnect_max_s}) must be >= reconnect_min_s"
+                f" ({self.reconnect_min_s})"
+            )
+        return self
+
+
+class LoggingConfig(Section):
+    """Log output: stderr, for journald."""
+
+    format: Literal["text", "json"] = "text"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class StorageConfig(Section):
+    """Where the journal (SQLite) lives."""
+
+    dir: ConfigPath = Path("/var/lib/swapstation")
+
+
+class SerialLine(Section):
+    """An RS-485 / RS-232 line."""
+
+    device: ConfigPath
+    baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400] = 19200
+    parity: Literal["N", "E", "O"] = "E"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+
+
+class ModbusEndpoint(Section):
+    """How to reach a Modbus device: TCP (host, port) or RTU (a serial line)."""
+
+    transport: Literal["tcp", "rtu"]
+    host: str | None = Field(default=None, validate_default=True)
+    port: int = Field(default=502, ge=1, le=65535)
+    serial: SerialLine | None = Field(default=None, validate_default=True)
+    timeout_min_s: Seconds = 0.05
+    timeout_max_s: Seconds = 1.0
+    retries: int = Field(default=1, ge=0, le=5)
+    offline_after: int = Field(default=3, ge=1, le=100)
+
+    @field_validator("host")
+    @classmethod
+    def _host_for_tcp(cls, value: str | None, info: ValidationInfo) -> str | None:
+        transport = info.data.get("transport")
+        if transport == "tcp" and not value:
+            raise ValueError('required when transport = "tcp"')
+        if transport == "rtu" and value is not None:
+            raise ValueError('not used when transport = "rtu" (the line is given in [serial])')
+        return value
+
+    @field_validator("serial")
+    @classmethod
+    def _serial_for_rtu(cls, value: SerialLine | None, info: ValidationInfo) -> SerialLine | None:
+        transport = info.data.get("transport")
+        if transport == "rtu" and value is None:
+            raise ValueError('required when transport = "rtu" (device, baudrate, parity)')
+        if transport == "tcp" and value is not None:
+            raise ValueError('not used when transport = "tcp"')
+        return value
+
+    @model_validator(mode="after")
+    def _timeout_order(self) -> Self:
+        if self.timeout_max_s < self.timeout_min_s:
+            raise ValueError(
+                f"timeout_max_s ({self.timeout_max_s}) must be >= timeout_min_s"
+                f" ({self.timeout_min_s})"
+            )
+        return self
+
+
+class RackConfig(ModbusEndpoint):
+    """A charger rack: the slots it serves and how to address each slot's charger."""
+
+    name: Name
+    profile: str = Field(default="simrack", min_length=1)
+    unit_id: UnitId | None = None
+    unit_ids: list[UnitId] | None = None
+    slots: list[SlotNumber] = Field(min_length=1, max_length=256)
+    poll_period_s: Seconds = 1.0
+
+    @field_validator("slots")
+    @classmethod
+    def _slots_unique(cls, value: list[int]) -> list[int]:
+        dupes = sorted({s for s in value if value.count(s) > 1})
+        if dupes:
+            raise ValueError(f"slot numbers must be unique within a rack, repeated: {dupes}")
+        return value
+
+    @model_validator(mode="after")
+    def _addressing(self) -> Self:
+        if (self.unit_id is None) == (self.unit_ids is None):
+            raise ValueError(
+                "give exactly one of unit_id (one unit, a block per slot) or unit_ids"
+                " (one unit id per slot)"
+            )
+        if self.unit_ids is not None and len(self.unit_ids) != len(self.slots):
+            raise ValueError(
+                f"unit_ids has {len(self.unit_ids)} entries but slots has {len(self.slots)}:"
+                " one unit id per slot"
+            )
+        return self
+
+
+class StationIoConfig(ModbusEndpoint):
+    """The station PLC: vehicle, lift, door, E-stop inputs and lift outputs."""
+
+    unit_id: UnitId = 1
+    poll_period_s: Seconds = 0.1
+
+
+class RobotCommandTimeouts(Section):
+    """Completion timeout per robot command kind, in seconds."""
+
+    home: Seconds = 60.0
+    move: Seconds = 60.0
+    unlock: Seconds = 30.0
+    remove: Seconds = 30.0
+    store: Seconds = 30.0
+    fetch: Seconds = 30.0
+    install: Seconds = 30.0
+    lock: Seconds = 30.0
+    reset: Seconds = 10.0
+    status: Seconds = 2.0
+
+
+class RobotConfig(Section):
+    """The swap robot's serial link."""
+
+    serial: SerialLine
+    ack_timeout_s: Seconds = 0.25
+    retries: int = Field(default=3, ge=0, le=10)
+    heartbeat_timeout_s: Seconds = 3.0
+    command_timeouts_s: RobotCommandTimeouts = RobotCommandTimeouts()
+
+
+class SwapStepTimeouts(Section):
+    """Longest time each step of a swap may take before it is a fault, in seconds."""
+
+    waiting_for_vehicle: Seconds = 600.0
+    positioned: Seconds = 120.0
+    lifting: Seconds = 60.0
+    removing: Seconds = 120.0
+    storing: Seconds = 120.0
+    fetching: Seconds = 120.0
+    installing: Seconds = 120.0
+    locking: Seconds = 60.0
+    lowering: Seconds = 60.0
+    releasing: Seconds = 300.0
+
+
+class SwapConfig(Section):
+    """Swap sequencing policy."""
+
+    min_dispense_soc: float = Field(default=90.0, ge=10.0, le=100.0)
+    step_timeouts_s: SwapStepTimeouts = SwapStepTimeouts()
+
+
+class StationConfig(Section):
+    """The whole of `station.toml`."""
+
+    station_id: Name
+    mqtt: MqttConfig = MqttConfig()
+    logging: LoggingConfig = LoggingConfig()
+    storage: StorageConfig = StorageConfig()
+    racks: list[RackConfig] = Field(default_factory=list, max_length=64)
+    station_io: StationIoConfig | None = None
+    robot: RobotConfig | None = None
+    swap: SwapConfig = SwapConfig()
+
+    @property
+    def topic_root(self) -> str:
+        """MQTT topic under which everything of this station is published."""
+        return f"{self.mqtt.topic_prefix}/{self.station_id}"
+
+    @property
+    def client_id(self) -> str:
+        """MQTT client id: configured, or derived from the station id."""
+        return self.mqtt.client_id or f"swapstation-{self.station_id}"
+
+    @property
+    def slot_count(self) -> int:
+        """Number of battery slots over all racks."""
+        return sum(len(r.slots) for r in self.racks)

@@ -1,0 +1,210 @@
+"""The daemon's lifecycle: open storage, run every job as a named task, stop in order.
+
+Order of an orderly stop (SIGTERM/SIGINT), within `SHUTDOWN_BUDGET_S`: STOPPING=1, machinery
+to its safe state, `offline` published, tasks cancelled, journal checkpointed and closed.
+A task that fails or returns takes the daemon down with its cause logged, and `run()`
+returns a non-zero exit code so that systemd restarts us.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from controller import __version__
+from controller.config import StationConfig
+from controller.errors import SwapstationError
+from controller.journal import Journal, JournalError
+from controller.mqttlink import MqttLink
+from controller.sdnotify import Notifier
+
+_log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 78  # sysexits EX_CONFIG; the unit does not restart on it
+SHUTDOWN_BUDGET_S = 5.0
+SAFE_STATE_TIMEOUT_S = 2.0
+MQTT_OFFLINE_TIMEOUT_S = 1.5
+CONTROL_PERIOD_S = 0.1
+STATUS_PERIOD_S = 5.0
+
+SafeStateHook = Callable[[], Awaitable[None]]
+
+
+class TaskExitedError(SwapstationError):
+    """A job that must run for the life of the daemon returned."""
+
+
+class Daemon:
+    """Owns storage, the MQTT link and the control loop for one station."""
+
+    def __init__(self, config: StationConfig, *, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.notifier = notifier or Notifier()
+        self.link = MqttLink(config.mqtt, client_id=config.client_id, topic_root=config.topic_root)
+        self.journal: Journal | None = None
+        self.started_at = time.time()
+        self._stop = asyncio.Event()
+        self._stop_reason = ""
+        self._safe_state_hooks: list[SafeStateHook] = []
+        self._last_tick = 0.0
+
+    def request_stop(self, reason: str) -> None:
+        """Begin an orderly stop (idempotent)."""
+        if self._stop.is_set():
+            _log.info("%s received while already stopping", reason)
+            return
+        _log.info("%s received: stopping", reason)
+        self._stop_reason = reason
+        self._stop.set()
+
+    def add_safe_state_hook(self, hook: SafeStateHook) -> None:
+        """Run `hook` first on shutdown to bring machinery to a safe state."""
+        self._safe_state_hooks.append(hook)
+
+    async def run(self) -> int:
+        """Run until stopped; return the process exit code."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop, sig.name)
+        try:
+            return await self._run()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            self.notifier.close()
+
+    async def _run(self) -> int:
+        _log.info(
+            "swapstation %s starting: station %s, %d rack(s), %d slot(s)",
+            __version__,
+            self.config.station_id,
+            len(self.config.racks),
+            self.config.slot_count,
+        )
+        try:
+            self.journal = await Journal.open(self.config.storage.dir)
+        except JournalError as exc:
+            _log.critical("%s", exc)
+            return EXIT_FAILURE
+        exit_code = EXIT_OK
+        try:
+            async with asyncio.TaskGroup() as tg:
+                jobs = self._jobs()
+                tasks = {
+                    name: tg.create_task(self._supervised(name, coro), name=name)
+                    for name, coro in jobs.items()
+                }
+                self.notifier.ready(self._status_line())
+                _log.info("ready: %s", self._status_line())
+                await self._stop.wait()
+                await self._shutdown(tasks)
+        except* Exception as group:  # noqa: BLE001 - any task failure ends the daemon, logged
+            exit_code = EXIT_FAILURE
+            self.notifier.stopping()
+            for failure in _leaves(group):
+                _log.critical("stopping on failure: %s", _describe(failure), exc_info=failure)
+            await self._safe_state()
+        finally:
+            await self._close_journal()
+        _log.info("stopped (exit code %d)", exit_code)
+        return exit_code
+
+    def _jobs(self) -> dict[str, Coroutine[Any, Any, None]]:
+        """Every long-running job of the daemon, by task name."""
+        return {
+            "mqtt": self.link.run(),
+            "control": self._control_loop(),
+            "watchdog": self._watchdog_loop(),
+            "status": self._status_loop(),
+        }
+
+    async def _supervised(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
+        try:
+            await coro
+        except Exception as exc:
+            exc.add_note(f"in daemon task {name!r}")
+            raise
+        if not self._stop.is_set():
+            raise TaskExitedError(f"task {name!r} returned while the daemon was running")
+
+    async def _shutdown(self, tasks: dict[str, asyncio.Task[None]]) -> None:
+        self.notifier.stopping()
+        deadline = time.monotonic() + SHUTDOWN_BUDGET_S
+        await self._safe_state()
+        self.link.stop()
+        mqtt = tasks.get("mqtt")
+        if mqtt is not None:
+            remaining = max(0.1, min(MQTT_OFFLINE_TIMEOUT_S, deadline - time.monotonic()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(mqtt), remaining)
+        for task in tasks.values():
+            task.cancel()
+
+    async def _safe_state(self) -> None:
+        for hook in self._safe_state_hooks:
+            try:
+                await asyncio.wait_for(hook(), SAFE_STATE_TIMEOUT_S)
+            except Exception:  # noqa: BLE001 - one failing hook must not skip the others
+                _log.exception("safe-state hook %s failed", getattr(hook, "__qualname__", hook))
+
+    async def _close_journal(self) -> None:
+        if self.journal is not None:
+            try:
+                await asyncio.shield(self.journal.close())
+            except Exception:  # noqa: BLE001 - shutdown goes on; the cause is logged
+                _log.exception("closing the journal failed")
+
+    async def _control_loop(self) -> None:
+        """The control loop's heartbeat; later issues hang supervision on it."""
+        loop = asyncio.get_running_loop()
+        while True:
+            self._last_tick = loop.time()
+            await asyncio.sleep(CONTROL_PERIOD_S)
+
+    async def _watchdog_loop(self) -> None:
+        """Ping the systemd watchdog only while the control loop is alive."""
+        interval = self.notifier.watchdog_interval
+        if interval is None:
+            await self._stop.wait()
+            return
+        loop = asyncio.get_running_loop()
+        while True:
+            if loop.time() - self._last_tick <= max(interval, 4 * CONTROL_PERIOD_S):
+                self.notifier.watchdog()
+            else:
+                _log.error("control loop stalled: withholding the watchdog ping")
+            await asyncio.sleep(interval)
+
+    async def _status_loop(self) -> None:
+        last = ""
+        while True:
+            line = self._status_line()
+            if line != last:
+                self.notifier.status(line)
+                last = line
+            await asyncio.sleep(STATUS_PERIOD_S)
+
+    def _status_line(self) -> str:
+        return f"station {self.config.station_id}: mqtt {self.link.state.value}"
+
+
+def _leaves(group: BaseExceptionGroup[Exception]) -> list[Exception]:
+    out: list[Exception] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            out += _leaves(exc)
+        else:
+            out.append(exc)
+    return out
+
+
+def _describe(exc: BaseException) -> str:
+    notes = "; ".join(getattr(exc, "__notes__", ()))
+    return f"{type(exc).__name__}: {exc}" + (f" ({notes})" if notes else "")

@@ -1,0 +1,149 @@
+"""The station's durable store: one SQLite file, WAL, fsync on every commit.
+
+All database work runs on one dedicated thread, in submission order, so the event loop never
+waits on disk and writes keep their order. The schema is migrated forward by `user_version`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from controller.errors import SwapstationError
+
+_log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+FILENAME = "journal.sqlite3"
+
+# Append-only list: migration N brings user_version from N to N+1.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) STRICT;
+    """,
+)
+
+
+class JournalError(SwapstationError):
+    """The store cannot be opened or written: the daemon cannot run safely."""
+
+
+class Journal:
+    """Owns the SQLite connection and the thread it lives on."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._executor: ThreadPoolExecutor | None = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="journal"
+        )
+        self._conn: sqlite3.Connection | None = None
+        self.boot_count = 0
+
+    @classmethod
+    async def open(cls, directory: Path) -> Journal:
+        """Open (creating if needed) the journal in `directory` and count this boot."""
+        journal = cls(directory / FILENAME)
+        try:
+            await journal._submit(journal._open_sync)
+        except BaseException:
+            await journal.close()
+            raise
+        return journal
+
+    async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn(conn)` on the journal thread and return its result."""
+        return await self._submit(lambda: fn(self._require_conn()))
+
+    async def _submit(self, fn: Callable[[], T]) -> T:
+        if self._executor is None:
+            raise JournalError("journal is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def close(self) -> None:
+        """Checkpoint and close; idempotent."""
+        if self._executor is None:
+            return
+        executor, self._executor = self._executor, None
+        await asyncio.get_running_loop().run_in_executor(executor, self._close_sync)
+        executor.shutdown(wait=True)
+
+    def _require_conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise JournalError("journal is not open")
+        return self._conn
+
+    def _open_sync(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._conn = conn
+            self._migrate(conn)
+            with transaction(conn):
+                row = conn.execute("SELECT value FROM meta WHERE key='boot_count'").fetchone()
+                self.boot_count = (int(row[0]) if row else 0) + 1
+                conn.execute(
+                    "INSERT INTO meta(key, value) VALUES('boot_count', ?)"
+                    " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                    (str(self.boot_count),),
+                )
+                conn.execute(
+                    "INSERT INTO meta(key, value) VALUES('last_boot_at', ?)"
+                    " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                    (repr(time.time()),),
+                )
+        except (sqlite3.Error, OSError) as exc:
+            raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
+        _log.info("journal %s open (boot %d)", self.path, self.boot_count)
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if version > len(MIGRATIONS):
+            raise JournalError(
+                f"journal schema version {version} is newer than this software"
+                f" ({len(MIGRATIONS)}): roll forward, or restore a matching backup"
+            )
+        for number in range(version, len(MIGRATIONS)):
+            # executescript() commits any open transaction first, so the script carries its own.
+            try:
+                conn.executescript(
+                    f"BEGIN IMMEDIATE;\n{MIGRATIONS[number]}\n"
+                    f"PRAGMA user_version={number + 1};\nCOMMIT;"
+                )
+            except sqlite3.Error:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            _log.info("journal schema migrated to version %d", number + 1)
+
+    def _close_sync(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                self._conn.close()
+                self._conn = None
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error (the connection is in autocommit)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

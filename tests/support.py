@@ -1,0 +1,201 @@
+"""Test helpers: the daemon as a real process, an independent MQTT subscriber process."""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from simstation.broker import Mosquitto
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def station_toml(
+    broker: Mosquitto | None,
+    storage: Path,
+    *,
+    station_id: str = "t1",
+    extra: str = "",
+    mqtt_extra: str = "",
+) -> str:
+    """A minimal valid station config pointing at `broker`."""
+    host, port = (broker.host, broker.port) if broker else ("127.0.0.1", 1)
+    return (
+        f'station_id = "{station_id}"\n'
+        f'[mqtt]\nhost = "{host}"\nport = {port}\n'
+        "reconnect_min_s = 0.1\nreconnect_max_s = 0.5\nkeepalive_s = 5\n"
+        f"{mqtt_extra}\n"
+        f'[storage]\ndir = "{storage}"\n'
+        '[logging]\nlevel = "debug"\n'
+        f"{extra}\n"
+    )
+
+
+class Subscriber:
+    """`mosquitto_sub` as an independent process; lines are `topic payload`."""
+
+    def __init__(self, broker: Mosquitto, topic: str, *extra_args: str) -> None:
+        exe = shutil.which("mosquitto_sub")
+        assert exe, "mosquitto_sub is missing (Debian package mosquitto-clients)"
+        self.proc = subprocess.Popen(
+            [
+                exe,
+                "-V",
+                "mqttv5",
+                "-h",
+                broker.host,
+                "-p",
+                str(broker.port),
+                "-q",
+                "1",
+                "-t",
+                topic,
+                "-v",
+                *extra_args,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            bufsize=0,
+        )
+        self.lines: list[str] = []
+        self._buf = b""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=5)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+    def wait_for(self, predicate: Callable[[str], bool], timeout: float = 10.0) -> str:
+        """Block until a line (new or already seen) matches; return it."""
+        for line in self.lines:
+            if predicate(line):
+                return line
+        deadline = time.monotonic() + timeout
+        stdout = self.proc.stdout
+        assert stdout is not None
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no matching message within {timeout} s; saw {self.lines}")
+            ready, _, _ = select.select([stdout], [], [], remaining)
+            if not ready:
+                continue
+            chunk = os.read(stdout.fileno(), 65536)
+            if not chunk:
+                raise AssertionError(f"mosquitto_sub ended; saw {self.lines}")
+            self._buf += chunk
+            *complete, self._buf = self._buf.split(b"\n")
+            for raw in complete:
+                line = raw.decode(errors="replace")
+                self.lines.append(line)
+                if predicate(line):
+                    return line
+
+    def wait_line(self, expected: str, timeout: float = 10.0) -> str:
+        """Wait for an exact line."""
+        return self.wait_for(lambda line: line == expected, timeout)
+
+
+class DaemonProcess:
+    """`python -m controller run` as a child process, as systemd would run it."""
+
+    def __init__(
+        self,
+        config: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        log_path: Path | None = None,
+    ) -> None:
+        self.config = config
+        self.log_path = log_path or config.with_suffix(".log")
+        base = {k: v for k, v in os.environ.items() if not k.startswith("SWAPSTATION_")}
+        base.pop("NOTIFY_SOCKET", None)
+        base.pop("WATCHDOG_USEC", None)
+        self.env = {**base, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "controller", "run", "--config", str(self.config)],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def run_swapctl(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    """Run `swapctl ARGS` in a child process with a clean SWAPSTATION_ environment."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SWAPSTATION_")}
+    return subprocess.run(
+        [sys.executable, "-m", "controller", *args],
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        check=False,
+    )

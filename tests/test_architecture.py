@@ -1,0 +1,47 @@
+"""Layering rules that keep the product deployable without its test rig."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.support import REPO
+
+SIMULATOR = "simstation"
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+def test_controller_and_drivers_never_import_the_simulator() -> None:
+    offenders = [
+        f"{path.relative_to(REPO)} imports {name}"
+        for package in ("controller", "drivers")
+        for path in sorted((REPO / package).rglob("*.py"))
+        for name in _imports(path)
+        if name == SIMULATOR or name.startswith(SIMULATOR + ".")
+    ]
+    assert offenders == []
+
+
+def test_drivers_do_not_import_the_controller() -> None:
+    offenders = [
+        f"{path.relative_to(REPO)} imports {name}"
+        for path in sorted((REPO / "drivers").rglob("*.py"))
+        for name in _imports(path)
+        if name == "controller" or name.startswith("controller.")
+    ]
+    assert offenders == []
+
+
+def test_simulator_commands_plug_in_by_entry_point() -> None:
+    text = (REPO / "pyproject.toml").read_text()
+    assert '[project.entry-points."swapctl.commands"]' in text

@@ -1,0 +1,296 @@
+"""Config: every rule names the file, the key path and the rule; env overrides; schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from controller.config import StationConfig
+from controller.configload import ConfigError, format_loc, load_config
+from tests.support import REPO, run_swapctl
+
+BASE = 'station_id = "s1"\n[storage]\ndir = "/tmp/x"\n'
+TCP_RACK = (
+    '[[racks]]\nname = "a"\ntransport = "tcp"\nhost = "10.0.0.2"\nunit_id = 1\nslots = [1, 2]\n'
+)
+
+# (id, toml text, the exact error lines without the "FILE: " prefix)
+BAD_CONFIGS = [
+    ("missing-station-id", '[storage]\ndir = "/tmp/x"\n', ["station_id: required key is missing"]),
+    (
+        "station-id-with-slash",
+        'station_id = "a/b"\n',
+        [
+            "station_id: must be 1-64 characters of letters, digits, '_', '-' or '.', starting"
+            " with a letter or digit (it is used in MQTT topics and file names) (got 'a/b')"
+        ],
+    ),
+    (
+        "typo-key",
+        BASE + '[mqtt]\nhots = "x"\n',
+        ["mqtt.hots: unknown key (did you mean 'host'?) (got 'x')"],
+    ),
+    (
+        "unknown-section",
+        BASE + '[mqttt]\nhost = "x"\n',
+        ["mqttt: unknown key (did you mean 'mqtt'?)"],
+    ),
+    ("port-range", BASE + "[mqtt]\nport = 70000\n", ["mqtt.port: must be <= 65535 (got 70000)"]),
+    (
+        "port-type",
+        BASE + '[mqtt]\nport = "1883x"\n',
+        ["mqtt.port: must be an integer (got '1883x')"],
+    ),
+    (
+        "password-inline",
+        BASE + '[mqtt]\nusername = "u"\npassword = "hunter2"\n',
+        [
+            "mqtt.password: a password is never written in the config file: use"
+            " mqtt.password_file or the SWAPSTATION_MQTT__PASSWORD environment variable (got ***)"
+        ],
+    ),
+    (
+        "tls-cert-without-key",
+        BASE + '[mqtt.tls]\ncert_file = "c.pem"\n',
+        ["mqtt.tls.key_file: cert_file and key_file go together: give both or neither"],
+    ),
+    (
+        "unit-id-range",
+        BASE + TCP_RACK.replace("unit_id = 1", "unit_id = 300"),
+        ["racks[0].unit_id: must be <= 247 (got 300)"],
+    ),
+    (
+        "tcp-without-host",
+        BASE + TCP_RACK.replace('host = "10.0.0.2"\n', ""),
+        ['racks[0].host: required when transport = "tcp"'],
+    ),
+    (
+        "bad-transport",
+        BASE + TCP_RACK.replace('"tcp"', '"udp"'),
+        ["racks[0].transport: must be one of 'tcp' or 'rtu' (got 'udp')"],
+    ),
+    (
+        "rtu-without-serial",
+        BASE + '[[racks]]\nname = "b"\ntransport = "rtu"\nunit_ids = [1, 2]\nslots = [1, 2]\n',
+        ['racks[0].serial: required when transport = "rtu" (device, baudrate, parity)'],
+    ),
+    (
+        "unit-ids-length",
+        BASE + '[[racks]]\nname = "b"\ntransport = "rtu"\nunit_ids = [1]\nslots = [1, 2]\n'
+        '[racks.serial]\ndevice = "/dev/ttyUSB0"\n',
+        ["racks[0]: unit_ids has 1 entries but slots has 2: one unit id per slot"],
+    ),
+    (
+        "duplicate-slot-across-racks",
+        BASE + TCP_RACK + TCP_RACK.replace('name = "a"', 'name = "b"').replace("[1, 2]", "[2, 3]"),
+        ["racks[1].slots: slot 2 is already served by rack 'a'"],
+    ),
+    (
+        "duplicate-rack-name",
+        BASE + TCP_RACK + TCP_RACK.replace("[1, 2]", "[3]"),
+        ["racks[1].name: rack names must be unique, also used by racks[0] (got 'a')"],
+    ),
+    (
+        "step-timeout-typo",
+        BASE + "[swap.step_timeouts_s]\nliftin = 5\n",
+        ["swap.step_timeouts_s.liftin: unknown key (did you mean 'lifting'?) (got 5)"],
+    ),
+    (
+        "negative-timeout",
+        BASE + "[swap.step_timeouts_s]\nlifting = -1\n",
+        ["swap.step_timeouts_s.lifting: must be > 0 (got -1)"],
+    ),
+    (
+        "robot-shares-rack-line",
+        BASE + '[[racks]]\nname = "b"\ntransport = "rtu"\nunit_ids = [1]\nslots = [1]\n'
+        '[racks.serial]\ndevice = "/dev/ttyUSB0"\n'
+        '[robot.serial]\ndevice = "/dev/ttyUSB0"\n',
+        [
+            "robot.serial.device: the robot needs a serial port of its own; /dev/ttyUSB0 is used"
+            " by racks[0]"
+        ],
+    ),
+    (
+        "backoff-order",
+        BASE + "[mqtt]\nreconnect_min_s = 5\nreconnect_max_s = 1\n",
+        ["mqtt: reconnect_max_s (1.0) must be >= reconnect_min_s (5.0)"],
+    ),
+    (
+        "log-level",
+        BASE + '[logging]\nlevel = "loud"\n',
+        ["logging.level: must be one of 'debug', 'info', 'warning' or 'error' (got 'loud')"],
+    ),
+]
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "station.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [(t, e) for _, t, e in BAD_CONFIGS], ids=[i for i, _, _ in BAD_CONFIGS]
+)
+def test_bad_config_names_file_key_and_rule(tmp_path: Path, text: str, expected: list[str]) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert info.value.lines() == [f"{path}: {line}" for line in expected]
+
+
+def test_every_error_is_reported_at_once(tmp_path: Path) -> None:
+    text = 'station_id = "a/b"\n[mqtt]\nport = 0\nhots = 1\n[logging]\nformat = "xml"\n'
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, text), environ={})
+    paths = [issue.path for issue in info.value.issues]
+    assert sorted(paths) == ["logging.format", "mqtt.hots", "mqtt.port", "station_id"]
+
+
+def test_check_config_cli_exit_2_and_one_line_per_error(tmp_path: Path) -> None:
+    path = _write(tmp_path, BASE + "[mqtt]\nport = 0\nhots = 1\n")
+    result = run_swapctl("check-config", str(path))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"{path}: mqtt.port: must be >= 1 (got 0)",
+        f"{path}: mqtt.hots: unknown key (did you mean 'host'?) (got 1)",
+    ]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "no such file"),
+        (b"station_id = = 1\n", "not valid TOML: Invalid value (at line 1, column 14)"),
+        (b"\xff\xfe station", "not UTF-8 text (bad byte at offset 0)"),
+    ],
+    ids=["missing", "not-toml", "not-utf8"],
+)
+def test_unusable_file_is_one_clear_line(
+    tmp_path: Path, content: bytes | None, message: str
+) -> None:
+    path = tmp_path / "station.toml"
+    if content is not None:
+        path.write_bytes(content)
+    result = run_swapctl("check-config", str(path))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"{path}: {message}"]
+
+
+def test_directory_instead_of_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path, environ={})
+    assert info.value.lines() == [f"{tmp_path}: is a directory, not a config file"]
+
+
+def test_env_overrides_file_values(tmp_path: Path) -> None:
+    path = _write(tmp_path, BASE + '[mqtt]\nhost = "file-host"\nport = 1883\n')
+    config = load_config(
+        path,
+        environ={
+            "SWAPSTATION_MQTT__HOST": "env-host",
+            "SWAPSTATION_MQTT__PORT": "8883",
+            "SWAPSTATION_STATION_ID": "from-env",
+            "SWAPSTATION_CONFIG": "/ignored/not/a/setting",
+        },
+    )
+    assert (config.mqtt.host, config.mqtt.port, config.station_id) == ("env-host", 8883, "from-env")
+    assert config.topic_root == "swapstation/from-env"
+
+
+def test_bad_env_override_is_attributed_to_the_variable(tmp_path: Path) -> None:
+    path = _write(tmp_path, BASE)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={"SWAPSTATION_MQTT__PORT": "abc", "SWAPSTATION_MQQT__HOST": "h"})
+    assert info.value.lines() == [
+        f"{path}: mqqt: unknown setting (did you mean 'mqtt'?)"
+        " [from environment variable SWAPSTATION_MQQT__HOST]",
+        f"{path}: mqtt.port: must be an integer (got 'abc')"
+        " [from environment variable SWAPSTATION_MQTT__PORT]",
+    ]
+
+
+def test_password_from_file_relative_to_config(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("s3cr3t-pw\n")
+    path = _write(tmp_path, BASE + '[mqtt]\nusername = "station"\npassword_file = "secret"\n')
+    config = load_config(path, environ={})
+    assert config.mqtt.password is not None
+    assert config.mqtt.password.get_secret_value() == "s3cr3t-pw"
+    assert "s3cr3t-pw" not in repr(config)
+
+
+def test_password_from_env_is_masked_in_errors(tmp_path: Path) -> None:
+    path = _write(tmp_path, BASE)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={"SWAPSTATION_MQTT__PASSWORD": "s3cr3t-pw"})
+    text = "\n".join(info.value.lines())
+    assert text == f"{path}: mqtt.username: required when a password is set"
+    assert "s3cr3t-pw" not in text
+
+
+def test_missing_password_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, BASE + '[mqtt]\nusername = "u"\npassword_file = "nope"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert info.value.lines() == [
+        f"{path}: mqtt.password_file: cannot read: No such file or directory"
+        f" (got '{tmp_path / 'nope'}')"
+    ]
+
+
+def test_demo_config_is_valid() -> None:
+    path = REPO / "config" / "demo.toml"
+    result = run_swapctl("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{path}: valid\n")
+
+
+def test_production_example_is_valid_once_its_files_exist(tmp_path: Path) -> None:
+    text = (REPO / "config" / "station.example.toml").read_text()
+    text = text.replace("/etc/swapstation/tls/", f"{tmp_path}/")
+    for name in ("fleet-ca.pem", "pss-0042.crt", "pss-0042.key"):
+        (tmp_path / name).write_text("not checked for content here")
+    (tmp_path / "mqtt-password").write_text("pw\n")
+    path = _write(tmp_path, text)
+    result = run_swapctl("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"{path}: valid"
+    assert len(lines) <= 24  # one screen
+    assert "rack-b    rtu /dev/serial/by-path/" in result.stdout
+
+
+def test_missing_tls_file_is_named(tmp_path: Path) -> None:
+    path = _write(tmp_path, BASE + '[mqtt.tls]\nca_file = "ca.pem"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert info.value.lines() == [
+        f"{path}: mqtt.tls.ca_file: cannot read: No such file or directory"
+        f" (got '{tmp_path / 'ca.pem'}')"
+    ]
+
+
+def test_summary_never_shows_the_password(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("s3cr3t-pw")
+    path = _write(tmp_path, BASE + '[mqtt]\nusername = "u"\npassword_file = "pw"\n')
+    result = run_swapctl("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "user 'u' with password" in result.stdout
+    assert "s3cr3t-pw" not in result.stdout + result.stderr
+
+
+def test_config_schema_is_json_schema_of_the_model() -> None:
+    result = run_swapctl("config-schema")
+    assert result.returncode == 0
+    schema = json.loads(result.stdout)
+    assert schema == StationConfig.model_json_schema()
+    assert schema["required"] == ["station_id"]
+    assert schema["additionalProperties"] is False
+
+
+def test_format_loc() -> None:
+    assert format_loc(("racks", 1, "serial", "device")) == "racks[1].serial.device"
+    assert format_loc(()) == ""
