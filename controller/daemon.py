@@ -19,7 +19,7 @@ from typing import Any
 from controller import __version__
 from controller.config import StationConfig
 from controller.errors import SwapstationError
-from controller.journal import Journal, JournalError
+from controller.journal import Journal, JournalError, JournalTooNewError
 from controller.mqttlink import MqttLink
 from controller.sdnotify import Notifier
 
@@ -27,7 +27,9 @@ _log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
-EXIT_CONFIG = 78  # sysexits EX_CONFIG; the unit does not restart on it
+# sysexits EX_CONFIG: the config or the deployment is wrong (an invalid station.toml, a journal
+# written by a newer release). A restart cannot fix it, so the unit does not restart on it.
+EXIT_CONFIG = 78
 SHUTDOWN_BUDGET_S = 5.0
 SAFE_STATE_TIMEOUT_S = 2.0
 MQTT_OFFLINE_TIMEOUT_S = 1.5
@@ -90,6 +92,9 @@ class Daemon:
         )
         try:
             self.journal = await Journal.open(self.config.storage.dir)
+        except JournalTooNewError as exc:
+            _log.critical("%s", exc)
+            return EXIT_CONFIG
         except JournalError as exc:
             _log.critical("%s", exc)
             return EXIT_FAILURE

@@ -38,6 +38,10 @@ class JournalError(SwapstationError):
     """The store cannot be opened or written: the daemon cannot run safely."""
 
 
+class JournalTooNewError(JournalError):
+    """The journal was written by a newer release: a restart cannot fix it, a person must."""
+
+
 class Journal:
     """Owns the SQLite connection and the thread it lives on."""
 
@@ -104,6 +108,8 @@ class Journal:
                     " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
                     (repr(time.time()),),
                 )
+        except JournalTooNewError as exc:
+            raise JournalTooNewError(f"cannot open journal {self.path}: {exc}") from exc
         except (sqlite3.Error, OSError) as exc:
             raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
         _log.info("journal %s open (boot %d)", self.path, self.boot_count)
@@ -111,7 +117,7 @@ class Journal:
     def _migrate(self, conn: sqlite3.Connection) -> None:
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         if version > len(MIGRATIONS):
-            raise JournalError(
+            raise JournalTooNewError(
                 f"journal schema version {version} is newer than this software"
                 f" ({len(MIGRATIONS)}): roll forward, or restore a matching backup"
             )

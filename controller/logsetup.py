@@ -1,7 +1,8 @@
 """Logging to stderr for journald: text or JSON lines, with secrets redacted.
 
-Under systemd (`JOURNAL_STREAM` set) text lines carry an `<N>` syslog priority prefix, which
-journald turns into the entry's priority, and no timestamp (journald stamps each line).
+Under systemd (`JOURNAL_STREAM` set) every line carries an `<N>` syslog priority prefix, which
+journald strips and turns into the entry's priority (so `journalctl -p warning` works for text
+and JSON alike), and text lines carry no timestamp (journald stamps each line).
 """
 
 from __future__ import annotations
@@ -47,17 +48,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
-class JournalTextFormatter(logging.Formatter):
-    """`<N>logger: message` for journald, which adds time and priority itself."""
+class JournalPriorityFormatter(logging.Formatter):
+    """Prefix every line with `<N>`, the syslog priority journald files the line under."""
 
-    def __init__(self) -> None:
-        super().__init__("%(name)s: %(message)s")
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self._inner = inner
 
     def format(self, record: logging.LogRecord) -> str:
-        """Prefix every line with the syslog priority so multi-line text keeps its level."""
+        """Format with the wrapped formatter, then prefix each line (tracebacks included)."""
         prio = _SYSLOG_PRIORITY.get(record.levelno, 6)
-        text = super().format(record)
-        return "\n".join(f"<{prio}>{line}" for line in text.splitlines())
+        return "\n".join(f"<{prio}>{line}" for line in self._inner.format(record).splitlines())
 
 
 class RedactingFormatter(logging.Formatter):
@@ -84,12 +85,15 @@ def setup_logging(
 ) -> None:
     """Route all logging to stderr (or `stream`) in the chosen format; idempotent."""
     inner: logging.Formatter
+    journald = bool(os.environ.get("JOURNAL_STREAM"))
     if fmt == "json":
         inner = JsonFormatter()
-    elif os.environ.get("JOURNAL_STREAM"):
-        inner = JournalTextFormatter()
+    elif journald:
+        inner = logging.Formatter("%(name)s: %(message)s")  # journald stamps the time
     else:
         inner = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    if journald:
+        inner = JournalPriorityFormatter(inner)
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(RedactingFormatter(inner, secrets))
     root = logging.getLogger()

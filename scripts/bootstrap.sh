@@ -35,10 +35,11 @@ stamp=.venv/.swapstation-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "bootstrap: installing Python packages into .venv" >&2
-    # (this machine's pip.conf names optional local indexes; their absence is noise)
-    quiet() { "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; } >&2; }
-    quiet .venv/bin/python -m pip install -q --upgrade pip
-    quiet .venv/bin/python -m pip install -q -e '.[dev]'
-
+    log=.venv/pip-install.log
+    if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e '.[dev]'; } >"$log" 2>&1; then
+        tail -n 40 "$log" >&2
+        echo "bootstrap: pip install failed (full log: $log)" >&2
+        exit 1
+    fi
     echo "$want" > "$stamp"
 fi

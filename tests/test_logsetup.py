@@ -60,3 +60,15 @@ def test_journald_text_has_priority_prefix(
     setup_logging("text", "info", stream=out)
     logging.getLogger("controller.test").warning("two\nlines")
     assert out.getvalue().splitlines() == ["<4>controller.test: two", "<4>lines"]
+
+
+def test_journald_json_lines_keep_their_priority(
+    restore_logging: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JOURNAL_STREAM", "8:1234")
+    out = io.StringIO()
+    setup_logging("json", "info", stream=out)
+    logging.getLogger("controller.test").error("rack offline")
+    line = out.getvalue().rstrip("\n")
+    assert line.startswith("<3>{")
+    assert json.loads(line[3:])["msg"] == "rack offline"
