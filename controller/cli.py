@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config-schema", help="print the JSON Schema of station.toml")
     p.set_defaults(func=_cmd_config_schema)
 
+    p = sub.add_parser("probe", help="check that every configured device answers, with latency")
+    add_config_arg(p)
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds per device (default 3)")
+    p.set_defaults(func=_cmd_probe)
+
     for ep in sorted(entry_points(group="swapctl.commands"), key=lambda e: e.name):
         try:
             register = ep.load()
@@ -106,6 +111,17 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     print(f"{args.path}: valid")
     print(summarise(config))
     return 0
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from controller.probe import probe_station, render
+
+    config = load_or_report(args.config)
+    if config is None:
+        return EXIT_USAGE
+    results = asyncio.run(probe_station(config, args.timeout))
+    print(render(results))
+    return 0 if all(r.reachable is not False for r in results) else 1
 
 
 def _cmd_config_schema(_: argparse.Namespace) -> int:

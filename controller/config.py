@@ -172,6 +172,17 @@ class RackConfig(ModbusEndpoint):
     unit_ids: list[UnitId] | None = None
     slots: list[SlotNumber] = Field(min_length=1, max_length=256)
     poll_period_s: Seconds = 1.0
+    stale_after_s: Seconds | None = Field(
+        default=None, description="data older than this is stale; default 2 x poll_period_s"
+    )
+    heartbeat_timeout_s: Seconds = Field(
+        default=5.0, description="a charger heartbeat unchanged this long makes the slot stale"
+    )
+
+    @property
+    def stale_after(self) -> float:
+        """Age beyond which a slot's data is stale."""
+        return self.stale_after_s if self.stale_after_s is not None else 2 * self.poll_period_s
 
     @field_validator("slots")
     @classmethod
@@ -250,6 +261,46 @@ class SwapConfig(Section):
     step_timeouts_s: SwapStepTimeouts = SwapStepTimeouts()
 
 
+class SupervisionConfig(Section):
+    """Limits the controller enforces on every slot (in addition to the chargers' own)."""
+
+    charge_temp_min_c: float = Field(default=0.0, ge=-30, le=20)
+    charge_temp_max_c: float = Field(default=45.0, ge=20, le=60)
+    temp_hysteresis_c: float = Field(default=1.0, ge=0, le=10)
+    over_temp_c: float = Field(default=55.0, ge=30, le=90)
+    over_voltage_margin_v: float = Field(default=2.0, ge=0, le=50)
+    over_current_margin_a: float = Field(default=5.0, ge=0, le=100)
+    debounce_s: Seconds = 2.0
+    fast_rise_c_per_min: float = Field(
+        default=2.0, gt=0, le=100_000, description="scale with the speed of a simulated station"
+    )
+    fast_rise_window_s: Seconds = 30.0
+
+
+class ChargingConfig(Section):
+    """What the controller asks of the chargers."""
+
+    max_current_a: float = Field(default=150.0, gt=0, le=600)
+
+
+class DeadbandsConfig(Section):
+    """Smallest change of a value that is worth a new slot message."""
+
+    soc: float = Field(default=0.5, ge=0)
+    voltage_v: float = Field(default=1.0, ge=0)
+    current_a: float = Field(default=0.5, ge=0)
+    power_w: float = Field(default=500.0, ge=0)
+    temp_c: float = Field(default=0.5, ge=0)
+    energy_wh: float = Field(default=100.0, ge=0)
+
+
+class PublishConfig(Section):
+    """Slot state on MQTT: on change beyond the deadbands, and a periodic full refresh."""
+
+    slot_refresh_s: Seconds = 60.0
+    deadbands: DeadbandsConfig = DeadbandsConfig()
+
+
 class StationConfig(Section):
     """The whole of `station.toml`."""
 
@@ -257,10 +308,18 @@ class StationConfig(Section):
     mqtt: MqttConfig = MqttConfig()
     logging: LoggingConfig = LoggingConfig()
     storage: StorageConfig = StorageConfig()
+    profiles_dir: ConfigPath = Field(
+        default=Path("profiles"),
+        validate_default=True,
+        description="folder of register profiles; relative to the config file",
+    )
     racks: list[RackConfig] = Field(default_factory=list, max_length=64)
     station_io: StationIoConfig | None = None
     robot: RobotConfig | None = None
     swap: SwapConfig = SwapConfig()
+    supervision: SupervisionConfig = SupervisionConfig()
+    charging: ChargingConfig = ChargingConfig()
+    publish: PublishConfig = PublishConfig()
 
     @property
     def topic_root(self) -> str:

@@ -21,6 +21,8 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDic
 
 from controller.config import StationConfig
 from controller.errors import SwapstationError
+from drivers.errors import SpecError, format_loc
+from drivers.modbus.profile import find_profile, load_profile
 
 ENV_PREFIX = "SWAPSTATION_"
 ENV_NESTED = "__"
@@ -110,6 +112,7 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> S
         issues += [_issue_from_error(err, env_paths) for err in exc.errors()]
         raise ConfigError(path, issues) from None
     issues += semantic_issues(config)
+    issues += profile_issues(config)
     issues += _file_issues(config)
     config, password_issues = _with_password(config)
     issues += password_issues
@@ -140,6 +143,51 @@ def read_toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, [ConfigIssue("", f"not valid TOML: {exc}")]) from None
+
+
+def profile_issues(config: StationConfig) -> list[ConfigIssue]:
+    """Every rack's register profile must exist, be valid and fit the rack's addressing."""
+    issues: list[ConfigIssue] = []
+    for i, rack in enumerate(config.racks):
+        key = f"racks[{i}].profile"
+        path = find_profile(rack.profile, [config.profiles_dir])
+        if path is None:
+            issues.append(
+                ConfigIssue(
+                    key, f"no such profile in {config.profiles_dir}", got=repr(rack.profile)
+                )
+            )
+            continue
+        try:
+            profile = load_profile(path)
+        except SpecError as exc:
+            issues += [
+                ConfigIssue(key, f"{exc.file}: {where + ': ' if where else ''}{message}")
+                for where, message in exc.issues
+            ]
+            continue
+        if profile.layout == "block" and rack.unit_id is None:
+            issues.append(
+                ConfigIssue(
+                    f"racks[{i}].unit_ids",
+                    f"profile {profile.name!r} has one unit per rack (layout block): give unit_id",
+                )
+            )
+        if profile.layout == "unit" and rack.unit_ids is None:
+            issues.append(
+                ConfigIssue(
+                    f"racks[{i}].unit_id",
+                    f"profile {profile.name!r} has one unit per slot (layout unit): give unit_ids",
+                )
+            )
+        if len(rack.slots) > profile.max_slots():
+            issues.append(
+                ConfigIssue(
+                    f"racks[{i}].slots",
+                    f"profile {profile.name!r} addresses at most {profile.max_slots()} slots",
+                )
+            )
+    return issues
 
 
 def semantic_issues(config: StationConfig) -> list[ConfigIssue]:
@@ -310,17 +358,6 @@ def _issue_from_error(
     str_loc = tuple(str(p) for p in loc)
     env_var = next((v for p, v in env_paths.items() if str_loc[: len(p)] == p), None)
     return ConfigIssue(format_loc(loc), message, got=got, env_var=env_var)
-
-
-def format_loc(loc: Iterable[int | str]) -> str:
-    """('racks', 1, 'unit_id') -> 'racks[1].unit_id'."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else part
-    return out
 
 
 def _message(kind: str, msg: str, ctx: Mapping[str, Any]) -> str:  # noqa: PLR0911 - a table

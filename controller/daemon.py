@@ -22,6 +22,7 @@ from controller.errors import SwapstationError
 from controller.journal import Journal, JournalError, JournalTooNewError
 from controller.mqttlink import MqttLink
 from controller.sdnotify import Notifier
+from controller.station import Station
 
 _log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.link = MqttLink(config.mqtt, client_id=config.client_id, topic_root=config.topic_root)
         self.journal: Journal | None = None
+        self.station: Station | None = None
         self.started_at = time.time()
         self._stop = asyncio.Event()
         self._stop_reason = ""
@@ -100,6 +102,9 @@ class Daemon:
             return EXIT_FAILURE
         exit_code = EXIT_OK
         try:
+            self.station = Station(self.config, self.journal, self.link)
+            await self.station.start()
+            self.add_safe_state_hook(self.station.safe_state)
             async with asyncio.TaskGroup() as tg:
                 jobs = self._jobs()
                 tasks = {
@@ -117,18 +122,23 @@ class Daemon:
                 _log.critical("stopping on failure: %s", _describe(failure), exc_info=failure)
             await self._safe_state()
         finally:
+            if self.station is not None:
+                await self.station.close()
             await self._close_journal()
         _log.info("stopped (exit code %d)", exit_code)
         return exit_code
 
     def _jobs(self) -> dict[str, Coroutine[Any, Any, None]]:
         """Every long-running job of the daemon, by task name."""
-        return {
+        jobs = {
             "mqtt": self.link.run(),
             "control": self._control_loop(),
             "watchdog": self._watchdog_loop(),
             "status": self._status_loop(),
         }
+        if self.station is not None:
+            jobs.update(self.station.jobs())
+        return jobs
 
     async def _supervised(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
         try:
@@ -197,7 +207,10 @@ class Daemon:
             await asyncio.sleep(STATUS_PERIOD_S)
 
     def _status_line(self) -> str:
-        return f"station {self.config.station_id}: mqtt {self.link.state.value}"
+        line = f"station {self.config.station_id}: mqtt {self.link.state.value}"
+        if self.station is not None:
+            line += f", {self.station.status()}"
+        return line
 
 
 def _leaves(group: BaseExceptionGroup[Exception]) -> list[Exception]:

@@ -31,6 +31,30 @@ MIGRATIONS: tuple[str, ...] = (
         value TEXT NOT NULL
     ) STRICT;
     """,
+    """
+    -- Events, in order; the outbox publishes those not yet published.
+    CREATE TABLE events (
+        seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+        at        REAL NOT NULL,
+        kind      TEXT NOT NULL,
+        body      TEXT NOT NULL,
+        published INTEGER NOT NULL DEFAULT 0
+    ) STRICT;
+    CREATE INDEX events_unpublished ON events(seq) WHERE published = 0;
+    -- Packs that must not be handed out until an operator releases them.
+    CREATE TABLE pack_quarantine (
+        serial TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        slot   INTEGER,
+        since  REAL NOT NULL
+    ) STRICT;
+    -- Slots whose charging was tripped by supervision, until an operator resets them.
+    CREATE TABLE slot_trips (
+        slot   INTEGER PRIMARY KEY,
+        reason TEXT NOT NULL,
+        since  REAL NOT NULL
+    ) STRICT;
+    """,
 )
 
 

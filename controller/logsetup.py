@@ -101,6 +101,11 @@ def setup_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    # Library chatter stays at warning unless we debug.
-    for noisy in ("pymodbus", "aiomqtt", "mqtt", "asyncio"):
+    # Library chatter stays at warning. pymodbus reports every failed request itself, at
+    # error level, and our drivers report the same failures in the station's terms, so its
+    # own log is kept for debugging.
+    for noisy in ("aiomqtt", "mqtt", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("pymodbus").setLevel(
+        logging.WARNING if level == "debug" else logging.CRITICAL
+    )

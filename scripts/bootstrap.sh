@@ -4,13 +4,15 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# Debian packages: the broker and its clients (tests, demo), socat (serial bench),
-# systemd-analyze (unit checks), python3-venv (the virtualenv).
+# Debian packages: the broker and its clients (tests, demo), socat (pty pairs for the serial
+# simulators), mbpoll (an independent Modbus client for the tests), systemd-analyze (unit
+# checks), python3-venv (the virtualenv).
 missing=()
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
 have mosquitto || missing+=(mosquitto)
 have mosquitto_sub || missing+=(mosquitto-clients)
 have socat || missing+=(socat)
+have mbpoll || missing+=(mbpoll)
 have systemd-analyze || missing+=(systemd)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -52,6 +52,7 @@ class Mosquitto:
         host: str = "127.0.0.1",
         extra_config: str = "",
         allow_anonymous: bool = True,
+        persistent: bool = False,
     ) -> None:
         self.workdir = workdir
         self.host = host
@@ -59,6 +60,7 @@ class Mosquitto:
         self._fixed_port = port is not None
         self.extra_config = extra_config
         self.allow_anonymous = allow_anonymous
+        self.persistent = persistent
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "mosquitto.log"
 
@@ -85,7 +87,8 @@ class Mosquitto:
             f"listener {self.port} {self.host}",
             f"allow_anonymous {'true' if self.allow_anonymous else 'false'}",
             "set_tcp_nodelay true",
-            "persistence false",
+            "persistence true" if self.persistent else "persistence false",
+            *([f"persistence_location {self.workdir}/"] if self.persistent else []),
             "log_dest stderr",
             "log_type error",
             "log_type warning",
@@ -116,6 +119,7 @@ class Mosquitto:
             )
             log.close()
             if self._wait_ready():
+                self._fixed_port = True  # restarts come back on the same port
                 return
             self.stop()
         tail = self.log_path.read_text(errors="replace")[-800:] if self.log_path.exists() else ""
@@ -154,7 +158,6 @@ class Mosquitto:
             proc.wait()
 
     def restart(self) -> None:
-        """Stop and start again on the same port."""
+        """Stop and start again on the same port (a persistent broker keeps its sessions)."""
         self.stop()
-        self._fixed_port = True
         self.start()

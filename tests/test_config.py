@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 
 from controller.config import StationConfig
-from controller.configload import ConfigError, format_loc, load_config
+from controller.configload import ConfigError, load_config
+from drivers.errors import format_loc
 from tests.support import REPO, run_swapctl
 
-BASE = 'station_id = "s1"\n[storage]\ndir = "/tmp/x"\n'
+PROFILES = REPO / "config" / "profiles"
+BASE = f'station_id = "s1"\nprofiles_dir = "{PROFILES}"\n[storage]\ndir = "/tmp/x"\n'
 TCP_RACK = (
     '[[racks]]\nname = "a"\ntransport = "tcp"\nhost = "10.0.0.2"\nunit_id = 1\nslots = [1, 2]\n'
 )
@@ -104,8 +106,8 @@ BAD_CONFIGS = [
     ),
     (
         "robot-shares-rack-line",
-        BASE + '[[racks]]\nname = "b"\ntransport = "rtu"\nunit_ids = [1]\nslots = [1]\n'
-        '[racks.serial]\ndevice = "/dev/ttyUSB0"\n'
+        BASE + '[[racks]]\nname = "b"\ntransport = "rtu"\nprofile = "simrack-unit"\n'
+        'unit_ids = [1]\nslots = [1]\n[racks.serial]\ndevice = "/dev/ttyUSB0"\n'
         '[robot.serial]\ndevice = "/dev/ttyUSB0"\n',
         [
             "robot.serial.device: the robot needs a serial port of its own; /dev/ttyUSB0 is used"
@@ -254,6 +256,7 @@ def test_production_example_is_valid_once_its_files_exist(tmp_path: Path) -> Non
     for name in ("fleet-ca.pem", "pss-0042.crt", "pss-0042.key"):
         (tmp_path / name).write_text("not checked for content here")
     (tmp_path / "mqtt-password").write_text("pw\n")
+    (tmp_path / "profiles").symlink_to(PROFILES)
     path = _write(tmp_path, text)
     result = run_swapctl("check-config", str(path))
     assert result.returncode == 0, result.stderr

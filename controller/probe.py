@@ -1,0 +1,130 @@
+"""`swapctl probe`: does every configured device answer, and how fast.
+
+The hardware check before a station enters service. Each device is asked for its
+identification or heartbeat register; the latency is the median of a few single-register
+reads after the connection is up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from controller.config import StationConfig
+from controller.devices import Links, build_rack
+from drivers.errors import DriverError
+from drivers.rack import RackDriver
+
+SAMPLES = 3
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One device's answer."""
+
+    device: str
+    address: str
+    reachable: bool | None  # None: not probed
+    latency_ms: float | None
+    detail: str
+
+
+async def probe_station(config: StationConfig, timeout_s: float = 3.0) -> list[ProbeResult]:
+    """Probe every configured device, one after another (lines may be shared)."""
+    links = Links()
+    results: list[ProbeResult] = []
+    try:
+        for rack_cfg in config.racks:
+            driver = build_rack(config, rack_cfg, links)
+            results += await _probe_rack(driver, rack_cfg.unit_ids, timeout_s)
+    finally:
+        await links.close()
+    if config.station_io is not None:
+        results.append(ProbeResult("station I/O", "-", None, None, "not probed yet"))
+    if config.robot is not None:
+        results.append(
+            ProbeResult("robot", str(config.robot.serial.device), None, None, "not probed yet")
+        )
+    return results
+
+
+async def _probe_rack(
+    driver: RackDriver, unit_ids: list[int] | None, timeout_s: float
+) -> list[ProbeResult]:
+    address = driver.link.params.describe
+    if driver.profile.layout == "unit" and unit_ids:
+        # One charger per unit: each must answer.
+        out = []
+        for slot, unit in zip(driver.slots, unit_ids, strict=True):
+
+            def heartbeat(s: int = slot) -> Awaitable[str]:
+                return _slot_heartbeat(driver, s)
+
+            out.append(
+                await _ask(
+                    f"rack {driver.name} slot {slot}",
+                    f"{address} unit {unit}",
+                    heartbeat,
+                    heartbeat,
+                    timeout_s,
+                )
+            )
+        return out
+
+    async def ping() -> str:
+        return str(await driver.read_heartbeat())
+
+    return [await _ask(f"rack {driver.name}", address, lambda: _identity(driver), ping, timeout_s)]
+
+
+async def _identity(driver: RackDriver) -> str:
+    if not driver.profile.rack:
+        return f"heartbeat {await driver.read_heartbeat()}"
+    ident = (await driver.read_identity()).values
+    parts = [str(ident[k]) for k in ("vendor", "model") if k in ident]
+    if "firmware" in ident:
+        parts.append(f"fw {ident['firmware']}")
+    if "slot_count" in ident:
+        parts.append(f"{ident['slot_count']} slots (configured {len(driver.slots)})")
+    return " ".join(parts)
+
+
+async def _slot_heartbeat(driver: RackDriver, slot: int) -> str:
+    return f"heartbeat {await driver.read_slot_heartbeat(slot)}"
+
+
+async def _ask(
+    device: str,
+    address: str,
+    ident: Callable[[], Awaitable[str]],
+    ping: Callable[[], Awaitable[str]],
+    timeout_s: float,
+) -> ProbeResult:
+    try:
+        detail = await asyncio.wait_for(ident(), timeout_s)
+        # ident() connected and identified; now time single-register round trips.
+        latencies = []
+        for _ in range(SAMPLES):
+            started = time.perf_counter()
+            await asyncio.wait_for(ping(), timeout_s)
+            latencies.append((time.perf_counter() - started) * 1000)
+    except (DriverError, TimeoutError) as exc:
+        return ProbeResult(device, address, False, None, str(exc) or "no answer")
+    return ProbeResult(device, address, True, statistics.median(latencies), str(detail))
+
+
+def render(results: list[ProbeResult]) -> str:
+    """A table for the terminal."""
+    rows = [("device", "address", "result", "latency", "detail")]
+    for r in results:
+        state = {True: "reachable", False: "UNREACHABLE", None: "-"}[r.reachable]
+        latency = "-" if r.latency_ms is None else f"{r.latency_ms:.1f} ms"
+        rows.append((r.device, r.address, state, latency, r.detail))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True)) + "  " + row[4]
+        for row in rows
+    )

@@ -1,0 +1,99 @@
+"""What the controller knows of every slot, with its age: the latest reading, or why not.
+
+Unknown or stale data is "not safe": a slot is stale when it has no reading, its rack is
+offline or its last poll failed, its data is older than the rack's `stale_after`, or its
+charger's heartbeat stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from drivers.rack import RackSnapshot, SlotReading
+
+
+@dataclass(frozen=True, slots=True)
+class RackInfo:
+    """The per-rack figures the slot book needs."""
+
+    name: str
+    slots: tuple[int, ...]
+    stale_after_s: float
+    heartbeat_timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class SlotView:
+    """One slot as of `now`: the reading (possibly old) and whether it can be trusted."""
+
+    slot: int
+    rack: str
+    reading: SlotReading | None
+    rack_online: bool
+    age_s: float | None
+    stale_reason: str | None
+    charger_silent: bool = False  # the rack answers, but this charger's heartbeat stopped
+
+    @property
+    def stale(self) -> bool:
+        """True when the data must not be relied on."""
+        return self.stale_reason is not None
+
+    @property
+    def fresh(self) -> SlotReading | None:
+        """The reading if it is fresh, else None."""
+        return None if self.stale else self.reading
+
+
+class SlotBook:
+    """Latest snapshot per rack, and slot views computed from them on demand."""
+
+    def __init__(self, racks: Iterable[RackInfo]) -> None:
+        self.racks = {r.name: r for r in racks}
+        self.rack_of = {slot: r.name for r in self.racks.values() for slot in r.slots}
+        self._snapshots: dict[str, RackSnapshot] = {}
+
+    @property
+    def slots(self) -> list[int]:
+        """Every slot of the station, in order."""
+        return sorted(self.rack_of)
+
+    def update(self, snapshot: RackSnapshot) -> None:
+        """Take a rack's latest poll result."""
+        self._snapshots[snapshot.rack] = snapshot
+
+    def rack_online(self, rack: str) -> bool:
+        """True when the rack's last poll succeeded."""
+        snap = self._snapshots.get(rack)
+        return snap is not None and snap.online
+
+    def snapshot(self, rack: str) -> RackSnapshot | None:
+        """The rack's latest snapshot."""
+        return self._snapshots.get(rack)
+
+    def view(self, slot: int, now: float) -> SlotView:
+        """The slot as of `now` (monotonic)."""
+        rack = self.rack_of[slot]
+        info = self.racks[rack]
+        snap = self._snapshots.get(rack)
+        reading = snap.readings.get(slot) if snap is not None else None
+        online = snap is not None and snap.online
+        age = None if reading is None else max(0.0, now - reading.at)
+        reason: str | None = None
+        if reading is None:
+            reason = "no data from the rack yet" if online or snap is None else "rack offline"
+        elif not online:
+            reason = "rack offline"
+        elif snap is not None and snap.consecutive_failures:
+            reason = f"last poll failed: {snap.error}"
+        elif age is not None and age > info.stale_after_s:
+            reason = f"data is {age:.1f} s old"
+        elif now - reading.heartbeat_since > info.heartbeat_timeout_s:
+            reason = f"charger heartbeat unchanged for {now - reading.heartbeat_since:.1f} s"
+            return SlotView(slot, rack, reading, online, age, reason, charger_silent=True)
+        return SlotView(slot, rack, reading, online, age, reason)
+
+    def views(self, now: float) -> list[SlotView]:
+        """Every slot's view."""
+        return [self.view(slot, now) for slot in self.slots]

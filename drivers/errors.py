@@ -1,0 +1,57 @@
+"""The drivers' error root; subclasses say what the caller does next."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class DriverError(Exception):
+    """Base of every error a driver raises on purpose."""
+
+
+class DeviceTimeoutError(DriverError, TimeoutError):
+    """The device did not answer in time: retry, then count it as a failed poll."""
+
+
+class DeviceConnectionError(DriverError):
+    """The transport is down (refused, closed, port gone): reconnect with backoff."""
+
+
+class DeviceRejectedError(DriverError):
+    """The device answered with an exception (illegal address, busy...): do not retry blindly."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class DecodeError(DriverError):
+    """A reply did not have the expected shape: a device or profile mismatch."""
+
+
+class CommandNotAppliedError(DriverError):
+    """A write was accepted but the read-back shows another value."""
+
+
+class SpecError(DriverError):
+    """A protocol or register spec is invalid (a configuration problem, not a runtime one)."""
+
+    def __init__(self, file: str, issues: list[tuple[str, str]]) -> None:
+        self.file = file
+        self.issues = issues
+        super().__init__(
+            "\n".join(
+                f"{file}: {path}: {msg}" if path else f"{file}: {msg}" for path, msg in issues
+            )
+        )
+
+
+def format_loc(loc: Iterable[int | str]) -> str:
+    """('racks', 1, 'unit_id') -> 'racks[1].unit_id'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out

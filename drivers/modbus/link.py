@@ -1,0 +1,331 @@
+"""One Modbus connection (a TCP device, or an RS-485 line shared by its units), serialised.
+
+Retry policy lives here and only here: a per-attempt timeout that adapts to the measured
+round trip (Jacobson/Karels, as TCP's RTO, clamped to configured bounds), bounded retries, and
+on RTU a quiet period after a timeout so a late reply is not taken for the next request's.
+pymodbus's own retries and reconnection are switched off so the policy is not doubled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.framer import FramerType
+from pymodbus.pdu import ModbusPDU
+
+from drivers.errors import DeviceConnectionError, DeviceRejectedError, DeviceTimeoutError
+from drivers.modbus.profile import Table
+
+_log = logging.getLogger(__name__)
+
+MODBUS_EXCEPTIONS = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "device failure",
+    5: "acknowledge",
+    6: "device busy",
+    10: "gateway path unavailable",
+    11: "gateway target failed to respond",
+}
+BitTable = Literal["coil", "discrete"]
+
+
+@dataclass(frozen=True)
+class TcpParams:
+    """A Modbus TCP device."""
+
+    host: str
+    port: int = 502
+
+
+@dataclass(frozen=True)
+class SerialParams:
+    """A Modbus RTU line."""
+
+    device: str
+    baudrate: int = 19200
+    parity: Literal["N", "E", "O"] = "E"
+    stopbits: int = 1
+    bytesize: int = 8
+
+
+@dataclass(frozen=True)
+class LinkParams:
+    """Everything a link needs; built by the controller from its config."""
+
+    name: str
+    tcp: TcpParams | None = None
+    serial: SerialParams | None = None
+    timeout_min_s: float = 0.05
+    timeout_max_s: float = 1.0
+    retries: int = 1
+
+    @property
+    def describe(self) -> str:
+        """Where the link goes, for logs."""
+        if self.tcp is not None:
+            return f"tcp {self.tcp.host}:{self.tcp.port}"
+        assert self.serial is not None
+        s = self.serial
+        return f"rtu {s.device} {s.baudrate} {s.bytesize}{s.parity}{s.stopbits}"
+
+
+@dataclass
+class RttEstimator:
+    """Smoothed round trip and its variation; the timeout is srtt + 4 * rttvar, clamped."""
+
+    min_s: float
+    max_s: float
+    srtt: float | None = None
+    rttvar: float = 0.0
+    _backoff: float = 1.0
+
+    def sample(self, rtt: float) -> None:
+        """Fold in one measured round trip."""
+        if self.srtt is None:
+            self.srtt, self.rttvar = rtt, rtt / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
+            self.srtt = 0.875 * self.srtt + 0.125 * rtt
+        self._backoff = 1.0
+
+    def timed_out(self) -> None:
+        """A request timed out: double the timeout until the next success."""
+        self._backoff = min(self._backoff * 2, 64.0)
+
+    @property
+    def timeout(self) -> float:
+        """The timeout for the next attempt."""
+        if self.srtt is None:
+            return self.max_s
+        base = self.srtt + 4 * self.rttvar
+        return min(self.max_s, max(self.min_s, base * self._backoff))
+
+
+class LinkState(enum.Enum):
+    """Connection phase."""
+
+    DISCONNECTED = "disconnected"
+    CONNECTED = "connected"
+    CLOSED = "closed"
+
+
+@dataclass
+class LinkStats:
+    """Counters for diagnostics and benchmarks."""
+
+    requests: int = 0
+    timeouts: int = 0
+    rejected: int = 0
+    connects: int = 0
+    last_rtt_s: float = 0.0
+    rtts: list[float] = field(default_factory=list)
+
+
+class ModbusLink:
+    """Serialised access to one pymodbus client."""
+
+    def __init__(self, params: LinkParams, *, keep_rtts: bool = False) -> None:
+        if (params.tcp is None) == (params.serial is None):
+            raise ValueError("a link is either tcp or serial")
+        self.params = params
+        self.rtt = RttEstimator(params.timeout_min_s, params.timeout_max_s)
+        self.stats = LinkStats()
+        self.state = LinkState.DISCONNECTED
+        self._keep_rtts = keep_rtts
+        self._lock = asyncio.Lock()
+        self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
+        self._quiet_until = 0.0
+
+    @property
+    def is_serial(self) -> bool:
+        """True for an RTU line."""
+        return self.params.serial is not None
+
+    async def read_registers(self, table: Table, unit: int, address: int, count: int) -> list[int]:
+        """Read `count` registers; raise a `DriverError` subclass on failure."""
+        async with self._lock:
+            return await self._request(_Op("read", table, unit, address, count))
+
+    async def read_bits(self, table: BitTable, unit: int, address: int, count: int) -> list[bool]:
+        """Read coils or discrete inputs."""
+        async with self._lock:
+            bits = await self._request(_Op("bits", table, unit, address, count))
+            return [bool(b) for b in bits[:count]]
+
+    async def write_registers(self, unit: int, address: int, values: list[int]) -> None:
+        """Write holding registers (function 16, or 6 for one register)."""
+        async with self._lock:
+            await self._request(_Op("write", "holding", unit, address, len(values), tuple(values)))
+
+    async def write_coil(self, unit: int, address: int, *, value: bool) -> None:
+        """Write one coil (function 5)."""
+        async with self._lock:
+            await self._request(_Op("coil", "coil", unit, address, 1, (int(value),)))
+
+    async def close(self) -> None:
+        """Close the connection; idempotent."""
+        async with self._lock:
+            self._drop()
+            self.state = LinkState.CLOSED
+
+    async def _request(self, req: _Op) -> list[int]:
+        if self.state is LinkState.CLOSED:
+            raise DeviceConnectionError(f"{self.params.name}: link closed")
+        client = await self._connected()
+        for attempt in range(self.params.retries + 1):
+            await self._wait_quiet()
+            timeout = self.rtt.timeout
+            client.ctx.comm_params.timeout_connect = timeout
+            self.stats.requests += 1
+            started = time.monotonic()
+            try:
+                reply = await _call(client, req)
+            except ModbusIOException:
+                # No reply (or a reply that matched another request) within the timeout.
+                self.stats.timeouts += 1
+                self.rtt.timed_out()
+                if self.is_serial:
+                    self._quiet_until = time.monotonic() + self.params.timeout_max_s
+                if not client.connected:
+                    self._drop()
+                    raise DeviceConnectionError(
+                        f"{self.params.name}: connection closed after repeated timeouts"
+                    ) from None
+                _log.debug(
+                    "%s unit %d: no reply (attempt %d, timeout %.3f s)",
+                    self.params.name,
+                    req.unit,
+                    attempt + 1,
+                    timeout,
+                )
+                continue
+            except (ConnectionException, OSError) as exc:
+                self._drop()
+                raise DeviceConnectionError(f"{self.params.name}: {exc}") from exc
+            except ModbusException as exc:
+                raise DeviceRejectedError(f"{self.params.name}: {exc}") from exc
+            rtt = time.monotonic() - started
+            self.stats.last_rtt_s = rtt
+            if self._keep_rtts:
+                self.stats.rtts.append(rtt)
+            self.rtt.sample(rtt)
+            if reply.isError():
+                self.stats.rejected += 1
+                code = getattr(reply, "exception_code", None)
+                what = MODBUS_EXCEPTIONS.get(code or 0, f"exception {code}")
+                raise DeviceRejectedError(f"{self.params.name} {req}: {what}", code)
+            if req.kind == "read":
+                registers = list(reply.registers)
+                if len(registers) != req.count:
+                    raise DeviceRejectedError(
+                        f"{self.params.name} {req}: got {len(registers)} registers"
+                    )
+                return registers
+            if req.kind == "bits":
+                return [int(b) for b in reply.bits]
+            return []
+        raise DeviceTimeoutError(
+            f"{self.params.name} {req}: no reply after {self.params.retries + 1} attempt(s)"
+        )
+
+    async def _connected(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
+        if self._client is not None and self._client.connected:
+            return self._client
+        self._drop()
+        client = self._make_client()
+        try:
+            ok = await client.connect()
+        except (OSError, ModbusException) as exc:
+            client.close()
+            raise DeviceConnectionError(f"{self.params.name}: cannot connect: {exc}") from exc
+        if not ok:
+            client.close()
+            raise DeviceConnectionError(
+                f"{self.params.name}: cannot connect to {self.params.describe}"
+            )
+        self._client = client
+        self.state = LinkState.CONNECTED
+        self.stats.connects += 1
+        _log.info("%s: connected (%s)", self.params.name, self.params.describe)
+        return client
+
+    def _drop(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self.state is LinkState.CONNECTED:
+            self.state = LinkState.DISCONNECTED
+
+    async def _wait_quiet(self) -> None:
+        delay = self._quiet_until - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    def _make_client(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
+        p = self.params
+        if p.tcp is not None:
+            return AsyncModbusTcpClient(
+                p.tcp.host,
+                port=p.tcp.port,
+                name=p.name,
+                timeout=p.timeout_max_s,
+                retries=0,
+                reconnect_delay=0,
+            )
+        assert p.serial is not None
+        s = p.serial
+        return AsyncModbusSerialClient(
+            s.device,
+            framer=FramerType.RTU,
+            baudrate=s.baudrate,
+            bytesize=s.bytesize,
+            parity=s.parity,
+            stopbits=s.stopbits,
+            name=p.name,
+            timeout=p.timeout_max_s,
+            retries=0,
+            reconnect_delay=0,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Op:
+    """One Modbus request."""
+
+    kind: Literal["read", "bits", "write", "coil"]
+    table: str
+    unit: int
+    address: int
+    count: int
+    values: tuple[int, ...] = ()
+
+    def __str__(self) -> str:
+        return f"unit {self.unit} {self.kind} {self.table} {self.address}+{self.count}"
+
+
+async def _call(  # noqa: PLR0911 - one return per Modbus function
+    client: AsyncModbusTcpClient | AsyncModbusSerialClient, req: _Op
+) -> ModbusPDU:
+    unit, address, count = req.unit, req.address, req.count
+    if req.kind == "read":
+        if req.table == "input":
+            return await client.read_input_registers(address, count=count, device_id=unit)
+        return await client.read_holding_registers(address, count=count, device_id=unit)
+    if req.kind == "bits":
+        if req.table == "coil":
+            return await client.read_coils(address, count=count, device_id=unit)
+        return await client.read_discrete_inputs(address, count=count, device_id=unit)
+    if req.kind == "coil":
+        return await client.write_coil(address, bool(req.values[0]), device_id=unit)
+    if len(req.values) == 1:
+        return await client.write_register(address, req.values[0], device_id=unit)
+    return await client.write_registers(address, list(req.values), device_id=unit)

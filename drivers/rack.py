@@ -1,0 +1,413 @@
+"""A charger rack: its slots' readings, decoded from the planned reads, and its setpoints.
+
+`RackDriver` does the batched I/O of one rack; `RackPoller` runs it every poll period, counts
+failures, declares the rack offline after N in a row and re-probes it with backoff.
+Readings are immutable and stamped; a value outside its plausible range is a sensor fault, not
+a reading (the field is None and named in `sensor_faults`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from drivers.errors import CommandNotAppliedError, DriverError
+from drivers.modbus.codec import Value, compile_decoder, decode, encode
+from drivers.modbus.link import ModbusLink
+from drivers.modbus.plan import Item, Read, bridge_limit_rtu, bridge_limit_tcp, plan_reads
+from drivers.modbus.profile import RackProfile, RegisterSpec
+
+_log = logging.getLogger(__name__)
+
+NUMERIC_FIELDS = (
+    "soc",
+    "soh",
+    "voltage",
+    "current",
+    "power_w",
+    "temp_max",
+    "temp_min",
+    "energy_wh",
+    "current_limit",
+    "bms_voltage_max",
+    "bms_current_max",
+)
+PACK_FIELDS = frozenset(
+    {
+        "pack_serial",
+        "pack_type",
+        "soc",
+        "soh",
+        "temp_max",
+        "temp_min",
+        "bms_voltage_max",
+        "bms_current_max",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SlotReading:
+    """What one slot's charger reported in one poll; None means unknown."""
+
+    slot: int
+    at: float  # monotonic time the rack's poll completed
+    wall: float  # the same moment, wall clock
+    status: str
+    pack_present: bool | None
+    pack_serial: str | None
+    pack_type: str | None
+    soc: float | None
+    soh: float | None
+    voltage: float | None
+    current: float | None
+    power_w: float | None
+    temp_max: float | None
+    temp_min: float | None
+    fault_code: int | None
+    energy_wh: float | None
+    charge_enable: bool | None
+    current_limit: float | None
+    bms_voltage_max: float | None
+    bms_current_max: float | None
+    heartbeat: int | None
+    heartbeat_since: float  # monotonic time the heartbeat last changed
+    sensor_faults: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RackIdentity:
+    """Rack-level identification registers, as far as the profile has them."""
+
+    values: Mapping[str, Value]
+
+
+@dataclass(frozen=True, slots=True)
+class RackSnapshot:
+    """The rack after a poll attempt."""
+
+    rack: str
+    at: float
+    online: bool
+    readings: Mapping[int, SlotReading]  # the latest good reading per slot (may be old)
+    consecutive_failures: int
+    error: str | None = None
+    cycle_s: float = 0.0
+
+
+class RackDriver:
+    """Reads and writes one rack's slots through a shared `ModbusLink`."""
+
+    def __init__(
+        self,
+        name: str,
+        profile: RackProfile,
+        link: ModbusLink,
+        slots: Sequence[int],
+        *,
+        unit_id: int | None = None,
+        unit_ids: Sequence[int] | None = None,
+    ) -> None:
+        if profile.layout == "block" and unit_id is None:
+            raise ValueError(f"rack {name}: profile {profile.name} needs unit_id")
+        if profile.layout == "unit" and (unit_ids is None or len(unit_ids) != len(slots)):
+            raise ValueError(f"rack {name}: profile {profile.name} needs one unit id per slot")
+        self.name = name
+        self.profile = profile
+        self.link = link
+        self.slots = tuple(slots)
+        self._units = (
+            tuple(unit_ids)
+            if profile.layout == "unit" and unit_ids
+            else (unit_id or 1,) * len(slots)
+        )
+        self._index = {slot: i for i, slot in enumerate(self.slots)}
+        limit = (
+            bridge_limit_rtu(link.params.serial.baudrate)
+            if link.params.serial is not None
+            else bridge_limit_tcp(profile.max_read)
+        )
+        items = [
+            Item(self._units[i], reg.table, profile.slot_address(reg, i), reg, (slot, reg.name))
+            for i, slot in enumerate(self.slots)
+            for reg in profile.slot
+        ]
+        self.reads: list[Read] = plan_reads(
+            items,
+            max_read=profile.max_read,
+            readable_gaps=profile.readable_gaps,
+            bridge_limit=limit,
+        )
+        self.items = items
+        order = profile.word_order
+        # Per read: (slot, name, offset in the read, decoder), compiled once.
+        self._extract = [
+            [
+                (
+                    item.key[0],
+                    item.key[1],
+                    item.address - read.address,
+                    compile_decoder(item.spec, order),
+                )
+                for item in read.items
+            ]
+            for read in self.reads
+        ]
+        self._heartbeats: dict[int, tuple[int | None, float]] = {}
+
+    def set_plan(self, reads: list[Read]) -> None:
+        """Use these reads for polling (the planner's, or another plan to compare with)."""
+        self.reads = reads
+        order = self.profile.word_order
+        # Per read: (slot, name, offset in the read, decoder), compiled once.
+        self._extract = [
+            [
+                (i.key[0], i.key[1], i.address - read.address, compile_decoder(i.spec, order))
+                for i in read.items
+            ]
+            for read in reads
+        ]
+
+    @property
+    def registers_per_cycle(self) -> int:
+        """Registers transferred by one poll (gaps bridged included)."""
+        return sum(r.count for r in self.reads)
+
+    async def read_all(self) -> dict[int, SlotReading]:
+        """One poll: every planned read, decoded into a reading per slot."""
+        values: dict[int, dict[str, Value | None]] = {slot: {} for slot in self.slots}
+        for read, extract in zip(self.reads, self._extract, strict=True):
+            words = await self.link.read_registers(read.table, read.unit, read.address, read.count)
+            for slot, name, start, decoder in extract:
+                values[slot][name] = decoder(words, start)
+        now, wall = time.monotonic(), time.time()
+        return {slot: self._reading(slot, vals, now, wall) for slot, vals in values.items()}
+
+    async def read_identity(self) -> RackIdentity:
+        """Read the rack-level registers (identity, rack heartbeat) from the first unit."""
+        values: dict[str, Value] = {}
+        unit = self._units[0]
+        for reg in self.profile.rack:
+            words = await self.link.read_registers(reg.table, unit, reg.offset, reg.words)
+            values[reg.name] = decode(reg, words, self.profile.word_order)
+        return RackIdentity(values)
+
+    async def read_heartbeat(self) -> int | None:
+        """The cheapest liveness check: the rack heartbeat, or the first slot's."""
+        rack_hb = next((r for r in self.profile.rack if r.name == "rack_heartbeat"), None)
+        if rack_hb is not None:
+            words = await self.link.read_registers(
+                rack_hb.table, self._units[0], rack_hb.offset, rack_hb.words
+            )
+        else:
+            reg = self.profile.slot_registers["heartbeat"]
+            words = await self.link.read_registers(
+                reg.table, self._units[0], self.profile.slot_address(reg, 0), reg.words
+            )
+        return int(words[0])
+
+    async def read_slot_heartbeat(self, slot: int) -> int:
+        """One slot's charger heartbeat (on its own unit in the unit layout)."""
+        i = self._index[slot]
+        reg = self.profile.slot_registers["heartbeat"]
+        words = await self.link.read_registers(
+            reg.table, self._units[i], self.profile.slot_address(reg, i), reg.words
+        )
+        return int(words[0])
+
+    async def write_setpoints(
+        self, slot: int, *, charge_enable: bool | None = None, current_limit: float | None = None
+    ) -> None:
+        """Write a slot's setpoints and verify them by reading them back."""
+        i = self._index[slot]
+        unit = self._units[i]
+        wanted: list[tuple[RegisterSpec, list[int]]] = []
+        regs = self.profile.slot_registers
+        if current_limit is not None:
+            spec = regs["current_limit"]
+            wanted.append((spec, encode(spec, current_limit, self.profile.word_order)))
+        if charge_enable is not None:
+            spec = regs["charge_enable"]
+            wanted.append((spec, encode(spec, int(charge_enable), self.profile.word_order)))
+        # Disable last-to-first order does not matter for safety: each write is its own request,
+        # and when lowering power the limit is written before enabling.
+        for spec, words in wanted:
+            await self.link.write_registers(unit, self.profile.slot_address(spec, i), words)
+        for spec, words in wanted:
+            back = await self.link.read_registers(
+                spec.table, unit, self.profile.slot_address(spec, i), spec.words
+            )
+            if back != words:
+                raise CommandNotAppliedError(
+                    f"rack {self.name} slot {slot}: wrote {spec.name}={words}, read back {back}"
+                )
+
+    def _reading(
+        self, slot: int, values: dict[str, Value | None], now: float, wall: float
+    ) -> SlotReading:
+        faults = [name for name, value in values.items() if value is None]
+        code = values.get("status")
+        status = (
+            self.profile.status_names.get(int(code), "unknown")
+            if isinstance(code, (int, float))
+            else "unknown"
+        )
+        if status == "unknown" and "status" not in faults:
+            faults.append("status")
+        present_raw = values.get("pack_present")
+        present = None if present_raw is None else bool(present_raw)
+        if present is False:
+            # An empty slot reports zeros and blanks for the pack: they are not readings.
+            for name in PACK_FIELDS:
+                values[name] = None
+            faults = [f for f in faults if f not in PACK_FIELDS]
+        elif present and not values.get("pack_serial"):
+            faults.append("pack_serial")
+            values["pack_serial"] = None
+        heartbeat = values.get("heartbeat")
+        hb = int(heartbeat) if isinstance(heartbeat, (int, float)) else None
+        last, since = self._heartbeats.get(slot, (None, now))
+        if hb != last:
+            since = now
+        self._heartbeats[slot] = (hb, since)
+
+        def num(name: str) -> float | None:
+            v = values.get(name)
+            return float(v) if isinstance(v, (int, float)) else None
+
+        def text(name: str) -> str | None:
+            v = values.get(name)
+            return v if isinstance(v, str) and v else None
+
+        enable = values.get("charge_enable")
+        fault_code = values.get("fault_code")
+        return SlotReading(
+            slot=slot,
+            at=now,
+            wall=wall,
+            status=status,
+            pack_present=present,
+            pack_serial=text("pack_serial"),
+            pack_type=text("pack_type"),
+            soc=num("soc"),
+            soh=num("soh"),
+            voltage=num("voltage"),
+            current=num("current"),
+            power_w=num("power_w"),
+            temp_max=num("temp_max"),
+            temp_min=num("temp_min"),
+            fault_code=int(fault_code) if isinstance(fault_code, (int, float)) else None,
+            energy_wh=num("energy_wh"),
+            charge_enable=None if enable is None else bool(enable),
+            current_limit=num("current_limit"),
+            bms_voltage_max=num("bms_voltage_max"),
+            bms_current_max=num("bms_current_max"),
+            heartbeat=hb,
+            heartbeat_since=since,
+            sensor_faults=tuple(sorted(set(faults))),
+        )
+
+
+@dataclass
+class PollerStats:
+    """Counters of one poller."""
+
+    cycles: int = 0
+    failures: int = 0
+    cycle_times: list[float] = field(default_factory=list)
+
+
+class RackPoller:
+    """Polls one rack every period; offline after N failures in a row, then backoff re-probes."""
+
+    def __init__(
+        self,
+        driver: RackDriver,
+        *,
+        poll_period_s: float,
+        offline_after: int,
+        on_snapshot: Callable[[RackSnapshot], None],
+        backoff_max_s: float = 30.0,
+        keep_cycle_times: bool = False,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.driver = driver
+        self.period = poll_period_s
+        self.offline_after = offline_after
+        self.backoff_max_s = max(backoff_max_s, poll_period_s)
+        self._on_snapshot = on_snapshot
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self._keep = keep_cycle_times
+        self.stats = PollerStats()
+        self.online = False
+        self.failures = 0
+        self.readings: dict[int, SlotReading] = {}
+        self.last_error: str | None = None
+        self._wake = asyncio.Event()
+
+    def poll_soon(self) -> None:
+        """Cut the current wait short (after a command, or to re-probe now)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Poll forever."""
+        name = self.driver.name
+        backoff = self.period
+        next_at = time.monotonic()
+        while True:
+            started = time.monotonic()
+            try:
+                readings = await self.driver.read_all()
+            except DriverError as exc:
+                self.failures += 1
+                self.stats.failures += 1
+                self.last_error = str(exc)
+                if self.online and self.failures >= self.offline_after:
+                    self.online = False
+                    _log.warning(
+                        "rack %s offline after %d failed polls: %s", name, self.failures, exc
+                    )
+                elif self.failures == 1:
+                    _log.info("rack %s: poll failed: %s", name, exc)
+            else:
+                if not self.online:
+                    _log.info("rack %s online (%d slots)", name, len(readings))
+                self.online = True
+                self.failures = 0
+                self.last_error = None
+                self.readings = readings
+                backoff = self.period
+            cycle = time.monotonic() - started
+            self.stats.cycles += 1
+            if self._keep:
+                self.stats.cycle_times.append(cycle)
+            self._on_snapshot(
+                RackSnapshot(
+                    name,
+                    time.monotonic(),
+                    self.online,
+                    dict(self.readings),
+                    self.failures,
+                    self.last_error,
+                    cycle,
+                )
+            )
+            if self.online or self.failures < self.offline_after:
+                next_at = max(next_at + self.period, time.monotonic())
+            else:
+                # Offline: re-probe with capped exponential backoff and jitter.
+                next_at = time.monotonic() + backoff * self._rng.uniform(0.75, 1.0)
+                backoff = min(backoff * 2, self.backoff_max_s)
+            await self._sleep_until(next_at)
+
+    async def _sleep_until(self, when: float) -> None:
+        self._wake.clear()
+        delay = when - time.monotonic()
+        if delay > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)

@@ -1,0 +1,390 @@
+"""The simulated charger rack: a real pymodbus server speaking a register profile.
+
+It is the driver run in reverse: the register map comes from the same profile file and the
+values go through the same codec. A physics task steps every slot's charger on simulated time,
+reads the setpoints the controller wrote and publishes the measurements. Faults are injected
+through methods (see `docs/simulator.md`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pymodbus.framer import FramerType
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+from drivers.modbus.codec import Value, decode, encode
+from drivers.modbus.profile import RackProfile, RegisterSpec
+from simstation.charger import SimCharger, SimPack
+from simstation.clock import SimClock
+
+_log = logging.getLogger(__name__)
+
+FC_READ_HOLDING = 3
+FC_WRITE_INPUT = 4  # the datastore's input block is written with the read code
+TICK_S = 0.05
+
+
+@dataclass(frozen=True)
+class RackIdentityValues:
+    """What the rack-level identity registers say."""
+
+    vendor: str = "SWAPSIM"
+    model: str = "R8"
+    firmware: int = 102
+
+
+class SimRack:
+    """A rack of simulated chargers behind a Modbus TCP or RTU server."""
+
+    def __init__(
+        self,
+        profile: RackProfile,
+        slots: Sequence[int],
+        *,
+        unit_id: int = 1,
+        unit_ids: Sequence[int] | None = None,
+        clock: SimClock | None = None,
+        ambient_c: float = 25.0,
+        charger_max_a: float = 150.0,
+        comm_timeout_s: float | None = None,
+        identity: RackIdentityValues = RackIdentityValues(),
+    ) -> None:
+        self.profile = profile
+        self.slots = tuple(slots)
+        if profile.layout == "unit":
+            if unit_ids is None or len(unit_ids) != len(slots):
+                raise ValueError("unit layout: one unit id per slot")
+            self.units = tuple(unit_ids)
+        else:
+            self.units = (unit_id,) * len(slots)
+        self.clock = clock or SimClock()
+        self.ambient_c = ambient_c
+        self.comm_timeout_s = comm_timeout_s
+        self.identity = identity
+        self.chargers = {slot: SimCharger(max_current_a=charger_max_a) for slot in self.slots}
+        self.silent = False
+        self.requests = 0
+        self._overrides: dict[tuple[int, str], list[int]] = {}
+        self._index = {slot: i for i, slot in enumerate(self.slots)}
+        self._server: ModbusTcpServer | ModbusSerialServer | None = None
+        self._physics: asyncio.Task[None] | None = None
+        self._last_request = time.monotonic()
+        self._rack_heartbeat = 0
+        self._host = "127.0.0.1"
+        self.port = 0
+        self._serial_port: str | None = None
+        limit = profile.slot_registers["current_limit"]
+        self._limit_addresses = {
+            (self.units[i], profile.slot_address(limit, i)): slot
+            for i, slot in enumerate(self.slots)
+        }
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start_tcp(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Serve Modbus TCP; return the bound port (port 0 picks a free one)."""
+        self._host, self.port = host, port
+        await self._serve_tcp()
+        self._start_physics()
+        return self.port
+
+    async def start_rtu(self, device: str, baudrate: int = 19200, parity: str = "E") -> None:
+        """Serve Modbus RTU on a serial device (the device end of a pty pair)."""
+        self._serial_port = device
+        self._server = ModbusSerialServer(
+            self._devices(),
+            framer=FramerType.RTU,
+            port=device,
+            baudrate=baudrate,
+            parity=parity,
+            trace_packet=self._trace,
+        )
+        await self._server.serve_forever(background=True)
+        await self._publish_all()
+        self._start_physics()
+
+    async def stop(self) -> None:
+        """Stop serving and the physics; idempotent."""
+        if self._physics is not None:
+            self._physics.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._physics
+            self._physics = None
+        await self._shutdown_server()
+
+    async def go_offline(self) -> None:
+        """The rack vanishes: TCP stops listening and drops connections; RTU goes silent."""
+        if self._serial_port is not None:
+            self.silent = True
+            return
+        await self._shutdown_server()
+
+    async def come_back(self) -> None:
+        """The rack returns on the same address."""
+        if self._serial_port is not None:
+            self.silent = False
+            return
+        await self._serve_tcp()
+
+    # --- what the robot and the tests do to it ------------------------------------------------
+
+    def insert_pack(self, slot: int, pack: SimPack) -> None:
+        """A pack is put into `slot`."""
+        self.chargers[slot].insert(pack)
+
+    def remove_pack(self, slot: int) -> SimPack:
+        """The pack in `slot` is taken out."""
+        return self.chargers[slot].remove()
+
+    def pack_in(self, slot: int) -> SimPack | None:
+        """The pack in `slot`, if any."""
+        return self.chargers[slot].pack
+
+    # --- fault injection -----------------------------------------------------------------------
+
+    def set_fault(self, slot: int, code: int) -> None:
+        """The charger reports fault `code` (0 clears it)."""
+        self.chargers[slot].fault_code = code
+
+    def set_temperature(self, slot: int, temp_c: float | None) -> None:
+        """Hold the pack at `temp_c` (None releases it to physics)."""
+        self.chargers[slot].temp_override_c = temp_c
+
+    def thermal_runaway(self, slot: int, c_per_min: float) -> None:
+        """The pack's temperature ramps up at `c_per_min` of simulated time (0 stops it)."""
+        self.chargers[slot].runaway_c_per_min = c_per_min
+
+    def set_garbage(self, slot: int, register: str, raw: Sequence[int] | None) -> None:
+        """Serve raw words for a register regardless of the physics (None restores it)."""
+        key = (slot, register)
+        if raw is None:
+            self._overrides.pop(key, None)
+        else:
+            self._overrides[key] = list(raw)
+
+    def set_disabled(self, slot: int, *, disabled: bool) -> None:
+        """Take a slot out of service at the rack (status disabled)."""
+        self.chargers[slot].disabled = disabled
+
+    # --- internals -----------------------------------------------------------------------------
+
+    async def _serve_tcp(self) -> None:
+        self._server = ModbusTcpServer(
+            self._devices(), address=(self._host, self.port), trace_packet=self._trace
+        )
+        await self._server.serve_forever(background=True)
+        transport = self._server.transport
+        if transport is not None and hasattr(transport, "sockets"):
+            self.port = int(transport.sockets[0].getsockname()[1])
+        await self._publish_all()
+
+    async def _shutdown_server(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            await server.shutdown()  # type: ignore[no-untyped-call]
+
+    def _start_physics(self) -> None:
+        if self._physics is None:
+            self._physics = asyncio.create_task(self._run_physics(), name="simrack-physics")
+
+    def _trace(self, sending: bool, data: bytes) -> bytes:  # noqa: FBT001 - pymodbus hook
+        if not sending:
+            self.requests += 1
+            self._last_request = time.monotonic()
+            return data
+        return b"" if self.silent else data
+
+    def _devices(self) -> list[SimDevice]:
+        p = self.profile
+        units = sorted(set(self.units))
+        devices = []
+        for unit in units:
+            if p.layout == "block":
+                n = len(self.slots)
+                size = p.stride * (n - 1) + p.block_span
+                start = p.base
+            else:
+                size, start = p.block_span, p.base
+            input_blocks = [SimData(start, count=size, values=0, datatype=DataType.REGISTERS)]
+            if p.rack and unit == self.units[0]:
+                top = max(r.offset + r.words for r in p.rack)
+                input_blocks.insert(0, SimData(0, count=top, values=0, datatype=DataType.REGISTERS))
+            holding = [SimData(start, count=size, values=0, datatype=DataType.REGISTERS)]
+            bits = [SimData(0, values=[False] * 16, datatype=DataType.BITS)]
+            devices.append(
+                SimDevice(
+                    unit,
+                    simdata=(bits, list(bits), holding, input_blocks),
+                    action=functools.partial(self._on_access, unit),
+                )
+            )
+        return devices
+
+    async def _on_access(
+        self,
+        unit: int,
+        function_code: int,
+        _start: int,
+        address: int,
+        _count: int,
+        _registers: list[int],
+        set_values: list[int] | list[bool] | None,
+    ) -> None:
+        """A real charger clamps a current limit above its rating (non-blocking hook)."""
+        if not set_values or function_code not in {6, 16}:
+            return
+        limit = self.profile.slot_registers["current_limit"]
+        for n in range(len(set_values)):
+            if (unit, address + n) in self._limit_addresses:
+                charger = self.chargers[self._limit_addresses[(unit, address + n)]]
+                top = round(charger.max_current_a / limit.scale)
+                set_values[n] = min(int(set_values[n]), top)  # type: ignore[call-overload]
+
+    async def _run_physics(self) -> None:
+        last = self.clock.now()
+        while True:
+            await asyncio.sleep(TICK_S)
+            now = self.clock.now()
+            dt, last = now - last, now
+            if self._server is None:
+                continue
+            await self._read_setpoints()
+            self._comm_watchdog()
+            for charger in self.chargers.values():
+                charger.step(dt, self.ambient_c)
+            await self._publish_all()
+
+    def _comm_watchdog(self) -> None:
+        """A real rack stops charging when its controller stops talking to it."""
+        if self.comm_timeout_s is None:
+            return
+        if time.monotonic() - self._last_request > self.comm_timeout_s:
+            for charger in self.chargers.values():
+                charger.enabled = False
+
+    async def _read_setpoints(self) -> None:
+        server = self._server
+        if server is None:
+            return
+        p = self.profile
+        enable = p.slot_registers["charge_enable"]
+        limit = p.slot_registers["current_limit"]
+        for unit, start, size, members in self._holding_spans():
+            words = [
+                int(w) for w in await server.async_getValues(unit, FC_READ_HOLDING, start, size)
+            ]
+            for slot, i in members:
+                a = p.slot_address(enable, i) - start
+                b = p.slot_address(limit, i) - start
+                charger = self.chargers[slot]
+                charger.enabled = bool(decode(enable, words[a : a + enable.words], p.word_order))
+                value = decode(limit, words[b : b + limit.words], p.word_order)
+                charger.limit_a = float(value) if not isinstance(value, str) else 0.0
+
+    def _holding_spans(self) -> list[tuple[int, int, int, list[tuple[int, int]]]]:
+        """(unit, start, size, [(slot, index)]) covering every slot's holding registers."""
+        p = self.profile
+        holding = [r for r in p.slot if r.table == "holding"]
+        lo = min(r.offset for r in holding)
+        hi = max(r.offset + r.words for r in holding)
+        spans: dict[int, list[tuple[int, int]]] = {}
+        for slot, i in self._index.items():
+            spans.setdefault(self.units[i], []).append((slot, i))
+        out = []
+        for unit, members in spans.items():
+            first = min(i for _, i in members)
+            last = max(i for _, i in members)
+            start = p.base + (first * p.stride if p.layout == "block" else 0) + lo
+            end = p.base + (last * p.stride if p.layout == "block" else 0) + hi
+            out.append((unit, start, end - start, members))
+        return out
+
+    def _slot_values(self, slot: int) -> dict[str, Value]:
+        c = self.chargers[slot]
+        p = c.pack
+        codes = self.profile.status_codes
+        return {
+            "status": codes[c.status],
+            "pack_present": int(p is not None),
+            "pack_serial": p.serial if p else "",
+            "pack_type": p.pack_type if p else "",
+            "soc": round(p.soc, 1) if p else 0,
+            "soh": p.soh if p else 0,
+            "voltage": round(c.voltage_v, 1),
+            "current": round(c.current_a, 3),
+            "temp_max": round(c.temp_max, 1) if c.temp_max is not None else 0,
+            "temp_min": round(c.temp_min, 1) if c.temp_min is not None else 0,
+            "fault_code": c.fault_code,
+            "energy_wh": int(c.energy_wh),
+            "power_w": c.power_w,
+            "bms_voltage_max": p.bms_voltage_max if p else 0,
+            "bms_current_max": p.bms_current_max if p else 0,
+            "heartbeat": c.heartbeat,
+        }
+
+    async def _publish_all(self) -> None:
+        server = self._server
+        if server is None:
+            return
+        p = self.profile
+        inputs = [r for r in p.slot if r.table == "input"]
+        lo = min(r.offset for r in inputs)
+        hi = max(r.offset + r.words for r in inputs)
+        per_unit: dict[int, list[tuple[int, int]]] = {}
+        for slot, i in self._index.items():
+            per_unit.setdefault(self.units[i], []).append((slot, i))
+        for unit, members in per_unit.items():
+            first = min(i for _, i in members)
+            last = max(i for _, i in members)
+            step = p.stride if p.layout == "block" else 0
+            start = p.base + first * step + lo
+            block = [0] * (last * step + hi - first * step - lo)
+            if p.layout == "block":
+                # Keep what lies between the slot blocks (gaps read back as they are).
+                block = [
+                    int(w)
+                    for w in await server.async_getValues(unit, FC_WRITE_INPUT, start, len(block))
+                ]
+            for slot, i in members:
+                values = self._slot_values(slot)
+                for reg in inputs:
+                    words = self._overrides.get((slot, reg.name)) or _encode_clamped(
+                        reg, values.get(reg.name, 0), p.word_order
+                    )
+                    at = p.slot_address(reg, i) - start
+                    block[at : at + reg.words] = words
+            await server.async_setValues(unit, FC_WRITE_INPUT, start, block)
+        if p.rack:
+            self._rack_heartbeat = (self._rack_heartbeat + 1) & 0xFFFF
+            rack_values: dict[str, Value] = {
+                "vendor": self.identity.vendor,
+                "model": self.identity.model,
+                "firmware": self.identity.firmware,
+                "slot_count": len(self.slots),
+                "rack_heartbeat": self._rack_heartbeat,
+            }
+            top = max(r.offset + r.words for r in p.rack)
+            block = [0] * top
+            for reg in p.rack:
+                if reg.name in rack_values:
+                    words = _encode_clamped(reg, rack_values[reg.name], p.word_order)
+                    block[reg.offset : reg.offset + reg.words] = words
+            await server.async_setValues(self.units[0], FC_WRITE_INPUT, 0, block)
+
+
+def _encode_clamped(spec: RegisterSpec, value: Value, order: str) -> list[int]:
+    """Encode, clamping numbers into the type's range (a real device saturates)."""
+    try:
+        return encode(spec, value, order)  # type: ignore[arg-type]
+    except ValueError:
+        if isinstance(value, str):
+            return encode(spec, value[: spec.words * 2], order)  # type: ignore[arg-type]
+        return encode(spec, 0, order)  # type: ignore[arg-type]

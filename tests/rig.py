@@ -1,0 +1,100 @@
+"""The daemon in-process against a simulated station over real transports and a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from controller.configload import load_config
+from controller.daemon import Daemon
+from controller.station import Station
+from simstation.broker import Mosquitto
+from simstation.station import SimRackSpec, SimStation
+
+POLL_S = 0.01
+
+
+@dataclass
+class Rig:
+    """A running daemon and the simulated station it controls."""
+
+    daemon: Daemon
+    sim: SimStation
+    task: asyncio.Task[int]
+    config_path: Path
+
+    @property
+    def station(self) -> Station:
+        assert self.daemon.station is not None
+        return self.daemon.station
+
+    def alarm_codes(self, scope: str | None = None) -> set[str]:
+        return {a.code for a in self.station.control.alarms.active(scope)}
+
+    async def stop(self) -> int:
+        self.daemon.request_stop("test")
+        return await asyncio.wait_for(self.task, 10)
+
+
+async def until(
+    predicate: Callable[[], bool],
+    timeout: float = 10.0,  # noqa: ASYNC109 - a deadline for a polled condition
+    what: str = "",
+) -> float:
+    """Wait for a condition (checked every 10 ms); return the seconds it took."""
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+        await asyncio.sleep(POLL_S)
+    return time.monotonic() - started
+
+
+@contextlib.asynccontextmanager
+async def running(
+    tmp_path: Path,
+    broker: Mosquitto | None,
+    racks: Sequence[SimRackSpec],
+    *,
+    speed: float = 60.0,
+    sections: str = "",
+    station_id: str = "t1",
+    wait_online: bool = True,
+) -> AsyncIterator[Rig]:
+    """Start the simulated station and the daemon; stop both on exit."""
+    sim = SimStation(tmp_path / "sim", racks, speed=speed)
+    (tmp_path / "sim").mkdir(exist_ok=True)
+    await sim.start()
+    path = tmp_path / "station.toml"
+    path.write_text(
+        sim.controller_toml(
+            station_id=station_id,
+            mqtt_host=broker.host if broker else "127.0.0.1",
+            mqtt_port=broker.port if broker else 1,
+            storage=tmp_path / "state",
+            sections=sections,
+        )
+    )
+    daemon = Daemon(load_config(path, environ={}))
+    task = asyncio.create_task(daemon.run())
+    rig = Rig(daemon, sim, task, path)
+    try:
+        await until(lambda: daemon.station is not None or task.done(), what="daemon start")
+        if wait_online:
+            await until(
+                lambda: task.done() or all(p.online for p in rig.station.pollers.values()),
+                what="racks online",
+            )
+        if task.done():
+            raise AssertionError(f"daemon exited with {task.result()}")
+        yield rig
+    finally:
+        if not task.done():
+            daemon.request_stop("test")
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 10)
+        await sim.stop()

@@ -1,0 +1,216 @@
+"""Charger racks against the simulated rack over Modbus TCP and RTU on a pty."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from controller.slotcontrol import CommandRefusedError
+from drivers.modbus.link import LinkParams, ModbusLink, SerialParams, TcpParams
+from drivers.rack import RackDriver
+from simstation.broker import Mosquitto
+from simstation.charger import SimPack
+from simstation.station import SimRackSpec, SimStation
+from tests.rig import Rig, running, until
+
+FAST_RISE = "[supervision]\nfast_rise_c_per_min = 60\nfast_rise_window_s = 1.5\ndebounce_s = 0.3\n"
+
+
+def _rack(transport: Literal["tcp", "rtu"] = "tcp") -> SimRackSpec:
+    profile = "simrack" if transport == "tcp" else "simrack-unit"
+    packs = {1: SimPack("PK-0001", soc=40.0), 2: SimPack("PK-0002", soc=60.0)}
+    return SimRackSpec("a", [1, 2, 3, 4], transport=transport, profile=profile, packs=packs)
+
+
+@pytest.mark.parametrize("transport", ["tcp", "rtu"])
+async def test_every_register_type_decodes(
+    tmp_path: Path, transport: Literal["tcp", "rtu"]
+) -> None:
+    sim = SimStation(tmp_path, [_rack(transport)], speed=1.0)
+    await sim.start()
+    rack = sim.racks["a"]
+    profile = rack.profile
+    # Known raw words, written as a real device would (independent of our encoder).
+    rack.set_garbage(1, "current", [0xFFFF, 0xFB2E])  # i32 -1234 mA
+    rack.set_garbage(1, "power_w", [0x4148, 0x0000])  # f32 12.5
+    rack.set_garbage(1, "temp_min", [0xFF9C])  # i16 -100 -> -10.0 C
+    rack.set_garbage(1, "energy_wh", [0x0001, 0x0002])  # u32 65538
+    rack.set_garbage(1, "soc", [0x01F4])  # u16 500 -> 50.0 %
+    rack.set_garbage(1, "pack_serial", [0x504B, 0x2D31, 0x3233, 0, 0, 0, 0, 0])  # "PK-123"
+    if transport == "tcp":
+        params = LinkParams("a", tcp=TcpParams("127.0.0.1", rack.port))
+        driver = RackDriver("a", profile, ModbusLink(params), [1, 2, 3, 4], unit_id=1)
+    else:
+        params = LinkParams("a", serial=SerialParams(str(sim.ptys["a"].controller_end), parity="N"))
+        driver = RackDriver("a", profile, ModbusLink(params), [1, 2, 3, 4], unit_ids=[1, 2, 3, 4])
+    try:
+        deadline = time.monotonic() + 5
+        readings = await driver.read_all()
+        while readings[1].pack_serial != "PK-123":  # until the physics has published them
+            assert time.monotonic() < deadline, readings[1]
+            await asyncio.sleep(0.01)
+            readings = await driver.read_all()
+        r = readings[1]
+        assert (r.current, r.power_w, r.temp_min, r.energy_wh, r.soc) == (
+            -1.234,
+            12.5,
+            -10.0,
+            65538.0,
+            50.0,
+        )
+        assert r.pack_serial == "PK-123"
+        assert r.pack_type == "STD75"
+        assert r.status == "idle" and r.pack_present is True
+        assert readings[3].status == "empty" and readings[3].pack_serial is None
+        ident = await driver.read_identity()
+        assert ident.values["vendor"] == "SWAPSIM"
+        assert ident.values["slot_count"] == 4
+    finally:
+        await driver.link.close()
+        await sim.stop()
+
+
+async def _charging(rig: Rig, slot: int = 1) -> None:
+    charger = rig.sim.racks["a"].chargers[slot]
+    await until(lambda: charger.enabled and charger.current_a > 0, what=f"slot {slot} charging")
+
+
+async def _stopped(rig: Rig, slot: int = 1) -> None:
+    charger = rig.sim.racks["a"].chargers[slot]
+    await until(lambda: not charger.enabled, what=f"slot {slot} stopped")
+
+
+async def test_charger_fault_stops_charging_and_clears(tmp_path: Path, broker: Mosquitto) -> None:
+    async with running(tmp_path, broker, [_rack()]) as rig:
+        await _charging(rig)
+        rig.sim.racks["a"].set_fault(1, 7)
+        await until(lambda: "charger_fault" in rig.alarm_codes("slot:1"), what="alarm")
+        await _stopped(rig)
+        rig.sim.racks["a"].set_fault(1, 0)
+        await until(lambda: "charger_fault" not in rig.alarm_codes("slot:1"), what="clear")
+        await _charging(rig)  # not latching: charging resumes by itself
+        kinds = await _event_kinds(rig)
+        assert kinds.index("alarm_raised") < kinds.index("alarm_cleared")
+
+
+async def _event_kinds(rig: Rig) -> list[str]:
+    rows = await rig.station.journal.call(
+        lambda c: c.execute("SELECT kind, body FROM events ORDER BY seq").fetchall()
+    )
+    return [kind for kind, _ in rows]
+
+
+async def test_over_temperature_trips_and_quarantines(tmp_path: Path, broker: Mosquitto) -> None:
+    async with running(tmp_path, broker, [_rack()]) as rig:
+        await _charging(rig)
+        rig.sim.racks["a"].set_temperature(1, 60.0)
+        await until(lambda: "over_temperature" in rig.alarm_codes("slot:1"), what="alarm")
+        await _stopped(rig)
+        control = rig.station.control
+        assert 1 in control.trips
+        assert "PK-0001" in control.quarantine
+        rig.sim.racks["a"].set_temperature(1, None)
+        rig.sim.racks["a"].chargers[1].pack.temp_c = 25.0  # type: ignore[union-attr]
+        await until(lambda: not rig.alarm_codes("slot:1"), what="cause cleared")
+        # The alarm cleared with its cause; the trip and the quarantine wait for an operator.
+        blockers = control.blockers(1)
+        assert any("tripped" in b for b in blockers)
+        assert any("quarantined" in b for b in blockers)
+        with pytest.raises(CommandRefusedError, match="tripped"):
+            await control.set_charging(1, enable=True)
+        await control.reset_trip(1)
+        await control.release_pack("PK-0001")
+        await _charging(rig)
+
+
+async def test_thermal_runaway_ramp_is_a_fast_rise(tmp_path: Path, broker: Mosquitto) -> None:
+    async with running(tmp_path, broker, [_rack()], sections=FAST_RISE) as rig:
+        await _charging(rig)
+        rig.sim.racks["a"].thermal_runaway(1, 5.0)  # 5 C/min simulated = 300 C/min at 60x
+        await until(lambda: "fast_temperature_rise" in rig.alarm_codes("slot:1"), what="alarm")
+        await _stopped(rig)
+        assert "PK-0001" in rig.station.control.quarantine
+        temp = rig.sim.racks["a"].chargers[1].temp_max
+        assert temp is not None and temp < 55  # caught well before over-temperature
+
+
+async def test_garbage_value_is_a_sensor_fault(tmp_path: Path, broker: Mosquitto) -> None:
+    async with running(tmp_path, broker, [_rack()]) as rig:
+        await _charging(rig)
+        rig.sim.racks["a"].set_garbage(1, "soc", [2500])  # 250.0 %
+        await until(lambda: "sensor_fault" in rig.alarm_codes("slot:1"), what="alarm")
+        await _stopped(rig)
+        view = rig.station.book.view(1, time.monotonic())
+        assert view.reading is not None and view.reading.soc is None
+        assert view.reading.sensor_faults == ("soc",)
+        rig.sim.racks["a"].set_garbage(1, "soc", None)
+        await until(lambda: "sensor_fault" not in rig.alarm_codes("slot:1"), what="clear")
+        await _charging(rig)
+
+
+async def test_over_current_against_bms_limit_is_debounced(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    async with running(tmp_path, broker, [_rack()], sections=FAST_RISE) as rig:
+        await _charging(rig)
+        # The charger reports 250 A against a BMS limit of 200 A (a charger fault).
+        rig.sim.racks["a"].set_garbage(1, "current", [0x0003, 0xD090])  # 250000 mA
+        await until(lambda: "over_current" in rig.alarm_codes("slot:1"), what="alarm")
+        await _stopped(rig)
+        assert 1 in rig.station.control.trips
+
+
+@pytest.mark.parametrize("transport", ["tcp", "rtu"])
+async def test_rack_offline_goes_stale_within_two_polls_and_recovers(
+    tmp_path: Path, broker: Mosquitto, transport: Literal["tcp", "rtu"]
+) -> None:
+    async with running(tmp_path, broker, [_rack(transport)]) as rig:
+        period = rig.daemon.config.racks[0].poll_period_s
+        book = rig.station.book
+        await until(lambda: not any(book.view(s, time.monotonic()).stale for s in book.slots))
+        await rig.sim.racks["a"].go_offline()
+        took = await until(
+            lambda: all(book.view(s, time.monotonic()).stale for s in book.slots), what="stale"
+        )
+        assert took <= 2 * period + 0.05, f"stale after {took:.3f} s (poll period {period} s)"
+        await until(lambda: "rack_offline" in rig.alarm_codes("rack:a"), what="offline alarm")
+        view = book.view(1, time.monotonic())
+        assert view.age_s is not None and view.age_s > 0
+        await rig.sim.racks["a"].come_back()
+        await until(
+            lambda: not any(book.view(s, time.monotonic()).stale for s in book.slots),
+            timeout=15,
+            what="fresh again",
+        )
+        await until(lambda: "rack_offline" not in rig.alarm_codes("rack:a"), what="alarm cleared")
+        await _charging(rig)
+
+
+async def test_no_answer_is_detected_as_offline(tmp_path: Path, broker: Mosquitto) -> None:
+    async with running(tmp_path, broker, [_rack()]) as rig:
+        rig.sim.racks["a"].silent = True
+        await until(lambda: "rack_offline" in rig.alarm_codes("rack:a"), what="offline alarm")
+        with pytest.raises(CommandRefusedError, match="stale"):
+            await rig.station.control.set_charging(1, enable=True)
+        rig.sim.racks["a"].silent = False
+        await until(lambda: "rack_offline" not in rig.alarm_codes("rack:a"), timeout=15)
+
+
+async def test_commands_are_verified_by_read_back(tmp_path: Path, broker: Mosquitto) -> None:
+    async with running(tmp_path, broker, [_rack()]) as rig:
+        control = rig.station.control
+        await _charging(rig)
+        # The charger clamps 200 A to its 150 A rating: the read-back shows it.
+        with pytest.raises(CommandRefusedError, match="read back"):
+            await control.set_charging(1, enable=True, limit_a=200.0)
+        with pytest.raises(CommandRefusedError, match="no pack"):
+            await control.set_charging(3, enable=True)
+        rig.sim.racks["a"].set_fault(2, 9)
+        await until(lambda: "charger_fault" in rig.alarm_codes("slot:2"))
+        with pytest.raises(CommandRefusedError, match="charger fault code 9"):
+            await control.set_charging(2, enable=True)
+        await control.set_charging(2, enable=False)  # stopping is always allowed
