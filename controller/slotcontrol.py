@@ -132,9 +132,9 @@ class SlotControl:
         batch = JournalBatch()
         for rack in self.book.racks:
             causes = (
-                {}
-                if self.book.rack_online(rack)
-                else {"rack_offline": Cause(Severity.CRITICAL, self._offline_message(rack))}
+                {"rack_offline": Cause(Severity.CRITICAL, self._offline_message(rack))}
+                if self.book.rack_offline(rack)
+                else {}
             )
             self._report(*self.alarms.reconcile(rack_scope(rack), causes, rack=rack), batch)
         plans: list[tuple[SlotView, tuple[bool, float]]] = []

@@ -68,6 +68,11 @@ class SlotBook:
         snap = self._snapshots.get(rack)
         return snap is not None and snap.online
 
+    def rack_offline(self, rack: str) -> bool:
+        """True once the rack has been declared offline (N failed polls in a row)."""
+        snap = self._snapshots.get(rack)
+        return snap is not None and snap.offline
+
     def snapshot(self, rack: str) -> RackSnapshot | None:
         """The rack's latest snapshot."""
         return self._snapshots.get(rack)

@@ -98,6 +98,7 @@ class RackSnapshot:
     consecutive_failures: int
     error: str | None = None
     cycle_s: float = 0.0
+    offline: bool = False  # declared offline: N polls in a row failed
 
 
 class RackDriver:
@@ -367,7 +368,7 @@ class RackPoller:
                 self.failures += 1
                 self.stats.failures += 1
                 self.last_error = str(exc)
-                if self.online and self.failures >= self.offline_after:
+                if self.failures == self.offline_after:
                     self.online = False
                     _log.warning(
                         "rack %s offline after %d failed polls: %s", name, self.failures, exc
@@ -395,6 +396,7 @@ class RackPoller:
                     self.failures,
                     self.last_error,
                     cycle,
+                    offline=self.failures >= self.offline_after,
                 )
             )
             if self.online or self.failures < self.offline_after:

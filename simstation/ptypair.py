@@ -26,9 +26,11 @@ class PtyPairError(RuntimeError):
 class PtyPair:
     """`with PtyPair(dir) as pair:` gives `pair.device_end` and `pair.controller_end` paths."""
 
-    def __init__(self, directory: Path, name: str = "tty") -> None:
+    def __init__(
+        self, directory: Path, name: str = "tty", *, controller_end: Path | None = None
+    ) -> None:
         self.device_end = directory / f"{name}-device"
-        self.controller_end = directory / f"{name}-controller"
+        self.controller_end = controller_end or directory / f"{name}-controller"
         self._proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Self:
@@ -49,6 +51,7 @@ class PtyPair:
         if socat is None:
             raise PtyPairError("socat is not installed (Debian: apt-get install socat)")
         for path in (self.device_end, self.controller_end):
+            path.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         self._proc = subprocess.Popen(  # noqa: S603 - fixed argv

@@ -1,13 +1,22 @@
-"""A whole simulated station on real transports, and the controller config that points at it."""
+"""A whole simulated station on real transports, and the controller config that points at it.
+
+Built either from explicit specs (tests) or from a station config (`from_config`): the
+simulator then serves exactly what the controller's config describes, the real stack in
+reverse, optionally on free ports instead of the configured ones.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import tomli_w
+
+from controller.config import StationConfig
 from drivers.modbus.profile import find_profile, load_profile
 from simstation.charger import SimPack
 from simstation.clock import SimClock
@@ -30,11 +39,15 @@ class SimRackSpec:
     packs: Mapping[int, SimPack] = field(default_factory=dict)
     charger_max_a: float = 150.0
     poll_period_s: float = 0.2
+    units: Sequence[int] | None = None
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: a free port
+    device: Path | None = None  # rtu: where the controller's end of the pty appears
 
     @property
     def unit_ids(self) -> list[int]:
-        """Unit ids for the unit layout: 1..n."""
-        return list(range(1, len(self.slots) + 1))
+        """Unit ids for the unit layout: as given, or 1..n."""
+        return list(self.units) if self.units else list(range(1, len(self.slots) + 1))
 
 
 class SimStation:
@@ -56,6 +69,72 @@ class SimStation:
         self.comm_timeout_s = comm_timeout_s
         self.racks: dict[str, SimRack] = {}
         self.ptys: dict[str, PtyPair] = {}
+
+    @classmethod
+    def from_config(
+        cls,
+        config: StationConfig,
+        workdir: Path,
+        *,
+        speed: float = 1.0,
+        free_endpoints: bool = False,
+        fill: float = 0.75,
+        seed: int = 1,
+        comm_timeout_s: float | None = None,
+    ) -> SimStation:
+        """The station a config describes, with packs in `fill` of its slots."""
+        rng = random.Random(seed)  # noqa: S311 - simulation, not cryptography
+        specs = []
+        serial = 0
+        for rack in config.racks:
+            packs = {}
+            for slot in rack.slots:
+                if rng.random() < fill:
+                    serial += 1
+                    packs[slot] = SimPack(f"PK-{serial:05d}", soc=round(rng.uniform(20, 95), 1))
+            device = None
+            if rack.serial is not None:
+                device = None if free_endpoints else Path(rack.serial.device)
+            specs.append(
+                SimRackSpec(
+                    rack.name,
+                    rack.slots,
+                    transport=rack.transport,
+                    profile=rack.profile,
+                    unit_id=rack.unit_id or 1,
+                    units=rack.unit_ids,
+                    packs=packs,
+                    poll_period_s=rack.poll_period_s,
+                    host=rack.host or "127.0.0.1",
+                    port=0 if free_endpoints else rack.port,
+                    device=device,
+                )
+            )
+        return cls(
+            workdir,
+            specs,
+            speed=speed,
+            profiles_dir=config.profiles_dir,
+            comm_timeout_s=comm_timeout_s,
+        )
+
+    def endpoints_for(self, config: StationConfig) -> dict[str, Any]:
+        """`config` as TOML-ready data, its racks pointed at where the simulator serves."""
+        data = config.model_dump(mode="json", exclude_none=True)
+        data.get("mqtt", {}).pop("password", None)
+        for rack in data.get("racks", []):
+            spec = next(s for s in self.specs if s.name == rack["name"])
+            if spec.transport == "tcp":
+                rack["host"], rack["port"] = spec.host, self.racks[spec.name].port
+            else:
+                rack["serial"]["device"] = str(self.ptys[spec.name].controller_end)
+                rack["serial"]["parity"] = "N"  # a pty refuses parity settings
+        return data
+
+    @staticmethod
+    def write_toml(data: Mapping[str, Any], path: Path) -> None:
+        """Write config data as TOML."""
+        path.write_text(tomli_w.dumps(dict(data)))
 
     async def start(self) -> None:
         """Start every device."""
@@ -84,9 +163,9 @@ class SimStation:
             rack.insert_pack(slot, pack)
         self.racks[spec.name] = rack
         if spec.transport == "tcp":
-            await rack.start_tcp()
+            await rack.start_tcp(spec.host, spec.port)
         else:
-            pair = PtyPair(self.workdir, f"rack-{spec.name}")
+            pair = PtyPair(self.workdir, f"rack-{spec.name}", controller_end=spec.device)
             pair.start()
             self.ptys[spec.name] = pair
             # A pty refuses parity settings: the line runs 8N1.

@@ -20,16 +20,23 @@ from tests.rig import Rig, running, until
 FAST_RISE = "[supervision]\nfast_rise_c_per_min = 60\nfast_rise_window_s = 1.5\ndebounce_s = 0.3\n"
 
 
-def _rack(transport: Literal["tcp", "rtu"] = "tcp") -> SimRackSpec:
+Transport = Literal["tcp", "rtu"]
+
+
+@pytest.fixture(params=["tcp", "rtu"])
+def transport(request: pytest.FixtureRequest) -> Transport:
+    """Each fault test runs over Modbus TCP and over RTU on a pty."""
+    value: Transport = request.param
+    return value
+
+
+def _rack(transport: Transport = "tcp") -> SimRackSpec:
     profile = "simrack" if transport == "tcp" else "simrack-unit"
     packs = {1: SimPack("PK-0001", soc=40.0), 2: SimPack("PK-0002", soc=60.0)}
     return SimRackSpec("a", [1, 2, 3, 4], transport=transport, profile=profile, packs=packs)
 
 
-@pytest.mark.parametrize("transport", ["tcp", "rtu"])
-async def test_every_register_type_decodes(
-    tmp_path: Path, transport: Literal["tcp", "rtu"]
-) -> None:
+async def test_every_register_type_decodes(tmp_path: Path, transport: Transport) -> None:
     sim = SimStation(tmp_path, [_rack(transport)], speed=1.0)
     await sim.start()
     rack = sim.racks["a"]
@@ -84,8 +91,10 @@ async def _stopped(rig: Rig, slot: int = 1) -> None:
     await until(lambda: not charger.enabled, what=f"slot {slot} stopped")
 
 
-async def test_charger_fault_stops_charging_and_clears(tmp_path: Path, broker: Mosquitto) -> None:
-    async with running(tmp_path, broker, [_rack()]) as rig:
+async def test_charger_fault_stops_charging_and_clears(
+    tmp_path: Path, broker: Mosquitto, transport: Transport
+) -> None:
+    async with running(tmp_path, broker, [_rack(transport)]) as rig:
         await _charging(rig)
         rig.sim.racks["a"].set_fault(1, 7)
         await until(lambda: "charger_fault" in rig.alarm_codes("slot:1"), what="alarm")
@@ -104,8 +113,10 @@ async def _event_kinds(rig: Rig) -> list[str]:
     return [kind for kind, _ in rows]
 
 
-async def test_over_temperature_trips_and_quarantines(tmp_path: Path, broker: Mosquitto) -> None:
-    async with running(tmp_path, broker, [_rack()]) as rig:
+async def test_over_temperature_trips_and_quarantines(
+    tmp_path: Path, broker: Mosquitto, transport: Transport
+) -> None:
+    async with running(tmp_path, broker, [_rack(transport)]) as rig:
         await _charging(rig)
         rig.sim.racks["a"].set_temperature(1, 60.0)
         await until(lambda: "over_temperature" in rig.alarm_codes("slot:1"), what="alarm")
@@ -127,8 +138,10 @@ async def test_over_temperature_trips_and_quarantines(tmp_path: Path, broker: Mo
         await _charging(rig)
 
 
-async def test_thermal_runaway_ramp_is_a_fast_rise(tmp_path: Path, broker: Mosquitto) -> None:
-    async with running(tmp_path, broker, [_rack()], sections=FAST_RISE) as rig:
+async def test_thermal_runaway_ramp_is_a_fast_rise(
+    tmp_path: Path, broker: Mosquitto, transport: Transport
+) -> None:
+    async with running(tmp_path, broker, [_rack(transport)], sections=FAST_RISE) as rig:
         await _charging(rig)
         rig.sim.racks["a"].thermal_runaway(1, 5.0)  # 5 C/min simulated = 300 C/min at 60x
         await until(lambda: "fast_temperature_rise" in rig.alarm_codes("slot:1"), what="alarm")
@@ -138,8 +151,10 @@ async def test_thermal_runaway_ramp_is_a_fast_rise(tmp_path: Path, broker: Mosqu
         assert temp is not None and temp < 55  # caught well before over-temperature
 
 
-async def test_garbage_value_is_a_sensor_fault(tmp_path: Path, broker: Mosquitto) -> None:
-    async with running(tmp_path, broker, [_rack()]) as rig:
+async def test_garbage_value_is_a_sensor_fault(
+    tmp_path: Path, broker: Mosquitto, transport: Transport
+) -> None:
+    async with running(tmp_path, broker, [_rack(transport)]) as rig:
         await _charging(rig)
         rig.sim.racks["a"].set_garbage(1, "soc", [2500])  # 250.0 %
         await until(lambda: "sensor_fault" in rig.alarm_codes("slot:1"), what="alarm")
@@ -152,21 +167,37 @@ async def test_garbage_value_is_a_sensor_fault(tmp_path: Path, broker: Mosquitto
         await _charging(rig)
 
 
-async def test_over_current_against_bms_limit_is_debounced(
-    tmp_path: Path, broker: Mosquitto
+@pytest.mark.parametrize(
+    ("register", "words", "code"),
+    [
+        ("current", [0x0003, 0xD090], "over_current"),  # 250 A against a 200 A BMS limit
+        ("voltage", [4100], "over_voltage"),  # 410.0 V against a 403.2 V BMS limit
+    ],
+)
+async def test_electrical_limits_are_debounced_trips(
+    tmp_path: Path,
+    broker: Mosquitto,
+    transport: Transport,
+    register: str,
+    words: list[int],
+    code: str,
 ) -> None:
-    async with running(tmp_path, broker, [_rack()], sections=FAST_RISE) as rig:
+    async with running(tmp_path, broker, [_rack(transport)], sections=FAST_RISE) as rig:
         await _charging(rig)
-        # The charger reports 250 A against a BMS limit of 200 A (a charger fault).
-        rig.sim.racks["a"].set_garbage(1, "current", [0x0003, 0xD090])  # 250000 mA
-        await until(lambda: "over_current" in rig.alarm_codes("slot:1"), what="alarm")
+        rack = rig.sim.racks["a"]
+        rack.set_garbage(1, register, words)
+        started = time.monotonic()
+        await until(lambda: code in rig.alarm_codes("slot:1"), what="alarm")
+        assert time.monotonic() - started >= 0.3  # debounce_s
         await _stopped(rig)
         assert 1 in rig.station.control.trips
+        rack.set_garbage(1, register, None)
+        await until(lambda: code not in rig.alarm_codes("slot:1"), what="cleared")
+        assert 1 in rig.station.control.trips  # the trip waits for an operator
 
 
-@pytest.mark.parametrize("transport", ["tcp", "rtu"])
 async def test_rack_offline_goes_stale_within_two_polls_and_recovers(
-    tmp_path: Path, broker: Mosquitto, transport: Literal["tcp", "rtu"]
+    tmp_path: Path, broker: Mosquitto, transport: Transport
 ) -> None:
     async with running(tmp_path, broker, [_rack(transport)]) as rig:
         period = rig.daemon.config.racks[0].poll_period_s
@@ -194,6 +225,12 @@ async def test_no_answer_is_detected_as_offline(tmp_path: Path, broker: Mosquitt
     async with running(tmp_path, broker, [_rack()]) as rig:
         rig.sim.racks["a"].silent = True
         await until(lambda: "rack_offline" in rig.alarm_codes("rack:a"), what="offline alarm")
+        # Offline, the rack is re-probed with a growing backoff, not every poll period.
+        poller = rig.station.pollers["a"]
+        before = poller.stats.cycles
+        await asyncio.sleep(2.0)  # a window to count attempts in, not a synchronisation
+        attempts = poller.stats.cycles - before
+        assert attempts <= 6, f"{attempts} attempts in 2 s at a 0.2 s poll period"
         with pytest.raises(CommandRefusedError, match="stale"):
             await rig.station.control.set_charging(1, enable=True)
         rig.sim.racks["a"].silent = False
