@@ -227,6 +227,8 @@ class RobotCommandTimeouts(Section):
     lock: Seconds = 30.0
     reset: Seconds = 10.0
     status: Seconds = 2.0
+    stop: Seconds = 1.0
+    sync: Seconds = 2.0
 
 
 class RobotConfig(Section):

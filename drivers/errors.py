@@ -33,6 +33,38 @@ class CommandNotAppliedError(DriverError):
     """A write was accepted but the read-back shows another value."""
 
 
+class RobotError(DriverError):
+    """Base of the robot link's errors."""
+
+
+class RobotRejectedError(RobotError):
+    """The robot refused the command (NAK): nothing was done; the reason says why."""
+
+    def __init__(self, message: str, reason: int) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class RobotFaultError(RobotError):
+    """The command failed while running (ERROR): the robot is faulted and may have moved."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RobotStoppedError(RobotFaultError):
+    """The command was pre-empted by STOP."""
+
+
+class RobotTimeoutError(RobotError, TimeoutError):
+    """No acknowledgement after every retry, or no completion within the command's timeout."""
+
+
+class RobotLinkError(RobotError):
+    """The link is down or was lost mid-command: the outcome is unknown; ask the robot."""
+
+
 class SpecError(DriverError):
     """A protocol or register spec is invalid (a configuration problem, not a runtime one)."""
 
