@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict
@@ -87,6 +87,11 @@ class AlarmBook:
                     update={"message": cause.message, "severity": cause.severity}
                 )
         return raised, cleared
+
+    def restore(self, alarms: Iterable[Alarm]) -> None:
+        """Take alarms that were active before a restart (from the journal)."""
+        for alarm in alarms:
+            self._active[(alarm.scope, alarm.code)] = alarm
 
     def active(self, scope: str | None = None) -> list[Alarm]:
         """Active alarms, of one scope or all, oldest first."""

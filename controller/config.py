@@ -173,7 +173,9 @@ class RackConfig(ModbusEndpoint):
     slots: list[SlotNumber] = Field(min_length=1, max_length=256)
     poll_period_s: Seconds = 1.0
     stale_after_s: Seconds | None = Field(
-        default=None, description="data older than this is stale; default 2 x poll_period_s"
+        default=None,
+        description="data older than this is stale; default 2 x poll_period_s, or one poll"
+        " period plus the longest failing poll if that is longer",
     )
     heartbeat_timeout_s: Seconds = Field(
         default=5.0, description="a charger heartbeat unchanged this long makes the slot stale"
@@ -181,8 +183,17 @@ class RackConfig(ModbusEndpoint):
 
     @property
     def stale_after(self) -> float:
-        """Age beyond which a slot's data is stale."""
-        return self.stale_after_s if self.stale_after_s is not None else 2 * self.poll_period_s
+        """Age beyond which a slot's data is stale.
+
+        Two poll periods, unless one failing request (every attempt timing out, and on RTU
+        the quiet time after each) takes longer than a period: then data would go stale on a
+        healthy rack whenever a single charger on its line is silent.
+        """
+        if self.stale_after_s is not None:
+            return self.stale_after_s
+        attempt = self.timeout_max_s * (2 if self.transport == "rtu" else 1)
+        failing = (self.retries + 1) * attempt
+        return max(2 * self.poll_period_s, self.poll_period_s + failing)
 
     @field_validator("slots")
     @classmethod

@@ -22,6 +22,7 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDic
 from controller.config import StationConfig
 from controller.errors import SwapstationError
 from drivers.errors import SpecError, format_loc
+from drivers.modbus.codec import encode
 from drivers.modbus.profile import find_profile, load_profile
 
 ENV_PREFIX = "SWAPSTATION_"
@@ -180,6 +181,26 @@ def profile_issues(config: StationConfig) -> list[ConfigIssue]:
                     f"profile {profile.name!r} has one unit per slot (layout unit): give unit_ids",
                 )
             )
+        limit = profile.slot_registers["current_limit"]
+        try:
+            encode(limit, config.charging.max_current_a, profile.word_order)
+        except (ValueError, TypeError) as exc:
+            issues.append(
+                ConfigIssue(
+                    "charging.max_current_a",
+                    f"rack {rack.name!r} (profile {profile.name!r}) cannot take it: {exc}",
+                    got=repr(config.charging.max_current_a),
+                )
+            )
+        if limit.max is not None and config.charging.max_current_a > limit.max:
+            issues.append(
+                ConfigIssue(
+                    "charging.max_current_a",
+                    f"above what rack {rack.name!r} accepts ({limit.max:g} A, profile"
+                    f" {profile.name!r})",
+                    got=repr(config.charging.max_current_a),
+                )
+            )
         if len(rack.slots) > profile.max_slots():
             issues.append(
                 ConfigIssue(
@@ -217,13 +238,17 @@ def semantic_issues(config: StationConfig) -> list[ConfigIssue]:
             seen_slots.setdefault(slot, rack.name)
         if rack.serial is not None:
             key = rack.serial.device
-            params = rack.serial.model_dump(exclude={"device"})
+            # One line is one link: its timing must be the same for everything on it.
+            params = {
+                **rack.serial.model_dump(exclude={"device"}),
+                **rack.model_dump(include={"timeout_min_s", "timeout_max_s", "retries"}),
+            }
             if key in lines and lines[key][1] != params:
                 issues.append(
                     ConfigIssue(
                         f"racks[{i}].serial",
-                        f"racks sharing {key} must use the same baudrate, parity, stopbits and"
-                        f" bytesize as {lines[key][0]}",
+                        f"racks sharing {key} must use the same baudrate, parity, stopbits,"
+                        f" bytesize, timeouts and retries as {lines[key][0]}",
                     )
                 )
             lines.setdefault(key, (f"racks[{i}]", params))
@@ -231,7 +256,12 @@ def semantic_issues(config: StationConfig) -> list[ConfigIssue]:
         io_dev = config.station_io.serial.device
         if io_dev in lines:
             # Sharing an RS-485 line with racks is legitimate when parameters agree.
-            params = config.station_io.serial.model_dump(exclude={"device"})
+            params = {
+                **config.station_io.serial.model_dump(exclude={"device"}),
+                **config.station_io.model_dump(
+                    include={"timeout_min_s", "timeout_max_s", "retries"}
+                ),
+            }
             if lines[io_dev][1] != params:
                 issues.append(
                     ConfigIssue(

@@ -35,9 +35,12 @@ SHUTDOWN_BUDGET_S = 5.0
 SAFE_STATE_TIMEOUT_S = 2.0
 MQTT_OFFLINE_TIMEOUT_S = 1.5
 CONTROL_PERIOD_S = 0.1
+CANCEL_RETRY_S = 0.1
 STATUS_PERIOD_S = 5.0
 
 SafeStateHook = Callable[[], Awaitable[None]]
+# Tasks that run until the very end of a shutdown; every other one is stopped first.
+KEEP_UNTIL_LAST = frozenset({"mqtt", "control", "watchdog"})
 
 
 class TaskExitedError(SwapstationError):
@@ -152,20 +155,25 @@ class Daemon:
     async def _shutdown(self, tasks: dict[str, asyncio.Task[None]]) -> None:
         self.notifier.stopping()
         deadline = time.monotonic() + SHUTDOWN_BUDGET_S
+        # 1. Stop everything that could command machinery, so nothing undoes the safe state.
+        await _cancel_all([t for n, t in tasks.items() if n not in KEEP_UNTIL_LAST], deadline)
+        # 2. Machinery to its safe state.
         await self._safe_state()
+        # 3. Say goodbye on MQTT, then end the rest.
         self.link.stop()
         mqtt = tasks.get("mqtt")
         if mqtt is not None:
             remaining = max(0.1, min(MQTT_OFFLINE_TIMEOUT_S, deadline - time.monotonic()))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(mqtt), remaining)
-        for task in tasks.values():
-            task.cancel()
+                async with asyncio.timeout(remaining):
+                    await asyncio.shield(mqtt)
+        await _cancel_all(list(tasks.values()), max(deadline, time.monotonic() + 0.5))
 
     async def _safe_state(self) -> None:
         for hook in self._safe_state_hooks:
             try:
-                await asyncio.wait_for(hook(), SAFE_STATE_TIMEOUT_S)
+                async with asyncio.timeout(SAFE_STATE_TIMEOUT_S):
+                    await hook()
             except Exception:  # noqa: BLE001 - one failing hook must not skip the others
                 _log.exception("safe-state hook %s failed", getattr(hook, "__qualname__", hook))
 
@@ -191,11 +199,20 @@ class Daemon:
             return
         loop = asyncio.get_running_loop()
         while True:
-            if loop.time() - self._last_tick <= max(interval, 4 * CONTROL_PERIOD_S):
+            stalled = self._stalled(loop.time(), max(interval, 4 * CONTROL_PERIOD_S))
+            if stalled is None:
                 self.notifier.watchdog()
             else:
-                _log.error("control loop stalled: withholding the watchdog ping")
+                _log.error("%s stalled: withholding the watchdog ping", stalled)
             await asyncio.sleep(interval)
+
+    def _stalled(self, now: float, limit: float) -> str | None:
+        """The first part of the control that made no progress within `limit`, or None."""
+        if now - self._last_tick > limit:
+            return "control loop"
+        if self.station is not None and now - self.station.liveness() > max(limit, 2.0):
+            return "slot control"
+        return None
 
     async def _status_loop(self) -> None:
         last = ""
@@ -211,6 +228,21 @@ class Daemon:
         if self.station is not None:
             line += f", {self.station.status()}"
         return line
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]], deadline: float) -> None:
+    """Cancel tasks and wait for them, cancelling again any that swallowed it.
+
+    On Python 3.11 `asyncio.wait_for` (used inside libraries) can swallow a cancellation that
+    arrives as its inner future completes; such a task runs on. Cancelling again ends it.
+    """
+    pending = {t for t in tasks if not t.done()}
+    while pending and time.monotonic() < deadline:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=CANCEL_RETRY_S)
+    for task in pending:
+        _log.error("task %s did not stop", task.get_name())
 
 
 def _leaves(group: BaseExceptionGroup[Exception]) -> list[Exception]:

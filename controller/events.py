@@ -19,12 +19,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from controller.journal import Journal, transaction
-from controller.mqttlink import MqttLink, NotConnectedError
+from controller.mqttlink import MqttLink, NotConnectedError, RefusedError
 
 _log = logging.getLogger(__name__)
 
 OUTBOX_BATCH = 100
 RETRY_PAUSE_S = 0.2
+REFUSED_PAUSE_S = 5.0
+REFUSED_LOG_PERIOD_S = 60.0
 
 
 class EventEnvelope(BaseModel):
@@ -136,6 +138,7 @@ class Outbox:
         self._link = link
         self.topic = f"{link.topic_root}/events"
         self.published = 0
+        self._refused_logged = -REFUSED_LOG_PERIOD_S
 
     async def run(self) -> None:
         """Drain the log whenever there is something to publish and a broker to take it."""
@@ -158,5 +161,16 @@ class Outbox:
                     await self._log.mark_published(done)
                 # The link notices the loss a moment later; do not spin until it does.
                 await asyncio.sleep(RETRY_PAUSE_S)
+                continue
+            except RefusedError as exc:
+                # Held, in order, until the broker takes it (an ACL fixed, say): an event is
+                # never skipped. Loud, because nothing reaches the back end meanwhile.
+                now = time.monotonic()
+                if now - self._refused_logged >= REFUSED_LOG_PERIOD_S:
+                    _log.error("outbox held: %s; retrying every %g s", exc, REFUSED_PAUSE_S)
+                    self._refused_logged = now
+                if done:
+                    await self._log.mark_published(done)
+                await asyncio.sleep(REFUSED_PAUSE_S)
                 continue
             await self._log.mark_published(done)

@@ -55,6 +55,19 @@ MIGRATIONS: tuple[str, ...] = (
         since  REAL NOT NULL
     ) STRICT;
     """,
+    """
+    -- Active alarms, so that a restart neither forgets to clear them nor raises them twice.
+    CREATE TABLE alarms (
+        scope    TEXT NOT NULL,
+        code     TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        message  TEXT NOT NULL,
+        since    REAL NOT NULL,
+        slot     INTEGER,
+        rack     TEXT,
+        PRIMARY KEY (scope, code)
+    ) STRICT;
+    """,
 )
 
 

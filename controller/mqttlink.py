@@ -17,9 +17,12 @@ import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from controller.config import MqttConfig
 from controller.errors import SwapstationError
@@ -30,6 +33,7 @@ ONLINE = b"online"
 OFFLINE = b"offline"
 OFFLINE_PUBLISH_TIMEOUT_S = 2.0
 OUTAGE_LOG_PERIOD_S = 60.0
+STABLE_CONNECTION_S = 10.0
 MAX_QUEUED_INCOMING = 1000
 
 
@@ -46,6 +50,10 @@ class LinkState(enum.Enum):
 
 class NotConnectedError(SwapstationError):
     """Publishing needs a connection; the caller queues or retries after reconnect."""
+
+
+class RefusedError(SwapstationError):
+    """The broker refused the message (an ACL, a quota): retrying at once will not help."""
 
 
 MessageHandler = Callable[[aiomqtt.Message], None]
@@ -74,7 +82,7 @@ class MqttLink:
         self._on_connect: list[ConnectHook] = []
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._tls = _tls_context(cfg)
-        self._client: aiomqtt.Client | None = None
+        self._client: _CheckedClient | None = None
         self._stop = asyncio.Event()
         self.connected = asyncio.Event()
         self.state = LinkState.IDLE
@@ -82,6 +90,7 @@ class MqttLink:
         self.failures = 0
         self._last_warning = 0.0
         self._backoff = cfg.reconnect_min_s
+        self._connected_at: float | None = None
 
     def add_connect_hook(self, hook: ConnectHook) -> None:
         """Run `hook` after every (re)connect, once `online` is published."""
@@ -101,14 +110,16 @@ class MqttLink:
         properties: Properties | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - aiomqtt's own per-call timeout
     ) -> None:
-        """Publish now; raise `NotConnectedError` when there is no connection."""
+        """Publish now; `NotConnectedError` without a connection, `RefusedError` if refused."""
         client = self._client
         if client is None or not self.connected.is_set():
             raise NotConnectedError(f"not connected to the broker; cannot publish {topic}")
         try:
-            await client.publish(
+            await client.publish_checked(
                 topic, payload, qos=qos, retain=retain, properties=properties, timeout=timeout
             )
+        except PublishRefusedError as exc:
+            raise RefusedError(str(exc)) from exc
         except aiomqtt.MqttError as exc:
             raise NotConnectedError(f"publish to {topic} failed: {exc}") from exc
 
@@ -118,11 +129,17 @@ class MqttLink:
         try:
             while not self._stop.is_set():
                 self.state = LinkState.CONNECTING
+                self._connected_at = None
                 try:
                     await self._session()
                 except aiomqtt.MqttError as exc:
                     if self._stop.is_set():
                         break
+                    if self._connection_held():
+                        # A connection that held: start over at the shortest backoff. One that
+                        # drops right after connecting keeps backing off (a flapping broker
+                        # must not be hammered).
+                        self._backoff = self._cfg.reconnect_min_s
                     delay = self._backoff * self._rng.uniform(0.5, 1.0)
                     self.failures += 1
                     now = time.monotonic()
@@ -143,9 +160,15 @@ class MqttLink:
                     self._backoff = min(self._backoff * 2, self._cfg.reconnect_max_s)
                     self.state = LinkState.BACKOFF
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stop.wait(), delay)
+                        async with asyncio.timeout(delay):
+                            await self._stop.wait()
         finally:
             self.state = LinkState.CLOSED
+
+    def _connection_held(self) -> bool:
+        """The last connection stayed up long enough to count as a success."""
+        at = self._connected_at
+        return at is not None and time.monotonic() - at >= STABLE_CONNECTION_S
 
     async def _session(self) -> None:
         client = self._make_client()
@@ -159,7 +182,7 @@ class MqttLink:
                 self.state = LinkState.CONNECTED
                 self.connects += 1
                 self.failures = 0
-                self._backoff = self._cfg.reconnect_min_s
+                self._connected_at = time.monotonic()
                 _log.info(
                     "connected to broker %s:%d as %s; %s is online",
                     self._cfg.host,
@@ -213,9 +236,9 @@ class MqttLink:
         except (aiomqtt.MqttError, asyncio.CancelledError, RuntimeError) as exc:
             _log.debug("could not publish offline: %s", exc)
 
-    def _make_client(self) -> aiomqtt.Client:
+    def _make_client(self) -> _CheckedClient:
         cfg = self._cfg
-        return aiomqtt.Client(
+        return _CheckedClient(
             cfg.host,
             cfg.port,
             identifier=self._client_id,
@@ -238,3 +261,60 @@ def _tls_context(cfg: MqttConfig) -> ssl.SSLContext | None:
     if cfg.tls.cert_file is not None and cfg.tls.key_file is not None:
         ctx.load_cert_chain(str(cfg.tls.cert_file), str(cfg.tls.key_file))
     return ctx
+
+
+class PublishRefusedError(aiomqtt.MqttError):
+    """The broker answered a publish with a failure reason code (MQTT v5 PUBACK)."""
+
+
+class _CheckedClient(aiomqtt.Client):
+    """aiomqtt's client, minding the reason code of a v5 PUBACK.
+
+    aiomqtt 2.x counts any PUBACK as success, so a publish the broker refused (an ACL, a
+    quota) would pass as delivered. `publish_checked` is aiomqtt's `publish` plus that check;
+    it uses aiomqtt internals, which is why aiomqtt is pinned below 3.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._refused: dict[int, ReasonCode] = {}
+
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        if reason_code.is_failure:
+            self._refused[mid] = reason_code
+        super()._on_publish(client, userdata, mid, reason_code, properties)
+
+    async def publish_checked(
+        self,
+        topic: str,
+        payload: bytes | str,
+        *,
+        qos: int,
+        retain: bool,
+        properties: Properties | None,
+        timeout: float | None,  # noqa: ASYNC109 - aiomqtt's own per-call timeout
+    ) -> None:
+        """Publish; raise `PublishRefusedError` when the broker refuses the message."""
+        info = self._client.publish(topic, payload, qos, retain, properties)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+        if not info.is_published():
+            confirmation = asyncio.Event()
+            with self._pending_call(info.mid, confirmation, self._pending_publishes):
+                # asyncio.timeout, not aiomqtt's wait_for: on Python 3.11 wait_for can swallow
+                # a cancellation that coincides with the confirmation.
+                try:
+                    async with asyncio.timeout(self.timeout if timeout is None else timeout):
+                        await confirmation.wait()
+                except TimeoutError:
+                    raise aiomqtt.MqttError("Operation timed out") from None
+        refused = self._refused.pop(info.mid, None)
+        if refused is not None:
+            raise PublishRefusedError(f"broker refused the message on {topic}: {refused}")

@@ -104,12 +104,14 @@ async def _ask(
     timeout_s: float,
 ) -> ProbeResult:
     try:
-        detail = await asyncio.wait_for(ident(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            detail = await ident()
         # ident() connected and identified; now time single-register round trips.
         latencies = []
         for _ in range(SAMPLES):
             started = time.perf_counter()
-            await asyncio.wait_for(ping(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await ping()
             latencies.append((time.perf_counter() - started) * 1000)
     except (DriverError, TimeoutError) as exc:
         return ProbeResult(device, address, False, None, str(exc) or "no answer")

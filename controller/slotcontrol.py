@@ -1,9 +1,16 @@
 """Slot control: supervision, alarms, trips and quarantine, and the chargers' setpoints.
 
 One task consumes the racks' poll results (and a timer, so staleness is noticed between
-polls), evaluates the supervision rules for every slot, reconciles the alarms, latches trips
-and quarantines in the journal, and then drives each charger: off whenever anything says so,
-otherwise on at the limit the charge policy gives. Every write is verified by read-back.
+polls). Each step evaluates the supervision rules for every slot, reconciles the alarms and
+latches trips and quarantines, then acts in a fixed order:
+
+1. stop every charger that must stop (all racks at once, each bounded in time);
+2. commit alarms, latches and events to the journal in one transaction;
+3. start the chargers that may charge, each re-checked on the freshest data just before its
+   write (the step may have waited on writes and disk meanwhile).
+
+Every write is verified by read-back. A setpoint the charger will not take is retried with a
+growing pause and reported (`setpoint_not_applied`), never hammered.
 """
 
 from __future__ import annotations
@@ -11,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from controller.alarms import Alarm, AlarmBook, Cause, Severity, rack_scope, slot_scope
@@ -30,7 +38,10 @@ _log = logging.getLogger(__name__)
 
 TICK_S = 0.1
 WRITE_RETRY_S = 1.0
+WRITE_RETRY_MAX_S = 60.0
+WRITE_TIMEOUT_S = 2.0
 LIMIT_TOLERANCE_A = 0.05
+NOT_APPLIED = "setpoint_not_applied"
 
 
 class CommandRefusedError(SwapstationError):
@@ -52,6 +63,20 @@ class Rack:
 
     driver: RackDriver
     poller: RackPoller
+
+
+@dataclass
+class _Writing:
+    """What was last asked of a charger, and how that went."""
+
+    want: tuple[bool, float]
+    at: float
+    failures: int = 0
+    error: str | None = None
+
+    def due(self, now: float) -> bool:
+        pause = min(WRITE_RETRY_MAX_S, WRITE_RETRY_S * 2.0 ** min(self.failures, 6))
+        return now - self.at >= pause
 
 
 LimitPolicy = Callable[[SlotView], float]
@@ -80,11 +105,14 @@ class SlotControl:
         self.trips: dict[int, Latch] = {}
         self.quarantine: dict[str, Latch] = {}
         self.disabled_slots: set[int] = set()
+        self.manual_off: set[int] = set()
         self.checks: dict[int, SlotCheck] = {}
         self.changed = asyncio.Event()  # set whenever something publishable changed
+        self.stopping = False  # once set, nothing is switched on again
+        self.last_step = time.monotonic()
         self._limit_policy = limit_policy or (lambda _v: config.charging.max_current_a)
         self._queue: asyncio.Queue[RackSnapshot] = asyncio.Queue(maxsize=1000)
-        self._writes: dict[int, tuple[bool, float, float]] = {}  # slot -> (enable, limit, at)
+        self._writes: dict[int, _Writing] = {}
 
     # --- inputs ------------------------------------------------------------------------------
 
@@ -95,10 +123,16 @@ class SlotControl:
         except asyncio.QueueFull:
             _log.error("slot control is not keeping up; dropping a poll of rack %s", snapshot.rack)
 
-    async def load(self) -> None:
-        """Restore trips and quarantines from the journal."""
+    def _drain(self) -> None:
+        while not self._queue.empty():
+            self.book.update(self._queue.get_nowait())
 
-        def read(conn: sqlite3.Connection) -> tuple[dict[int, Latch], dict[str, Latch]]:
+    async def load(self) -> None:
+        """Restore trips, quarantines and active alarms from the journal."""
+
+        def read(
+            conn: sqlite3.Connection,
+        ) -> tuple[dict[int, Latch], dict[str, Latch], list[Alarm]]:
             trips = {
                 int(slot): Latch(str(reason), float(since), int(slot))
                 for slot, reason, since in conn.execute(
@@ -111,18 +145,38 @@ class SlotControl:
                     "SELECT serial, reason, slot, since FROM pack_quarantine"
                 )
             }
-            return trips, quarantine
+            alarms = [
+                Alarm(
+                    scope=scope,
+                    code=code,
+                    severity=sev,
+                    message=msg,
+                    since=since,
+                    slot=slot,
+                    rack=rack,
+                )
+                for scope, code, sev, msg, since, slot, rack in conn.execute(
+                    "SELECT scope, code, severity, message, since, slot, rack FROM alarms"
+                )
+            ]
+            return trips, quarantine, alarms
 
-        self.trips, self.quarantine = await self.journal.call(read)
+        self.trips, self.quarantine, alarms = await self.journal.call(read)
+        # Alarms active before a restart stay active until fresh data says otherwise: their
+        # causes are held like those of a slot whose data is stale.
+        self.alarms.restore(alarms)
+        for alarm in alarms:
+            if alarm.slot is not None and alarm.scope == slot_scope(alarm.slot):
+                self.rules.hold(alarm.slot, alarm.code, Cause(alarm.severity, alarm.message))
 
     async def run(self) -> None:
         """Consume poll results and the timer, forever."""
         while True:
             with contextlib.suppress(TimeoutError):
-                snapshot = await asyncio.wait_for(self._queue.get(), TICK_S)
+                async with asyncio.timeout(TICK_S):
+                    snapshot = await self._queue.get()
                 self.book.update(snapshot)
-                while not self._queue.empty():
-                    self.book.update(self._queue.get_nowait())
+            self._drain()
             await self.step(time.monotonic())
 
     # --- the control step ----------------------------------------------------------------------
@@ -131,52 +185,71 @@ class SlotControl:
         """Evaluate every slot, stop what must stop, record, then start what may start."""
         batch = JournalBatch()
         for rack in self.book.racks:
+            if self.book.snapshot(rack) is None:
+                continue  # not polled yet: nothing known, a restored alarm stays as it was
             causes = (
                 {"rack_offline": Cause(Severity.CRITICAL, self._offline_message(rack))}
                 if self.book.rack_offline(rack)
                 else {}
             )
             self._report(*self.alarms.reconcile(rack_scope(rack), causes, rack=rack), batch)
-        plans: list[tuple[SlotView, tuple[bool, float]]] = []
+        stops: list[tuple[SlotView, tuple[bool, float]]] = []
+        starts: list[tuple[SlotView, tuple[bool, float]]] = []
         for view in self.book.views(now):
-            check = self.rules.check(view, now)
+            check = self.rules.check(view)
             self.checks[view.slot] = check
+            causes = dict(check.causes)
+            writing = self._writes.get(view.slot)
+            if writing is not None and writing.error is not None:
+                causes[NOT_APPLIED] = Cause(Severity.WARNING, writing.error)
             raised, cleared = self.alarms.reconcile(
-                slot_scope(view.slot), check.causes, slot=view.slot, rack=view.rack
+                slot_scope(view.slot), causes, slot=view.slot, rack=view.rack
             )
             self._report(raised, cleared, batch)
             if check.trips:
                 self._latch(view, check, batch)
             want = self._wanted(view, now)
             if want is not None:
-                plans.append((view, want))
+                (starts if want[0] else stops).append((view, want))
         # Safety first: stop every charger that must stop before anything else, recording
         # included; then commit alarms, latches and events in one transaction; then start.
-        for view, (enable, limit) in plans:
-            if not enable:
-                await self._write(view, enable=False, limit=limit)
+        await self._write_all(stops)
         if batch:
             await self.events.commit(batch)
             self.changed.set()
-        for view, (enable, limit) in plans:
-            if enable:
-                await self._write(view, enable=True, limit=limit)
+        if starts and not self.stopping:
+            self._drain()  # the writes and the disk took time: act on the freshest data
+            await self._write_all([(v, w) for v, w in starts if self._still_wanted(v.slot, w)])
+        self.last_step = time.monotonic()
 
     def _offline_message(self, rack: str) -> str:
         snap = self.book.snapshot(rack)
-        if snap is None:
-            return f"rack {rack}: no answer yet"
-        return f"rack {rack} offline: {snap.error or 'no answer'}"
+        return f"rack {rack} offline: {(snap.error if snap else None) or 'no answer'}"
 
-    @staticmethod
-    def _report(raised: list[Alarm], cleared: list[Alarm], batch: JournalBatch) -> None:
+    def _report(self, raised: list[Alarm], cleared: list[Alarm], batch: JournalBatch) -> None:
         for alarm in raised:
             log = _log.error if alarm.severity is Severity.CRITICAL else _log.warning
             log("alarm raised: %s %s: %s", alarm.scope, alarm.code, alarm.message)
             batch.event("alarm_raised", alarm)
+            batch.execute(
+                "INSERT OR REPLACE INTO alarms(scope, code, severity, message, since, slot, rack)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (
+                    alarm.scope,
+                    alarm.code,
+                    alarm.severity.value,
+                    alarm.message,
+                    alarm.since,
+                    alarm.slot,
+                    alarm.rack,
+                ),
+            )
         for alarm in cleared:
             _log.info("alarm cleared: %s %s", alarm.scope, alarm.code)
             batch.event("alarm_cleared", alarm)
+            batch.execute(
+                "DELETE FROM alarms WHERE scope = ? AND code = ?", (alarm.scope, alarm.code)
+            )
 
     def _latch(self, view: SlotView, check: SlotCheck, batch: JournalBatch) -> None:
         reason = ", ".join(check.causes[c].message for c in check.trips)
@@ -212,6 +285,8 @@ class SlotControl:
         """Every reason charging must be off in `slot` now (empty: it may charge)."""
         view = self.book.view(slot, time.monotonic() if now is None else now)
         reasons: list[str] = []
+        if self.stopping:
+            reasons.append("the controller is stopping")
         if view.stale:
             reasons.append(f"data stale: {view.stale_reason}")
         check = self.checks.get(slot)
@@ -221,6 +296,8 @@ class SlotControl:
             reasons.append(f"tripped: {self.trips[slot].reason} (needs an operator reset)")
         if slot in self.disabled_slots:
             reasons.append("slot disabled by an operator")
+        if slot in self.manual_off:
+            reasons.append("charging switched off by an operator")
         r = view.reading
         if r is not None and r.pack_serial in self.quarantine:
             reasons.append(
@@ -230,41 +307,82 @@ class SlotControl:
             reasons.append(f"charger status {r.status}")
         return reasons
 
-    def _wanted(self, view: SlotView, now: float) -> tuple[bool, float] | None:
-        """The setpoint a charger should get now, or None to leave it alone."""
+    def _target(self, view: SlotView, now: float) -> tuple[bool, float] | None:
+        """The setpoint the charger should have, or None when nothing can be known."""
         r = view.fresh
         if r is None:
             # Unreachable or stale: nothing can be known, nothing is written; the charger's
             # own communication watchdog is the guard until the data is back.
             return None
         want_on = bool(r.pack_present) and not self.blockers(view.slot, now)
-        want_limit = self._limit_policy(view) if want_on else 0.0
+        return want_on, (self._limit_policy(view) if want_on else 0.0)
+
+    def _wanted(self, view: SlotView, now: float) -> tuple[bool, float] | None:
+        """The setpoint to write now, or None (already there, unknowable, or paused)."""
+        target = self._target(view, now)
+        r = view.fresh
+        if target is None or r is None:
+            return None
+        want_on, want_limit = target
         if r.charge_enable == want_on and (
             not want_on or abs((r.current_limit or 0.0) - want_limit) <= LIMIT_TOLERANCE_A
         ):
-            self._writes.pop(view.slot, None)
+            if self._writes.pop(view.slot, None) is not None:
+                self.changed.set()
             return None
-        last = self._writes.get(view.slot)
-        if last is not None and last[:2] == (want_on, want_limit) and now - last[2] < WRITE_RETRY_S:
-            return None  # written a moment ago; the next poll shows it
-        self._writes[view.slot] = (want_on, want_limit, now)
-        return want_on, want_limit
+        writing = self._writes.get(view.slot)
+        if writing is not None and writing.want == target:
+            if not writing.due(now):
+                return None  # written a moment ago (or refused): the next poll tells
+            writing.at = now
+        else:
+            self._writes[view.slot] = _Writing(target, now)
+        return target
+
+    def _still_wanted(self, slot: int, want: tuple[bool, float]) -> bool:
+        """Re-check an enable just before writing it: the data may have moved on."""
+        view = self.book.view(slot, time.monotonic())
+        check = self.rules.check(view)
+        self.checks[slot] = check
+        return not check.causes and self._target(view, time.monotonic()) == want
+
+    async def _write_all(self, plans: Iterable[tuple[SlotView, tuple[bool, float]]]) -> None:
+        """Write setpoints, racks in parallel (a slow rack delays only itself)."""
+        by_rack: dict[str, list[tuple[SlotView, tuple[bool, float]]]] = {}
+        for view, want in plans:
+            by_rack.setdefault(view.rack, []).append((view, want))
+
+        async def rack_writes(items: list[tuple[SlotView, tuple[bool, float]]]) -> None:
+            for view, (enable, limit) in items:
+                await self._write(view, enable=enable, limit=limit)
+
+        await asyncio.gather(*(rack_writes(items) for items in by_rack.values()))
 
     async def _write(self, view: SlotView, *, enable: bool, limit: float) -> None:
         rack = self.racks[view.rack]
+        writing = self._writes.get(view.slot)
         try:
-            if enable:
-                # Limit first, so the charger never runs at a stale, higher limit.
+            async with asyncio.timeout(WRITE_TIMEOUT_S):
                 await rack.driver.write_setpoints(
-                    view.slot, current_limit=limit, charge_enable=True
+                    view.slot,
+                    # Limit first, so the charger never runs at a stale, higher limit.
+                    current_limit=limit if enable else None,
+                    charge_enable=enable,
                 )
-            else:
-                await rack.driver.write_setpoints(view.slot, charge_enable=False)
-        except DriverError as exc:
+        except (DriverError, TimeoutError) as exc:
+            message = str(exc) or f"no answer within {WRITE_TIMEOUT_S:g} s"
             _log.warning(
-                "slot %d: setting charge %s failed: %s", view.slot, "on" if enable else "off", exc
+                "slot %d: setting charge %s failed: %s",
+                view.slot,
+                "on" if enable else "off",
+                message,
             )
+            if writing is not None:
+                writing.failures += 1
+                writing.error = f"charge {'on' if enable else 'off'} not applied: {message}"
             return
+        if writing is not None:
+            writing.error = None
         _log.info(
             "slot %d: charging %s%s",
             view.slot,
@@ -273,33 +391,74 @@ class SlotControl:
         )
         rack.poller.poll_soon()
 
+    async def stop_all(self) -> None:
+        """Switch every reachable charger off, racks in parallel; nothing switches on again."""
+        self.stopping = True
+
+        async def rack_off(name: str, rack: Rack) -> None:
+            for slot in rack.driver.slots:
+                try:
+                    async with asyncio.timeout(WRITE_TIMEOUT_S):
+                        await rack.driver.write_setpoints(slot, charge_enable=False)
+                except (DriverError, TimeoutError) as exc:
+                    _log.warning("rack %s slot %d: could not stop charging: %s", name, slot, exc)
+
+        await asyncio.gather(
+            *(
+                rack_off(name, r)
+                for name, r in self.racks.items()
+                if not self.book.rack_offline(name)
+            )
+        )
+
     # --- commands ------------------------------------------------------------------------
 
     async def set_charging(self, slot: int, *, enable: bool, limit_a: float | None = None) -> None:
-        """Command a charger directly (commissioning); refused with the reason when unsafe."""
+        """Command a charger directly (commissioning); refused with the reason when unsafe.
+
+        Switching off is always attempted and stays off (until switched on again); switching
+        on is refused while anything blocks it.
+        """
         if slot not in self.book.rack_of:
             raise CommandRefusedError(f"no slot {slot}")
         view = self.book.view(slot, time.monotonic())
+        maximum = self.config.charging.max_current_a
+        limit = maximum if limit_a is None else limit_a
         if enable:
-            reasons = self.blockers(slot)
+            if not (math.isfinite(limit) and 0 < limit <= maximum):
+                raise CommandRefusedError(
+                    f"slot {slot}: current limit must be above 0 and at most {maximum:g} A"
+                    f" (got {limit_a})"
+                )
+            reasons = [
+                r for r in self.blockers(slot) if r != "charging switched off by an operator"
+            ]
             if view.reading is not None and not view.reading.pack_present:
                 reasons.append("no pack in the slot")
             if reasons:
                 raise CommandRefusedError(f"slot {slot}: cannot charge: {'; '.join(reasons)}")
-        elif not view.rack_online:
-            raise CommandRefusedError(f"slot {slot}: rack {view.rack} is offline")
-        limit = self.config.charging.max_current_a if limit_a is None else limit_a
+            self.manual_off.discard(slot)
+        else:
+            self.manual_off.add(slot)
+            self.changed.set()
         try:
-            await self.racks[view.rack].driver.write_setpoints(
-                slot, current_limit=limit if enable else None, charge_enable=enable
-            )
-        except DriverError as exc:
-            raise CommandRefusedError(f"slot {slot}: {exc}") from exc
+            async with asyncio.timeout(WRITE_TIMEOUT_S):
+                await self.racks[view.rack].driver.write_setpoints(
+                    slot, current_limit=limit if enable else None, charge_enable=enable
+                )
+        except (DriverError, TimeoutError) as exc:
+            raise CommandRefusedError(f"slot {slot}: {exc or 'no answer'}") from exc
 
     async def reset_trip(self, slot: int) -> None:
-        """An operator releases a slot's trip (its causes must be gone)."""
-        check = self.checks.get(slot)
-        if check is not None and check.trips:
+        """An operator releases a slot's trip (its causes must be gone, on fresh data)."""
+        view = self.book.view(slot, time.monotonic())
+        if view.stale:
+            raise CommandRefusedError(
+                f"slot {slot}: data stale ({view.stale_reason}): cannot"
+                " tell whether the cause is gone"
+            )
+        check = self.rules.check(view)
+        if check.trips:
             raise CommandRefusedError(f"slot {slot}: still {', '.join(check.trips)}")
         if self.trips.pop(slot, None) is not None:
             await self._store("DELETE FROM slot_trips WHERE slot = ?", (slot,))

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 from controller.alarms import Severity, slot_scope
 from controller.config import DeadbandsConfig, PublishConfig
-from controller.mqttlink import MqttLink, NotConnectedError
+from controller.mqttlink import MqttLink, NotConnectedError, RefusedError
 from controller.slotcontrol import SlotControl
 
 _log = logging.getLogger(__name__)
@@ -191,7 +191,8 @@ class SlotPublisher:
         """Publish changes as they happen."""
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.control.changed.wait(), TICK_S)
+                async with asyncio.timeout(TICK_S):
+                    await self.control.changed.wait()
             self.control.changed.clear()
             if self.link.connected.is_set():
                 await self.publish_changes(time.monotonic())
@@ -214,6 +215,11 @@ class SlotPublisher:
                 )
             except NotConnectedError:
                 return
+            except RefusedError as exc:
+                # Not retried until it changes or the periodic refresh: no flood of refusals.
+                _log.warning("slot %d state not published: %s", slot, exc)
+                self._last[slot] = state
+                continue
             self._last[slot] = state
             self.published += 1
         if full:

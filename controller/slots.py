@@ -31,9 +31,9 @@ class SlotView:
     rack: str
     reading: SlotReading | None
     rack_online: bool
-    age_s: float | None
+    age_s: float | None  # the age of the data; the reason text is fixed (no live counters)
     stale_reason: str | None
-    charger_silent: bool = False  # the rack answers, but this charger's heartbeat stopped
+    charger_silent: bool = False  # the rack answers, but this charger does not
 
     @property
     def stale(self) -> bool:
@@ -90,12 +90,16 @@ class SlotBook:
             reason = "no data from the rack yet" if online or snap is None else "rack offline"
         elif not online:
             reason = "rack offline"
+        elif snap is not None and slot in snap.failed:
+            # The rack answers, this charger does not: its own problem, not the rack's.
+            reason = "charger not answering"
+            return SlotView(slot, rack, reading, online, age, reason, charger_silent=True)
         elif snap is not None and snap.consecutive_failures:
-            reason = f"last poll failed: {snap.error}"
+            reason = "last poll failed"
         elif age is not None and age > info.stale_after_s:
-            reason = f"data is {age:.1f} s old"
+            reason = "data too old"
         elif now - reading.heartbeat_since > info.heartbeat_timeout_s:
-            reason = f"charger heartbeat unchanged for {now - reading.heartbeat_since:.1f} s"
+            reason = "charger heartbeat stopped"
             return SlotView(slot, rack, reading, online, age, reason, charger_silent=True)
         return SlotView(slot, rack, reading, online, age, reason)
 

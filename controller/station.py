@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Coroutine
 from typing import Any
@@ -15,11 +14,8 @@ from controller.mqttlink import MqttLink
 from controller.slotcontrol import Rack, SlotControl
 from controller.slotpub import SlotPublisher
 from controller.slots import RackInfo, SlotBook
-from drivers.errors import DriverError
 
 _log = logging.getLogger(__name__)
-
-SAFE_STATE_PER_SLOT_S = 0.5
 
 
 class Station:
@@ -66,17 +62,11 @@ class Station:
 
     async def safe_state(self) -> None:
         """Stop every charger we can reach: nobody supervises them once we are gone."""
-        for name, poller in self.pollers.items():
-            if not poller.online:
-                continue
-            for slot in poller.driver.slots:
-                try:
-                    await asyncio.wait_for(
-                        poller.driver.write_setpoints(slot, charge_enable=False),
-                        SAFE_STATE_PER_SLOT_S,
-                    )
-                except (DriverError, TimeoutError) as exc:
-                    _log.warning("rack %s slot %d: could not stop charging: %s", name, slot, exc)
+        await self.control.stop_all()
+
+    def liveness(self) -> float:
+        """When the slot control last completed a step (monotonic)."""
+        return self.control.last_step
 
     async def close(self) -> None:
         """Close the device links."""

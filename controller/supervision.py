@@ -1,23 +1,31 @@
 """Slot supervision rules: from a slot's readings over time to causes, trips and quarantine.
 
 The rules, per slot (limits from `[supervision]`, BMS limits from the pack via the charger):
+
 - `charger_fault`: the charger reports a fault code. No charging while it lasts.
 - `sensor_fault`: a value outside its plausible range. No charging, not dispensable.
-- `slot_data_stale`: the rack answers but this charger's heartbeat stopped. No charging.
-  (A rack that does not answer is the rack-level alarm `rack_offline`.)
+- `slot_data_stale`: the rack answers but this charger does not (or its heartbeat stopped).
+  No charging. (A rack that does not answer at all is the rack-level alarm `rack_offline`.)
 - `charge_temperature`: a cell outside the charging window (0-45 C), with hysteresis.
   No charging while it lasts.
 - `over_temperature`: the hottest cell above `over_temp_c`. Trip and quarantine.
-- `over_voltage`: voltage above the BMS limit plus a margin for `debounce_s`. Trip and
-  quarantine.
-- `over_current`: current above min(BMS limit, setpoint) plus a margin for `debounce_s`.
-  Trip and quarantine.
-- `fast_temperature_rise`: the hottest cell rising faster than `fast_rise_c_per_min` (a
-  possible thermal event). Trip and quarantine.
+- `over_voltage`: voltage above the BMS limit plus a margin, on readings spanning
+  `debounce_s`. Trip and quarantine.
+- `over_current`: current above min(BMS limit, setpoint) plus a margin, on readings spanning
+  `debounce_s`. Trip and quarantine.
+- `charging_while_off`: current flows although the charger was told to stop, on readings
+  spanning `debounce_s`. Trip and quarantine; a person must isolate the charger.
+- `fast_temperature_rise`: the hottest cell rising faster than `fast_rise_c_per_min` over a
+  full window (a possible thermal event). Trip and quarantine.
+
+Rules are evaluated on each *new* reading, timed by the reading's own timestamp, so one
+reading evaluated twice never satisfies a debounce. While a slot's data is stale nothing can
+be known: the causes found on the last fresh reading are held (an alarm neither clears nor
+re-raises because a poll failed), and the debounce and rise histories are kept.
 
 A trip latches "no charging" on the slot and a quarantine latches "do not dispense" on the pack
 (by serial); both survive restarts and are released by an operator. The alarm itself clears
-when its cause clears.
+when a fresh reading shows its cause gone.
 """
 
 from __future__ import annotations
@@ -28,8 +36,19 @@ from dataclasses import dataclass, field
 from controller.alarms import Cause, Severity
 from controller.config import SupervisionConfig
 from controller.slots import SlotView
+from drivers.rack import SlotReading
 
-TRIPPING = frozenset({"over_temperature", "over_voltage", "over_current", "fast_temperature_rise"})
+TRIPPING = frozenset(
+    {
+        "over_temperature",
+        "over_voltage",
+        "over_current",
+        "fast_temperature_rise",
+        "charging_while_off",
+    }
+)
+STALE = "slot_data_stale"
+CURRENT_FLOWING_A = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +56,7 @@ class SlotCheck:
     """The rules' verdict on one slot at one moment."""
 
     causes: dict[str, Cause]
-    inhibit: bool  # charging must be off now
+    stale: bool = False  # the causes are held from the last fresh reading
 
     @property
     def trips(self) -> list[str]:
@@ -46,12 +65,37 @@ class SlotCheck:
 
 
 @dataclass
+class _Debounce:
+    """A condition that must hold on readings spanning a time before it counts."""
+
+    since: float | None = None
+
+    def update(self, *, holds: bool, at: float, span: float) -> bool:
+        if not holds:
+            self.since = None
+            return False
+        if self.since is None:
+            self.since = at
+        return at - self.since >= span
+
+
+@dataclass
 class _History:
-    over_v_since: float | None = None
-    over_i_since: float | None = None
-    temps: deque[tuple[float, float]] = field(default_factory=deque)
+    last_at: float | None = None
     pack: str | None = None
+    causes: dict[str, Cause] = field(default_factory=dict)
+    over_v: _Debounce = field(default_factory=_Debounce)
+    over_i: _Debounce = field(default_factory=_Debounce)
+    off_current: _Debounce = field(default_factory=_Debounce)
+    temps: deque[tuple[float, float]] = field(default_factory=deque)
     too_hot_or_cold: bool = False
+    over_temp: bool = False
+
+    def new_pack(self, serial: str | None) -> None:
+        self.pack = serial
+        self.temps.clear()
+        self.over_v, self.over_i, self.off_current = _Debounce(), _Debounce(), _Debounce()
+        self.too_hot_or_cold = self.over_temp = False
 
 
 class SlotRules:
@@ -61,50 +105,42 @@ class SlotRules:
         self.cfg = cfg
         self._history: dict[int, _History] = {}
 
-    def check(self, view: SlotView, now: float) -> SlotCheck:
-        """Evaluate every rule for one slot at monotonic time `now`."""
+    def hold(self, slot: int, code: str, cause: Cause) -> None:
+        """Hold a cause known from before a restart until a fresh reading judges it."""
+        self._history.setdefault(slot, _History()).causes[code] = cause
+
+    def check(self, view: SlotView) -> SlotCheck:
+        """The slot's causes now."""
         h = self._history.setdefault(view.slot, _History())
-        causes: dict[str, Cause] = {}
         r = view.reading
-        if view.stale:
+        if view.stale or r is None:
+            held = {k: v for k, v in h.causes.items() if k != STALE}
             if view.charger_silent:
-                causes["slot_data_stale"] = Cause(
-                    Severity.WARNING, f"slot data stale: {view.stale_reason}"
-                )
-            # Stale data cannot be supervised: charging must stop, and history is void.
-            h.over_v_since = h.over_i_since = None
-            h.temps.clear()
-            return SlotCheck(causes, inhibit=True)
-        assert r is not None
+                held[STALE] = Cause(Severity.WARNING, f"slot data stale: {view.stale_reason}")
+            return SlotCheck(held, stale=True)
+        if r.at != h.last_at:
+            h.last_at = r.at
+            h.causes = self._evaluate(r, h)
+        return SlotCheck(dict(h.causes))
+
+    def _evaluate(self, r: SlotReading, h: _History) -> dict[str, Cause]:
         if r.pack_serial != h.pack:  # another pack: its history is not this one's
-            h.pack = r.pack_serial
-            h.temps.clear()
-            h.over_v_since = h.over_i_since = None
-            h.too_hot_or_cold = False
+            h.new_pack(r.pack_serial)
+        causes: dict[str, Cause] = {}
         if r.sensor_faults:
             causes["sensor_fault"] = Cause(
                 Severity.WARNING, f"implausible value(s): {', '.join(r.sensor_faults)}"
             )
         if r.fault_code:
             causes["charger_fault"] = Cause(Severity.WARNING, f"charger fault code {r.fault_code}")
-        if r.pack_present:
-            self._temperatures(r.temp_min, r.temp_max, h, now, causes)
-            self._electrical(view, h, now, causes)
-        else:
-            h.temps.clear()
-            h.over_v_since = h.over_i_since = None
-        inhibit = bool(causes)
-        return SlotCheck(causes, inhibit=inhibit)
+        if r.pack_present is not False:  # present, or unknown: supervise what we can
+            self._temperatures(r, h, causes)
+            self._electrical(r, h, causes)
+        return causes
 
-    def _temperatures(
-        self,
-        t_min: float | None,
-        t_max: float | None,
-        h: _History,
-        now: float,
-        causes: dict[str, Cause],
-    ) -> None:
+    def _temperatures(self, r: SlotReading, h: _History, causes: dict[str, Cause]) -> None:
         cfg = self.cfg
+        t_min, t_max = r.temp_min, r.temp_max
         if t_min is None or t_max is None:
             return
         lo, hi, hyst = cfg.charge_temp_min_c, cfg.charge_temp_max_c, cfg.temp_hysteresis_c
@@ -118,16 +154,24 @@ class SlotRules:
                 f"cells at {t_min:.1f}..{t_max:.1f} C, outside the charging window"
                 f" {lo:g}..{hi:g} C",
             )
-        if t_max > cfg.over_temp_c:
+        limit = cfg.over_temp_c - (hyst if h.over_temp else 0.0)
+        h.over_temp = t_max > limit
+        if h.over_temp:
             causes["over_temperature"] = Cause(
                 Severity.CRITICAL, f"hottest cell {t_max:.1f} C above {cfg.over_temp_c:g} C"
             )
-        h.temps.append((now, t_max))
-        while h.temps and now - h.temps[0][0] > cfg.fast_rise_window_s:
+        self._rise(r.at, t_max, h, causes)
+
+    def _rise(self, at: float, t_max: float, h: _History, causes: dict[str, Cause]) -> None:
+        cfg = self.cfg
+        h.temps.append((at, t_max))
+        while len(h.temps) > 1 and at - h.temps[1][0] >= cfg.fast_rise_window_s:
             h.temps.popleft()
         t0, first = h.temps[0]
-        elapsed = now - t0
-        if elapsed >= min(cfg.fast_rise_window_s / 3, 10.0):
+        elapsed = at - t0
+        # Judged over (nearly) a whole window only: a single step of the sensor's resolution
+        # must not read as a thermal event.
+        if elapsed >= 0.9 * cfg.fast_rise_window_s:
             rate = (t_max - first) / elapsed * 60
             if rate > cfg.fast_rise_c_per_min:
                 causes["fast_temperature_rise"] = Cause(
@@ -136,20 +180,15 @@ class SlotRules:
                     " possible thermal event",
                 )
 
-    def _electrical(
-        self, view: SlotView, h: _History, now: float, causes: dict[str, Cause]
-    ) -> None:
+    def _electrical(self, r: SlotReading, h: _History, causes: dict[str, Cause]) -> None:
         cfg = self.cfg
-        r = view.reading
-        assert r is not None
         v_limit = r.bms_voltage_max
         over_v = (
             v_limit is not None
             and r.voltage is not None
-            and (r.voltage > v_limit + cfg.over_voltage_margin_v)
+            and r.voltage > v_limit + cfg.over_voltage_margin_v
         )
-        h.over_v_since = (now if h.over_v_since is None else h.over_v_since) if over_v else None
-        if h.over_v_since is not None and now - h.over_v_since >= cfg.debounce_s:
+        if h.over_v.update(holds=over_v, at=r.at, span=cfg.debounce_s):
             causes["over_voltage"] = Cause(
                 Severity.CRITICAL, f"{r.voltage:.1f} V above the BMS limit {v_limit:.1f} V"
             )
@@ -158,10 +197,18 @@ class SlotRules:
         over_i = (
             i_limit is not None
             and r.current is not None
-            and (r.current > i_limit + cfg.over_current_margin_a)
+            and r.current > i_limit + cfg.over_current_margin_a
         )
-        h.over_i_since = (now if h.over_i_since is None else h.over_i_since) if over_i else None
-        if h.over_i_since is not None and now - h.over_i_since >= cfg.debounce_s:
+        if h.over_i.update(holds=over_i, at=r.at, span=cfg.debounce_s):
             causes["over_current"] = Cause(
                 Severity.CRITICAL, f"{r.current:.1f} A above the limit {i_limit:.1f} A"
+            )
+        flowing = (
+            r.charge_enable is False and r.current is not None and r.current > CURRENT_FLOWING_A
+        )
+        if h.off_current.update(holds=flowing, at=r.at, span=cfg.debounce_s):
+            causes["charging_while_off"] = Cause(
+                Severity.CRITICAL,
+                f"{r.current:.1f} A flowing although the charger was switched off:"
+                " isolate the charger",
             )

@@ -16,14 +16,21 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from drivers.errors import CommandNotAppliedError, DriverError
-from drivers.modbus.codec import Value, compile_decoder, decode, encode
+from drivers.errors import (
+    CommandNotAppliedError,
+    DeviceConnectionError,
+    DeviceRejectedError,
+    DriverError,
+)
+from drivers.modbus.codec import Decoder, Value, compile_decoder, decode, encode
 from drivers.modbus.link import ModbusLink
 from drivers.modbus.plan import Item, Read, bridge_limit_rtu, bridge_limit_tcp, plan_reads
 from drivers.modbus.profile import RackProfile, RegisterSpec
 
 _log = logging.getLogger(__name__)
 
+UNIT_REST_MIN_S = 1.0
+UNIT_REST_MAX_S = 30.0
 NUMERIC_FIELDS = (
     "soc",
     "soh",
@@ -88,6 +95,14 @@ class RackIdentity:
 
 
 @dataclass(frozen=True, slots=True)
+class PollResult:
+    """One poll: readings of the slots that answered, errors of those that did not."""
+
+    readings: dict[int, SlotReading]
+    failed: dict[int, str]
+
+
+@dataclass(frozen=True, slots=True)
 class RackSnapshot:
     """The rack after a poll attempt."""
 
@@ -99,6 +114,7 @@ class RackSnapshot:
     error: str | None = None
     cycle_s: float = 0.0
     offline: bool = False  # declared offline: N polls in a row failed
+    failed: Mapping[int, str] = field(default_factory=dict)  # slots that did not answer
 
 
 class RackDriver:
@@ -138,28 +154,19 @@ class RackDriver:
             for i, slot in enumerate(self.slots)
             for reg in profile.slot
         ]
-        self.reads: list[Read] = plan_reads(
-            items,
-            max_read=profile.max_read,
-            readable_gaps=profile.readable_gaps,
-            bridge_limit=limit,
-        )
         self.items = items
-        order = profile.word_order
-        # Per read: (slot, name, offset in the read, decoder), compiled once.
-        self._extract = [
-            [
-                (
-                    item.key[0],
-                    item.key[1],
-                    item.address - read.address,
-                    compile_decoder(item.spec, order),
-                )
-                for item in read.items
-            ]
-            for read in self.reads
-        ]
+        self.reads: list[Read] = []
+        self._extract: list[list[tuple[int, str, int, Decoder]]] = []
+        self.set_plan(
+            plan_reads(
+                items,
+                max_read=profile.max_read,
+                readable_gaps=profile.readable_gaps,
+                bridge_limit=limit,
+            )
+        )
         self._heartbeats: dict[int, tuple[int | None, float]] = {}
+        self._unit_rest: dict[int, tuple[float, float]] = {}  # unit -> (until, pause)
 
     def set_plan(self, reads: list[Read]) -> None:
         """Use these reads for polling (the planner's, or another plan to compare with)."""
@@ -180,14 +187,79 @@ class RackDriver:
         return sum(r.count for r in self.reads)
 
     async def read_all(self) -> dict[int, SlotReading]:
-        """One poll: every planned read, decoded into a reading per slot."""
+        """One poll of every slot; raises if any read fails (see `poll` for partial results)."""
+        result = await self.poll()
+        if result.failed:
+            raise DeviceRejectedError(next(iter(result.failed.values())))
+        return result.readings
+
+    async def poll(self) -> PollResult:
+        """One poll: every planned read, decoded into a reading per slot.
+
+        On a rack of several units (RS-485, a charger per unit) one silent charger must not
+        blind the station to the others, nor slow the line down for them: a unit that fails is
+        skipped for the rest of the poll, its slots are reported in `failed`, and it is
+        re-probed with a growing pause, at the end of a poll. If nothing at all could be read,
+        the first error is raised. A reading is stamped with the time its first read was
+        sent: the data is at least that old.
+        """
+        now = time.monotonic()
+        wall = time.time() - now  # wall clock = monotonic + this
         values: dict[int, dict[str, Value | None]] = {slot: {} for slot in self.slots}
-        for read, extract in zip(self.reads, self._extract, strict=True):
-            words = await self.link.read_registers(read.table, read.unit, read.address, read.count)
+        stamps: dict[int, float] = {}
+        failed_units: dict[int, str] = {}
+        many = len(set(self._units)) > 1
+        resting = {u for u, (until, _) in self._unit_rest.items() if many and until > now}
+        plan = list(zip(self.reads, self._extract, strict=True))
+        # Healthy units first; units due for a re-probe last; resting units not at all.
+        plan.sort(key=lambda pair: pair[0].unit in self._unit_rest)
+        first_error: DriverError | None = None
+        for read, extract in plan:
+            if read.unit in failed_units or read.unit in resting:
+                continue
+            sent = time.monotonic()
+            probe = read.unit in self._unit_rest and many
+            try:
+                words = await self.link.read_registers(
+                    read.table,
+                    read.unit,
+                    read.address,
+                    read.count,
+                    retries=0 if probe else None,  # a silent unit is asked once, not pleaded with
+                )
+            except DeviceConnectionError:
+                raise  # the line itself is down: nothing else can be read
+            except DriverError as exc:
+                failed_units[read.unit] = str(exc)
+                first_error = first_error or exc
+                self._rest(read.unit)
+                continue
             for slot, name, start, decoder in extract:
                 values[slot][name] = decoder(words, start)
-        now, wall = time.monotonic(), time.time()
-        return {slot: self._reading(slot, vals, now, wall) for slot, vals in values.items()}
+                stamps.setdefault(slot, sent)
+        for unit in {r.unit for r, _ in plan} - failed_units.keys() - resting:
+            self._unit_rest.pop(unit, None)
+        failed = {}
+        for slot, unit in zip(self.slots, self._units, strict=True):
+            if unit in failed_units:
+                failed[slot] = failed_units[unit]
+            elif unit in resting:
+                wait = self._unit_rest[unit][0] - now
+                failed[slot] = f"unit {unit} not answering (next try in {wait:.0f} s)"
+        if len(failed) == len(self.slots):
+            raise first_error or DeviceRejectedError(next(iter(failed.values())))
+        readings = {
+            slot: self._reading(slot, vals, stamps[slot], stamps[slot] + wall)
+            for slot, vals in values.items()
+            if slot not in failed and slot in stamps
+        }
+        return PollResult(readings, failed)
+
+    def _rest(self, unit: int) -> None:
+        """A unit failed: leave it out of polls for a while, longer each time."""
+        _, pause = self._unit_rest.get(unit, (0.0, UNIT_REST_MIN_S / 2))
+        pause = min(pause * 2, UNIT_REST_MAX_S)
+        self._unit_rest[unit] = (time.monotonic() + pause, pause)
 
     async def read_identity(self) -> RackIdentity:
         """Read the rack-level registers (identity, rack heartbeat) from the first unit."""
@@ -229,12 +301,15 @@ class RackDriver:
         unit = self._units[i]
         wanted: list[tuple[RegisterSpec, list[int]]] = []
         regs = self.profile.slot_registers
-        if current_limit is not None:
-            spec = regs["current_limit"]
-            wanted.append((spec, encode(spec, current_limit, self.profile.word_order)))
-        if charge_enable is not None:
-            spec = regs["charge_enable"]
-            wanted.append((spec, encode(spec, int(charge_enable), self.profile.word_order)))
+        try:
+            if current_limit is not None:
+                spec = regs["current_limit"]
+                wanted.append((spec, encode(spec, current_limit, self.profile.word_order)))
+            if charge_enable is not None:
+                spec = regs["charge_enable"]
+                wanted.append((spec, encode(spec, int(charge_enable), self.profile.word_order)))
+        except (ValueError, TypeError) as exc:
+            raise CommandNotAppliedError(f"rack {self.name} slot {slot}: {exc}") from exc
         # Disable last-to-first order does not matter for safety: each write is its own request,
         # and when lowering power the limit is written before enabling.
         for spec, words in wanted:
@@ -350,6 +425,7 @@ class RackPoller:
         self.readings: dict[int, SlotReading] = {}
         self.last_error: str | None = None
         self._wake = asyncio.Event()
+        self._silent: set[int] = set()
 
     def poll_soon(self) -> None:
         """Cut the current wait short (after a command, or to re-probe now)."""
@@ -359,11 +435,12 @@ class RackPoller:
         """Poll forever."""
         name = self.driver.name
         backoff = self.period
-        next_at = time.monotonic()
         while True:
             started = time.monotonic()
+            self._wake.clear()  # a poll_soon() from now on asks for the poll after this one
+            failed: dict[int, str] = {}
             try:
-                readings = await self.driver.read_all()
+                result = await self.driver.poll()
             except DriverError as exc:
                 self.failures += 1
                 self.stats.failures += 1
@@ -377,11 +454,15 @@ class RackPoller:
                     _log.info("rack %s: poll failed: %s", name, exc)
             else:
                 if not self.online:
-                    _log.info("rack %s online (%d slots)", name, len(readings))
+                    _log.info("rack %s online (%d slots)", name, len(self.driver.slots))
                 self.online = True
                 self.failures = 0
                 self.last_error = None
-                self.readings = readings
+                self.readings.update(result.readings)
+                failed = result.failed
+                for slot in failed.keys() - self._silent:
+                    _log.warning("rack %s slot %d not answering: %s", name, slot, failed[slot])
+                self._silent = set(failed)
                 backoff = self.period
             cycle = time.monotonic() - started
             self.stats.cycles += 1
@@ -397,10 +478,13 @@ class RackPoller:
                     self.last_error,
                     cycle,
                     offline=self.failures >= self.offline_after,
+                    failed=failed,
                 )
             )
             if self.online or self.failures < self.offline_after:
-                next_at = max(next_at + self.period, time.monotonic())
+                # One period after this poll began (an early poll, after a command, moves the
+                # schedule rather than stretching it).
+                next_at = started + self.period
             else:
                 # Offline: re-probe with capped exponential backoff and jitter.
                 next_at = time.monotonic() + backoff * self._rng.uniform(0.75, 1.0)
@@ -408,8 +492,8 @@ class RackPoller:
             await self._sleep_until(next_at)
 
     async def _sleep_until(self, when: float) -> None:
-        self._wake.clear()
         delay = when - time.monotonic()
         if delay > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()

@@ -136,7 +136,10 @@ class SimCharger:
             cc = min(self.limit_a, pack.bms_current_max, self.max_current_a)
             cv = max(0.0, (pack.bms_voltage_max - pack.ocv()) / r)
             current = min(cc, cv)
-            if current < CUTOFF_C_RATE * pack.capacity_ah or pack.soc >= self.target_soc:
+            # Full when the constant-voltage taper falls below the cutoff (a low limit in the
+            # constant-current phase is not "full").
+            tapered = cv < cc and current < CUTOFF_C_RATE * pack.capacity_ah
+            if tapered or pack.soc >= self.target_soc:
                 self.full = True
                 current = 0.0
         ocv = pack.ocv()

@@ -116,10 +116,12 @@ async def _watch(
                     break
                 view.render()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), VIEW_PERIOD_S)
+                    async with asyncio.timeout(VIEW_PERIOD_S):
+                        await stop.wait()
             print("stopping the daemon (SIGTERM)...")
             daemon.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(daemon.wait(), DAEMON_STOP_TIMEOUT_S)
+            async with asyncio.timeout(DAEMON_STOP_TIMEOUT_S):
+                await daemon.wait()
             await view.seen_status("offline", timeout=2.0)
         finally:
             reader.cancel()
@@ -162,7 +164,8 @@ class _View:
         while self.status != status and time.monotonic() < deadline:
             self._status_changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._status_changed.wait(), deadline - time.monotonic())
+                async with asyncio.timeout(deadline - time.monotonic()):
+                    await self._status_changed.wait()
 
     def render(self) -> None:
         if not self._tty:
@@ -201,7 +204,8 @@ async def _stop_daemon(daemon: asyncio.subprocess.Process) -> None:
     if daemon.returncode is None:
         daemon.send_signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(daemon.wait(), DAEMON_STOP_TIMEOUT_S)
+            async with asyncio.timeout(DAEMON_STOP_TIMEOUT_S):
+                await daemon.wait()
         except TimeoutError:
             daemon.kill()
             await daemon.wait()

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from pymodbus.framer import FramerType
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from drivers.modbus.codec import Value, decode, encode
+from drivers.modbus.codec import RAW_RANGE, Value, WordOrder, decode, encode
 from drivers.modbus.profile import RackProfile, RegisterSpec
 from simstation.charger import SimCharger, SimPack
 from simstation.clock import SimClock
@@ -56,6 +57,7 @@ class SimRack:
         charger_max_a: float = 150.0,
         comm_timeout_s: float | None = None,
         identity: RackIdentityValues = RackIdentityValues(),
+        seed: int = 3,
     ) -> None:
         self.profile = profile
         self.slots = tuple(slots)
@@ -71,6 +73,10 @@ class SimRack:
         self.identity = identity
         self.chargers = {slot: SimCharger(max_current_a=charger_max_a) for slot in self.slots}
         self.silent = False
+        self.silent_units: set[int] = set()  # chargers (unit ids) that stopped answering
+        self.drop_rate = 0.0  # share of answers lost on the way
+        self._rng = random.Random(seed)  # noqa: S311 - simulation
+        self._last_unit = 0
         self.requests = 0
         self._overrides: dict[tuple[int, str], list[int]] = {}
         self._index = {slot: i for i, slot in enumerate(self.slots)}
@@ -167,8 +173,11 @@ class SimRack:
         key = (slot, register)
         if raw is None:
             self._overrides.pop(key, None)
-        else:
-            self._overrides[key] = list(raw)
+            return
+        words = self.profile.slot_registers[register].words
+        if len(raw) != words:
+            raise ValueError(f"{register} takes {words} word(s), got {len(raw)}")
+        self._overrides[key] = list(raw)
 
     def set_disabled(self, slot: int, *, disabled: bool) -> None:
         """Take a slot out of service at the rack (status disabled)."""
@@ -199,8 +208,17 @@ class SimRack:
         if not sending:
             self.requests += 1
             self._last_request = time.monotonic()
+            # The unit a request is for: RTU's first byte, or the MBAP header's seventh.
+            if data:
+                self._last_unit = (
+                    data[0] if self._serial_port is not None else (data[6] if len(data) > 6 else 0)
+                )
             return data
-        return b"" if self.silent else data
+        if self.silent or self._last_unit in self.silent_units:
+            return b""
+        if self.drop_rate and self._rng.random() < self.drop_rate:
+            return b""  # a lossy line: this answer never arrives
+        return data
 
     def _devices(self) -> list[SimDevice]:
         p = self.profile
@@ -254,21 +272,28 @@ class SimRack:
             await asyncio.sleep(TICK_S)
             now = self.clock.now()
             dt, last = now - last, now
-            if self._server is None:
-                continue
+            # An unreachable rack keeps charging at its last setpoints: physics never pauses.
             await self._read_setpoints()
-            self._comm_watchdog()
+            await self._comm_watchdog()
             for charger in self.chargers.values():
                 charger.step(dt, self.ambient_c)
             await self._publish_all()
 
-    def _comm_watchdog(self) -> None:
+    async def _comm_watchdog(self) -> None:
         """A real rack stops charging when its controller stops talking to it."""
-        if self.comm_timeout_s is None:
+        if self.comm_timeout_s is None or self._server is None:
             return
-        if time.monotonic() - self._last_request > self.comm_timeout_s:
-            for charger in self.chargers.values():
+        if time.monotonic() - self._last_request <= self.comm_timeout_s:
+            return
+        enable = self.profile.slot_registers["charge_enable"]
+        for slot, charger in self.chargers.items():
+            if charger.enabled:
                 charger.enabled = False
+                i = self._index[slot]
+                # The register says so too: a read-back shows the charger off.
+                await self._server.async_setValues(
+                    self.units[i], FC_READ_HOLDING, self.profile.slot_address(enable, i), [0]
+                )
 
     async def _read_setpoints(self) -> None:
         server = self._server
@@ -380,11 +405,13 @@ class SimRack:
             await server.async_setValues(self.units[0], FC_WRITE_INPUT, 0, block)
 
 
-def _encode_clamped(spec: RegisterSpec, value: Value, order: str) -> list[int]:
-    """Encode, clamping numbers into the type's range (a real device saturates)."""
+def _encode_clamped(spec: RegisterSpec, value: Value, order: WordOrder) -> list[int]:
+    """Encode, saturating numbers at the type's range (a real device saturates)."""
     try:
-        return encode(spec, value, order)  # type: ignore[arg-type]
-    except ValueError:
+        return encode(spec, value, order)
+    except (ValueError, TypeError):
         if isinstance(value, str):
-            return encode(spec, value[: spec.words * 2], order)  # type: ignore[arg-type]
-        return encode(spec, 0, order)  # type: ignore[arg-type]
+            return encode(spec, value[: spec.words * 2], order)
+        low, high = RAW_RANGE.get(spec.type, (-3.0e38, 3.0e38))  # f32: near its largest
+        raw = min(max(value / spec.scale, low), high)
+        return encode(spec, raw * spec.scale, order)

@@ -37,12 +37,20 @@ class SimRackSpec:
     profile: str = "simrack"
     unit_id: int = 1
     packs: Mapping[int, SimPack] = field(default_factory=dict)
+    fault_codes: Mapping[int, int] = field(default_factory=dict)  # chargers faulted at start
     charger_max_a: float = 150.0
-    poll_period_s: float = 0.2
+    poll_period_s: float | None = None  # default: 0.2 s on TCP, 0.5 s on RTU
     units: Sequence[int] | None = None
     host: str = "127.0.0.1"
     port: int = 0  # 0: a free port
     device: Path | None = None  # rtu: where the controller's end of the pty appears
+
+    @property
+    def period(self) -> float:
+        """The poll period the controller is given."""
+        if self.poll_period_s is not None:
+            return self.poll_period_s
+        return 0.2 if self.transport == "tcp" else 0.5
 
     @property
     def unit_ids(self) -> list[int]:
@@ -161,6 +169,8 @@ class SimStation:
         )
         for slot, pack in spec.packs.items():
             rack.insert_pack(slot, pack)
+        for slot, code in spec.fault_codes.items():
+            rack.set_fault(slot, code)
         self.racks[spec.name] = rack
         if spec.transport == "tcp":
             await rack.start_tcp(spec.host, spec.port)
@@ -209,9 +219,10 @@ class SimStation:
                 f'transport = "{spec.transport}"',
                 f'profile = "{spec.profile}"',
                 f"slots = {list(spec.slots)}",
-                f"poll_period_s = {spec.poll_period_s}",
+                f"poll_period_s = {spec.period}",
                 "timeout_min_s = 0.02",
-                "timeout_max_s = 0.2",
+                # A failing poll must fit in a poll period (RTU waits out a late reply too).
+                f"timeout_max_s = {0.2 if spec.transport == 'tcp' else 0.1}",
             ]
             if rack.profile.layout == "unit":
                 lines.append(f"unit_ids = {spec.unit_ids}")

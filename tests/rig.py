@@ -93,8 +93,11 @@ async def running(
             raise AssertionError(f"daemon exited with {task.result()}")
         yield rig
     finally:
-        if not task.done():
-            daemon.request_stop("test")
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(task, 10)
-        await sim.stop()
+        try:
+            if not task.done():
+                daemon.request_stop("test")
+                # A daemon that does not stop in time is a failure, never hidden.
+                async with asyncio.timeout(10):
+                    await task
+        finally:
+            await sim.stop()

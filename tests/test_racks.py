@@ -241,8 +241,7 @@ async def test_commands_are_verified_by_read_back(tmp_path: Path, broker: Mosqui
     async with running(tmp_path, broker, [_rack()]) as rig:
         control = rig.station.control
         await _charging(rig)
-        # The charger clamps 200 A to its 150 A rating: the read-back shows it.
-        with pytest.raises(CommandRefusedError, match="read back"):
+        with pytest.raises(CommandRefusedError, match="at most 150 A"):
             await control.set_charging(1, enable=True, limit_a=200.0)
         with pytest.raises(CommandRefusedError, match="no pack"):
             await control.set_charging(3, enable=True)
@@ -251,3 +250,23 @@ async def test_commands_are_verified_by_read_back(tmp_path: Path, broker: Mosqui
         with pytest.raises(CommandRefusedError, match="charger fault code 9"):
             await control.set_charging(2, enable=True)
         await control.set_charging(2, enable=False)  # stopping is always allowed
+
+
+async def test_a_setpoint_the_charger_will_not_take_is_reported_not_hammered(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    spec = _rack()
+    spec.charger_max_a = 100.0  # the charger clamps the controller's 150 A to 100 A
+    async with running(tmp_path, broker, [spec]) as rig:
+        control = rig.station.control
+        await until(lambda: "setpoint_not_applied" in rig.alarm_codes("slot:1"), what="alarm")
+        alarm = next(a for a in control.alarms.active("slot:1") if a.code == "setpoint_not_applied")
+        assert "read back" in alarm.message
+        with pytest.raises(CommandRefusedError, match="read back"):
+            await control.set_charging(1, enable=True, limit_a=120.0)
+        # Retried with a growing pause, not every step.
+        requests = rig.sim.racks["a"].requests
+        await asyncio.sleep(1.0)  # a window to count writes in, not a synchronisation
+        writes = control._writes[1]
+        assert writes.failures <= 2
+        assert rig.sim.racks["a"].requests - requests < 40

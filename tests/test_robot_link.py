@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,9 +25,8 @@ from simstation.clock import SimClock
 from simstation.robot import SimBay, SimRobot, Timing
 from tests.rig import until
 
-TIMEOUTS = {
-    k: 5.0
-    for k in (
+TIMEOUTS = dict.fromkeys(
+    (
         "home",
         "move",
         "unlock",
@@ -39,8 +39,9 @@ TIMEOUTS = {
         "status",
         "stop",
         "sync",
-    )
-}
+    ),
+    5.0,
+)
 
 
 class Rack:
@@ -154,7 +155,7 @@ async def test_1000_commands_over_a_noisy_line_each_executed_once(tmp_path: Path
         assert len(b.sim.executions) == 1000
         # Consecutive commands never share a sequence number: none ran twice.
         seqs = [seq for seq, _ in b.sim.executions]
-        assert all(a != c for a, c in zip(seqs, seqs[1:], strict=False))
+        assert all(a != c for a, c in itertools.pairwise(seqs))
         reassembly = b.link.reassembly
         assert reassembly is not None and reassembly.stats.bad_frames > 0
         assert b.link.stats.retransmits > 0

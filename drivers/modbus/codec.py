@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import decimal
 import math
 import struct
 from collections.abc import Callable, Sequence
@@ -13,7 +14,7 @@ from drivers.modbus.profile import RegisterSpec
 WordOrder = Literal["big", "little"]
 Value = int | float | str
 
-_INT_RANGE = {
+RAW_RANGE = {
     "u16": (0, 0xFFFF),
     "i16": (-0x8000, 0x7FFF),
     "u32": (0, 0xFFFF_FFFF),
@@ -29,6 +30,7 @@ def decode(spec: RegisterSpec, words: Sequence[int], word_order: WordOrder = "bi
     kind = spec.type
     if kind == "string":
         raw = b"".join(w.to_bytes(2, "big") for w in words)
+        # Not ASCII: replaced by U+FFFD, which `plausible` rejects (it is not printable ASCII).
         return raw.rstrip(b"\x00 ").decode("ascii", errors="replace")
     if kind == "u16":
         value: float = words[0]
@@ -40,7 +42,13 @@ def decode(spec: RegisterSpec, words: Sequence[int], word_order: WordOrder = "bi
     if spec.scale == 1.0:
         return value if kind == "f32" else int(value)
     # Round to the scale's resolution so 269 * 0.1 reads 26.9, not 26.900000000000002.
-    return round(value * spec.scale, max(0, -math.floor(math.log10(spec.scale)) + 1))
+    return round(value * spec.scale, scale_digits(spec.scale))
+
+
+def scale_digits(scale: float) -> int:
+    """Decimal places of a scale: 0.1 -> 1, 0.125 -> 3, 10 -> 0."""
+    exponent = decimal.Decimal(repr(scale)).normalize().as_tuple().exponent
+    return max(0, -exponent) if isinstance(exponent, int) else 6
 
 
 def encode(spec: RegisterSpec, value: Value, word_order: WordOrder = "big") -> list[int]:
@@ -58,13 +66,16 @@ def encode(spec: RegisterSpec, value: Value, word_order: WordOrder = "big") -> l
     if isinstance(value, str):
         raise TypeError(f"{spec.name}: expects a number")
     scaled = value / spec.scale
+    if not math.isfinite(scaled):
+        raise ValueError(f"{spec.name}: not a finite number")
     if kind == "f32":
-        if not math.isfinite(scaled):
-            raise ValueError(f"{spec.name}: not a finite number")
-        hi, lo = struct.unpack(">HH", struct.pack(">f", scaled))
+        try:
+            hi, lo = struct.unpack(">HH", struct.pack(">f", scaled))
+        except OverflowError:
+            raise ValueError(f"{spec.name}: {value} does not fit a 32-bit float") from None
     else:
         raw_int = round(scaled)
-        low, high = _INT_RANGE[kind]
+        low, high = RAW_RANGE[kind]
         if not low <= raw_int <= high:
             raise ValueError(
                 f"{spec.name}: {value} is outside {low * spec.scale:g}..{high * spec.scale:g}"
@@ -78,7 +89,7 @@ def encode(spec: RegisterSpec, value: Value, word_order: WordOrder = "big") -> l
 def plausible(spec: RegisterSpec, value: Value) -> bool:
     """False when a value is outside the spec's plausible range (a sensor fault)."""
     if isinstance(value, str):
-        return value.isprintable()
+        return value.isascii() and value.isprintable()
     if isinstance(value, float) and not math.isfinite(value):
         return False
     if spec.min is not None and value < spec.min:
@@ -97,14 +108,14 @@ def compile_decoder(spec: RegisterSpec, word_order: WordOrder = "big") -> Decode
     kind, scale = spec.type, spec.scale
     lo = -math.inf if spec.min is None else spec.min
     hi = math.inf if spec.max is None else spec.max
-    digits = None if scale == 1.0 else max(0, -math.floor(math.log10(scale)) + 1)
+    digits = None if scale == 1.0 else scale_digits(scale)
     n = spec.words
     if kind == "string":
 
         def string(words: Sequence[int], i: int) -> Value | None:
             raw = b"".join(w.to_bytes(2, "big") for w in words[i : i + n])
             text = raw.rstrip(b"\x00 ").decode("ascii", errors="replace")
-            return text if text.isprintable() else None
+            return text if text.isascii() and text.isprintable() else None
 
         return string
     if kind in {"u16", "i16"}:

@@ -143,17 +143,22 @@ class ModbusLink:
         self._keep_rtts = keep_rtts
         self._lock = asyncio.Lock()
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
-        self._quiet_until = 0.0
+        self._quiet_until: dict[int, float] = {}  # unit -> until when a late reply may come
 
     @property
     def is_serial(self) -> bool:
         """True for an RTU line."""
         return self.params.serial is not None
 
-    async def read_registers(self, table: Table, unit: int, address: int, count: int) -> list[int]:
-        """Read `count` registers; raise a `DriverError` subclass on failure."""
+    async def read_registers(
+        self, table: Table, unit: int, address: int, count: int, *, retries: int | None = None
+    ) -> list[int]:
+        """Read `count` registers; raise a `DriverError` subclass on failure.
+
+        `retries` overrides the link's (a probe of a unit known to be silent asks once).
+        """
         async with self._lock:
-            return await self._request(_Op("read", table, unit, address, count))
+            return await self._request(_Op("read", table, unit, address, count), retries)
 
     async def read_bits(self, table: BitTable, unit: int, address: int, count: int) -> list[bool]:
         """Read coils or discrete inputs."""
@@ -177,52 +182,26 @@ class ModbusLink:
             self._drop()
             self.state = LinkState.CLOSED
 
-    async def _request(self, req: _Op) -> list[int]:
+    async def _request(self, req: _Op, retries: int | None = None) -> list[int]:
         if self.state is LinkState.CLOSED:
             raise DeviceConnectionError(f"{self.params.name}: link closed")
         client = await self._connected()
-        for attempt in range(self.params.retries + 1):
-            await self._wait_quiet()
-            timeout = self.rtt.timeout
-            client.ctx.comm_params.timeout_connect = timeout
-            self.stats.requests += 1
-            started = time.monotonic()
-            try:
-                reply = await _call(client, req)
-            except ModbusIOException:
-                # No reply (or a reply that matched another request) within the timeout.
-                self.stats.timeouts += 1
-                self.rtt.timed_out()
-                if self.is_serial:
-                    self._quiet_until = time.monotonic() + self.params.timeout_max_s
-                if not client.connected:
-                    self._drop()
-                    raise DeviceConnectionError(
-                        f"{self.params.name}: connection closed after repeated timeouts"
-                    ) from None
-                _log.debug(
-                    "%s unit %d: no reply (attempt %d, timeout %.3f s)",
-                    self.params.name,
-                    req.unit,
-                    attempt + 1,
-                    timeout,
-                )
+        attempts = (self.params.retries if retries is None else retries) + 1
+        for attempt in range(attempts):
+            reply = await self._attempt(client, req, attempt)
+            if reply is None:
                 continue
-            except (ConnectionException, OSError) as exc:
-                self._drop()
-                raise DeviceConnectionError(f"{self.params.name}: {exc}") from exc
-            except ModbusException as exc:
-                raise DeviceRejectedError(f"{self.params.name}: {exc}") from exc
-            rtt = time.monotonic() - started
-            self.stats.last_rtt_s = rtt
-            if self._keep_rtts:
-                self.stats.rtts.append(rtt)
-            self.rtt.sample(rtt)
             if reply.isError():
                 self.stats.rejected += 1
                 code = getattr(reply, "exception_code", None)
                 what = MODBUS_EXCEPTIONS.get(code or 0, f"exception {code}")
                 raise DeviceRejectedError(f"{self.params.name} {req}: {what}", code)
+            if not _answers(reply, req):
+                # On RTU nothing but the unit id ties a reply to its request: a late reply to
+                # an abandoned request lands here. Drop it, keep quiet, ask again.
+                self._quiet_after_loss(req.unit)
+                _log.debug("%s: reply does not match %s: dropped", self.params.name, req)
+                continue
             if req.kind == "read":
                 registers = list(reply.registers)
                 if len(registers) != req.count:
@@ -230,12 +209,62 @@ class ModbusLink:
                         f"{self.params.name} {req}: got {len(registers)} registers"
                     )
                 return registers
-            if req.kind == "bits":
-                return [int(b) for b in reply.bits]
-            return []
-        raise DeviceTimeoutError(
-            f"{self.params.name} {req}: no reply after {self.params.retries + 1} attempt(s)"
-        )
+            return [int(b) for b in reply.bits] if req.kind == "bits" else []
+        raise DeviceTimeoutError(f"{self.params.name} {req}: no reply after {attempts} attempt(s)")
+
+    async def _attempt(
+        self, client: AsyncModbusTcpClient | AsyncModbusSerialClient, req: _Op, attempt: int
+    ) -> ModbusPDU | None:
+        """One try: the reply, or None after a timeout (the caller retries)."""
+        await self._wait_quiet(req.unit)
+        timeout = self.rtt.timeout
+        client.ctx.comm_params.timeout_connect = timeout
+        self.stats.requests += 1
+        started = time.monotonic()
+        try:
+            reply = await _call(client, req)
+        except asyncio.CancelledError:
+            # Abandoned mid-request (shutdown, a caller's deadline): on RTU its reply may
+            # still come and must not be taken for the next request's.
+            self._quiet_after_loss(req.unit)
+            raise
+        except ModbusIOException:
+            # No reply (or a reply that matched another request) within the timeout.
+            self.stats.timeouts += 1
+            self.rtt.timed_out()
+            self._quiet_after_loss(req.unit)
+            if not client.connected:
+                self._drop()
+                raise DeviceConnectionError(
+                    f"{self.params.name}: connection closed after repeated timeouts"
+                ) from None
+            _log.debug(
+                "%s %s: no reply (attempt %d, timeout %.3f s)",
+                self.params.name,
+                req,
+                attempt + 1,
+                timeout,
+            )
+            return None
+        except (ConnectionException, OSError) as exc:
+            self._drop()
+            raise DeviceConnectionError(f"{self.params.name}: {exc}") from exc
+        except ModbusException as exc:
+            raise DeviceRejectedError(f"{self.params.name}: {exc}") from exc
+        except Exception as exc:
+            # A fault inside the library must cost a reconnect, not the poller's life.
+            self._drop()
+            raise DeviceConnectionError(f"{self.params.name}: unexpected {exc!r}") from exc
+        rtt = time.monotonic() - started
+        self.stats.last_rtt_s = rtt
+        if self._keep_rtts:
+            self.stats.rtts.append(rtt)
+        self.rtt.sample(rtt)
+        return reply
+
+    def _quiet_after_loss(self, unit: int) -> None:
+        if self.is_serial:
+            self._quiet_until[unit] = time.monotonic() + self.params.timeout_max_s
 
     async def _connected(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
         if self._client is not None and self._client.connected:
@@ -265,8 +294,10 @@ class ModbusLink:
         if self.state is LinkState.CONNECTED:
             self.state = LinkState.DISCONNECTED
 
-    async def _wait_quiet(self) -> None:
-        delay = self._quiet_until - time.monotonic()
+    async def _wait_quiet(self, unit: int) -> None:
+        # A late reply carries its unit id: only the same unit's next request could mistake
+        # it for its own, so only that unit waits.
+        delay = self._quiet_until.get(unit, 0.0) - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
 
@@ -310,6 +341,27 @@ class _Op:
 
     def __str__(self) -> str:
         return f"unit {self.unit} {self.kind} {self.table} {self.address}+{self.count}"
+
+
+FUNCTION_CODES = {
+    ("read", "input"): 4,
+    ("read", "holding"): 3,
+    ("bits", "coil"): 1,
+    ("bits", "discrete"): 2,
+    ("coil", "coil"): 5,
+}
+
+
+def _answers(reply: ModbusPDU, req: _Op) -> bool:
+    """True if `reply` is the answer to `req` (function code, and address for writes)."""
+    code = FUNCTION_CODES.get((req.kind, req.table))
+    if code is None:  # a register write
+        code = 6 if len(req.values) == 1 else 16
+    if reply.function_code != code:
+        return False
+    if req.kind in {"write", "coil"}:
+        return int(getattr(reply, "address", req.address)) == req.address
+    return True
 
 
 async def _call(  # noqa: PLR0911 - one return per Modbus function

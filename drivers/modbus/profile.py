@@ -131,6 +131,9 @@ class RackProfile(BaseModel):
             if reg.name in WRITABLE_SLOT_REGISTERS and reg.access != "rw"
         ]
         problems += _overlaps("slot", self.slot) + _overlaps("rack", self.rack)
+        widest = max(r.words for r in [*self.slot, *self.rack])
+        if widest > self.max_read:
+            problems.append(f"max_read ({self.max_read}) is smaller than a value ({widest} words)")
         if self.layout == "block":
             span = self.block_span
             if self.stride < span:

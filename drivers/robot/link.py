@@ -267,7 +267,8 @@ class RobotLink:
                 raise RobotLinkError(f"robot silent for {silent:.1f} s")
             lost = asyncio.shield(proto.lost)
             with contextlib.suppress(TimeoutError):
-                exc = await asyncio.wait_for(lost, timeout - silent + 0.01)
+                async with asyncio.timeout(timeout - silent + 0.01):
+                    exc = await lost
                 raise RobotLinkError(f"port closed: {exc or 'end of file'}")
             if self._lost.is_set():
                 raise RobotLinkError("robot restarted")
@@ -376,7 +377,8 @@ class RobotLink:
         for attempt in range(attempts):
             self._send(data, retransmit=attempt > 0)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(txn.acked.wait(), self.params.ack_timeout_s)
+                async with asyncio.timeout(self.params.ack_timeout_s):
+                    await txn.acked.wait()
                 return
             if txn.done.done():
                 return
@@ -398,7 +400,8 @@ class RobotLink:
                     f" {self.params.timeout_for(txn.message.type):g} s"
                 )
             with contextlib.suppress(TimeoutError):
-                return await asyncio.wait_for(asyncio.shield(txn.done), min(poll, remaining))
+                async with asyncio.timeout(min(poll, remaining)):
+                    return await asyncio.shield(txn.done)
             # No DONE yet: ask again. The robot re-acknowledges a command it is running and
             # repeats the DONE of one it finished, without running it twice.
             self._send(data, retransmit=True)
