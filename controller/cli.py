@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", type=Path)
     p.set_defaults(func=_cmd_check_config)
 
+    p = sub.add_parser("robot", help="talk to the swap robot (commissioning): status, home, stop")
+    add_config_arg(p)
+    p.add_argument("action", choices=["status", "home", "stop"])
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to reach the robot")
+    p.set_defaults(func=_cmd_robot)
+
     p = sub.add_parser("config-schema", help="print the JSON Schema of station.toml")
     p.set_defaults(func=_cmd_config_schema)
 
@@ -122,6 +128,15 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     results = asyncio.run(probe_station(config, args.timeout))
     print(render(results))
     return 0 if all(r.reachable is not False for r in results) else 1
+
+
+def _cmd_robot(args: argparse.Namespace) -> int:
+    from controller.robotcli import robot_command
+
+    config = load_or_report(args.config)
+    if config is None:
+        return EXIT_USAGE
+    return asyncio.run(robot_command(config, args.action, args.timeout))
 
 
 def _cmd_config_schema(_: argparse.Namespace) -> int:

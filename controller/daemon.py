@@ -40,7 +40,8 @@ STATUS_PERIOD_S = 5.0
 
 SafeStateHook = Callable[[], Awaitable[None]]
 # Tasks that run until the very end of a shutdown; every other one is stopped first.
-KEEP_UNTIL_LAST = frozenset({"mqtt", "control", "watchdog"})
+# (the robot link stays up so that the safe state can still send the robot its STOP)
+KEEP_UNTIL_LAST = frozenset({"mqtt", "control", "watchdog", "robot"})
 
 
 class TaskExitedError(SwapstationError):

@@ -12,10 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from controller.config import ModbusEndpoint, RackConfig, StationConfig
+from controller.config import ModbusEndpoint, RackConfig, RobotConfig, StationConfig
 from drivers.modbus.link import LinkParams, ModbusLink, SerialParams, TcpParams
 from drivers.modbus.profile import find_profile, load_profile
 from drivers.rack import RackDriver, RackPoller, RackSnapshot
+from drivers.robot.link import RobotLink, RobotParams
+from drivers.robot.protocol import RobotStatus
 
 
 def link_params(name: str, ep: ModbusEndpoint) -> LinkParams:
@@ -98,3 +100,28 @@ def build_pollers(
             on_snapshot=on_snapshot,
         )
     return pollers
+
+
+def robot_params(robot: RobotConfig) -> RobotParams:
+    """Driver parameters of the configured robot line."""
+    s = robot.serial
+    return RobotParams(
+        device=str(s.device),
+        baudrate=s.baudrate,
+        parity=s.parity,
+        stopbits=s.stopbits,
+        bytesize=s.bytesize,
+        ack_timeout_s=robot.ack_timeout_s,
+        retries=robot.retries,
+        heartbeat_timeout_s=robot.heartbeat_timeout_s,
+        timeouts=robot.command_timeouts_s.model_dump(),
+    )
+
+
+def build_robot(
+    config: StationConfig, on_status: Callable[[RobotStatus], None] | None = None
+) -> RobotLink | None:
+    """The robot's link, if a robot is configured."""
+    if config.robot is None:
+        return None
+    return RobotLink(robot_params(config.robot), on_status=on_status)

@@ -8,15 +8,17 @@ reads after the connection is up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from controller.config import StationConfig
-from controller.devices import Links, build_rack
+from controller.devices import Links, build_rack, build_robot
 from drivers.errors import DriverError
 from drivers.rack import RackDriver
+from drivers.robot.protocol import MsgType, RobotState, Target
 
 SAMPLES = 3
 
@@ -45,10 +47,46 @@ async def probe_station(config: StationConfig, timeout_s: float = 3.0) -> list[P
     if config.station_io is not None:
         results.append(ProbeResult("station I/O", "-", None, None, "not probed yet"))
     if config.robot is not None:
-        results.append(
-            ProbeResult("robot", str(config.robot.serial.device), None, None, "not probed yet")
-        )
+        results.append(await _probe_robot(config, timeout_s))
     return results
+
+
+async def _probe_robot(config: StationConfig, timeout_s: float) -> ProbeResult:
+    link = build_robot(config)
+    assert link is not None
+    device = link.params.device
+    runner = asyncio.create_task(link.run(), name="robot")
+    try:
+        try:
+            async with asyncio.timeout(timeout_s):
+                await link.ready.wait()
+        except TimeoutError:
+            return ProbeResult(
+                "robot",
+                device,
+                False,
+                None,
+                f"no answer within {timeout_s:g} s (missing, busy or off)",
+            )
+        latencies = []
+        try:
+            for _ in range(SAMPLES):
+                started = time.perf_counter()
+                status = await link.command(MsgType.STATUS)
+                latencies.append((time.perf_counter() - started) * 1000)
+        except DriverError as exc:
+            return ProbeResult("robot", device, False, None, str(exc))
+        detail = (
+            f"boot {status.boot_id:04x}, {RobotState(status.state).name.lower()} at"
+            f" {Target(status.position).name.lower()}"
+            + (f" {status.slot}" if status.position == Target.SLOT else "")
+        )
+        return ProbeResult("robot", device, True, statistics.median(latencies), detail)
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+        await link.close()
 
 
 async def _probe_rack(

@@ -7,13 +7,16 @@ from collections.abc import Coroutine
 from typing import Any
 
 from controller.config import StationConfig
-from controller.devices import Links, build_pollers
+from controller.devices import Links, build_pollers, build_robot
 from controller.events import EventLog, Outbox
 from controller.journal import Journal
 from controller.mqttlink import MqttLink
+from controller.robotpub import RobotPublisher
 from controller.slotcontrol import Rack, SlotControl
 from controller.slotpub import SlotPublisher
 from controller.slots import RackInfo, SlotBook
+from drivers.errors import DriverError
+from drivers.robot.protocol import RobotState
 
 _log = logging.getLogger(__name__)
 
@@ -41,6 +44,12 @@ class Station:
             self.events,
         )
         self.slot_publisher = SlotPublisher(self.control, link, config.publish)
+        self.robot = build_robot(config, on_status=self._on_robot_status)
+        self.robot_publisher = None if self.robot is None else RobotPublisher(self.robot, link)
+
+    def _on_robot_status(self, _status: object) -> None:
+        if self.robot_publisher is not None:
+            self.robot_publisher.changed.set()
 
     def _on_snapshot(self, snapshot: Any) -> None:
         self.control.on_snapshot(snapshot)
@@ -58,10 +67,25 @@ class Station:
         }
         for name, poller in self.pollers.items():
             jobs[f"rack:{name}"] = poller.run()
+        if self.robot is not None and self.robot_publisher is not None:
+            jobs["robot"] = self.robot.run()
+            jobs["robot-publish"] = self.robot_publisher.run()
         return jobs
 
     async def safe_state(self) -> None:
-        """Stop every charger we can reach: nobody supervises them once we are gone."""
+        """Stop the robot and every charger we can reach: nobody supervises them after us."""
+        robot = self.robot
+        # An idle robot is left alone (a STOP would latch it until a reset); a busy one, or
+        # one whose state is unknown, is stopped.
+        if (
+            robot is not None
+            and robot.ready.is_set()
+            and (robot.busy or robot.status is None or robot.status.state != RobotState.IDLE)
+        ):
+            try:
+                await robot.stop()  # shielded: a STOP runs to completion
+            except DriverError as exc:
+                _log.warning("robot: STOP on shutdown failed: %s", exc)
         await self.control.stop_all()
 
     def liveness(self) -> float:
@@ -71,10 +95,13 @@ class Station:
     async def close(self) -> None:
         """Close the device links."""
         await self.links.close()
+        if self.robot is not None:
+            await self.robot.close()
 
     def status(self) -> str:
         """One-line summary for systemd's STATUS=."""
         racks = len(self.pollers)
         online = sum(p.online for p in self.pollers.values())
         alarms = len(self.control.alarms.active())
-        return f"racks {online}/{racks} online, {alarms} alarm(s)"
+        robot = "" if self.robot is None else f", robot {self.robot.state.value}"
+        return f"racks {online}/{racks} online{robot}, {alarms} alarm(s)"

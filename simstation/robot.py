@@ -151,6 +151,7 @@ class SimRobot:
         self.torque_dnm = 0
         self.boot_id = self.rng.randrange(1, 0x10000)
         self.last_seq = 0
+        self.synced = False
         self.executions: list[tuple[int, MsgType]] = []
         self.path: Path | None = None
         self._master: int | None = None
@@ -216,6 +217,7 @@ class SimRobot:
             self._running.cancel()
         self.boot_id = (self.boot_id % 0xFFFF) + 1
         self._recent.clear()
+        self.synced = False
         self.state = RobotState.IDLE
         self.fault = 0
 
@@ -301,6 +303,7 @@ class SimRobot:
             return
         if kind is MsgType.SYNC:
             self._recent = {msg.seq: record}
+            self.synced = True
             self._finish(msg, record, ack=True)
             return
         if kind is MsgType.STATUS:
@@ -322,6 +325,10 @@ class SimRobot:
 
     def _refusal(self, msg: Message) -> NakReason | None:
         """Why the robot would refuse this command now (None: it runs)."""
+        if not self.synced:
+            # Since its (re)start the robot has not been told which session is talking: a
+            # retransmission from before the restart must not run a second time.
+            return NakReason.NOT_SYNCED
         if self.state is RobotState.BUSY:
             return NakReason.BUSY
         if msg.type is MsgType.RESET:

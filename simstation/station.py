@@ -22,6 +22,7 @@ from simstation.charger import SimPack
 from simstation.clock import SimClock
 from simstation.ptypair import PtyPair
 from simstation.rack import SimRack
+from simstation.robot import SimBay, SimRobot, Timing
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILES = REPO / "config" / "profiles"
@@ -69,6 +70,8 @@ class SimStation:
         speed: float = 1.0,
         profiles_dir: Path = PROFILES,
         comm_timeout_s: float | None = None,
+        robot: Path | bool = False,
+        robot_timing: Timing | None = None,
     ) -> None:
         self.workdir = workdir
         self.specs = list(racks)
@@ -77,6 +80,11 @@ class SimStation:
         self.comm_timeout_s = comm_timeout_s
         self.racks: dict[str, SimRack] = {}
         self.ptys: dict[str, PtyPair] = {}
+        self.vehicle = SimBay(pack=None, locked=False)
+        # The robot's serial port: a path (where the pty appears), or True for one in workdir.
+        self.robot_path = (workdir / "robot") if robot is True else (robot or None)
+        self.robot: SimRobot | None = None
+        self._robot_timing = robot_timing
 
     @classmethod
     def from_config(
@@ -118,12 +126,16 @@ class SimStation:
                     device=device,
                 )
             )
+        robot: Path | bool = False
+        if config.robot is not None:
+            robot = True if free_endpoints else Path(config.robot.serial.device)
         return cls(
             workdir,
             specs,
             speed=speed,
             profiles_dir=config.profiles_dir,
             comm_timeout_s=comm_timeout_s,
+            robot=robot,
         )
 
     def endpoints_for(self, config: StationConfig) -> dict[str, Any]:
@@ -137,6 +149,8 @@ class SimStation:
             else:
                 rack["serial"]["device"] = str(self.ptys[spec.name].controller_end)
                 rack["serial"]["parity"] = "N"  # a pty refuses parity settings
+        if "robot" in data and self.robot_path is not None:
+            data["robot"]["serial"].update(device=str(self.robot_path), parity="N")
         return data
 
     @staticmethod
@@ -149,6 +163,14 @@ class SimStation:
         try:
             for spec in self.specs:
                 await self._start_rack(spec)
+            if self.robot_path is not None:
+                slots: dict[int, SimRack] = {
+                    slot: rack for rack in self.racks.values() for slot in rack.slots
+                }
+                self.robot = SimRobot(
+                    racks=slots, vehicle=self.vehicle, clock=self.clock, timing=self._robot_timing
+                )
+                await self.robot.start(self.robot_path)
         except BaseException:
             await self.stop()
             raise
@@ -183,6 +205,9 @@ class SimStation:
 
     async def stop(self) -> None:
         """Stop every device; idempotent."""
+        if self.robot is not None:
+            with contextlib.suppress(Exception):
+                await self.robot.stop()
         for rack in self.racks.values():
             with contextlib.suppress(Exception):
                 await rack.stop()
@@ -238,4 +263,9 @@ class SimStation:
                     'parity = "N"',
                 ]
             out.append("\n".join(lines) + "\n")
+        if self.robot_path is not None:
+            out.append(
+                "[robot]\nack_timeout_s = 0.05\nretries = 5\nheartbeat_timeout_s = 1.0\n"
+                f'[robot.serial]\ndevice = "{self.robot_path}"\nbaudrate = 115200\nparity = "N"\n'
+            )
         return "\n".join(out)

@@ -236,7 +236,18 @@ async def test_port_vanishes_mid_command_and_returns(tmp_path: Path) -> None:
 
 async def test_robot_restart_is_noticed_and_resynchronised(tmp_path: Path) -> None:
     async with bench(tmp_path) as b:
-        before = b.link.boot_id
         b.sim.power_cycle()
-        await until(lambda: b.link.boot_id != before and b.link.ready.is_set(), what="resync")
+        await until(lambda: b.link.stats.connects == 2 and b.link.ready.is_set(), what="resync")
         await b.link.command(MsgType.HOME)
+
+
+async def test_a_command_in_flight_across_a_restart_never_runs_twice(tmp_path: Path) -> None:
+    slow = Timing(speed_m_s=0.01)
+    async with bench(tmp_path, speed=1.0, timing=slow) as b:
+        move = asyncio.create_task(b.link.command(MsgType.MOVE, MoveArgs(Target.SLOT, 4)))
+        await until(lambda: b.sim.state is RobotState.BUSY, what="moving")
+        b.sim.power_cycle()  # the move dies with the robot; the controller asks again
+        with pytest.raises(RobotLinkError, match="outcome is unknown"):
+            await move
+        assert [kind for _, kind in b.sim.executions] == [MsgType.MOVE]
+        await until(lambda: b.link.stats.connects == 2 and b.link.ready.is_set(), what="resync")

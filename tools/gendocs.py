@@ -9,7 +9,9 @@ tests/test_docs.py runs the check, so a doc cannot drift from the code it descri
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
+import struct
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -43,7 +45,57 @@ def _status_codes(name: str) -> str:
     return "\n".join(rows)
 
 
+def _robot_messages() -> str:
+    from drivers.robot.protocol import MESSAGES
+
+    rows = [
+        "| code | message | direction | payload | struct (big-endian) | bytes | timeout key |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for kind, spec in MESSAGES.items():
+        fields = [f.name for f in dataclasses.fields(spec.payload)]
+        size = struct.calcsize(spec.payload.FORMAT)
+        direction = "controller -> robot" if kind.is_command else "robot -> controller"
+        rows.append(
+            f"| 0x{int(kind):02X} | `{kind.name}` | {direction}"
+            f" | {spec.payload.__name__}({', '.join(fields)}) | `{spec.payload.FORMAT}` | {size}"
+            f" | {spec.timeout or ''} |"
+        )
+    return "\n".join(rows)
+
+
+def _robot_codes() -> str:
+    from drivers.robot.protocol import FaultCode, NakReason, RobotState, Target
+
+    return "\n\n".join(
+        f"`{enum.__name__}`: " + ", ".join(f"{m.value} `{m.name.lower()}`" for m in enum)
+        for enum in (Target, RobotState, NakReason, FaultCode)
+    )
+
+
+def _robot_examples() -> str:
+    from drivers.robot.protocol import Empty, Message, MoveArgs, MsgType, Outcome, Target
+
+    examples = [
+        ("MOVE to slot 7, seq 42", Message(42, MsgType.MOVE, MoveArgs(Target.SLOT, 7))),
+        ("ACK of it", Message(42, MsgType.ACK, Empty())),
+        (
+            "DONE: idle at slot 7, holding nothing",
+            Message(42, MsgType.DONE, Outcome(0, int(Target.SLOT), 7, 0, 0, 0, 0)),
+        ),
+        ("STOP, seq 43", Message(43, MsgType.STOP, Empty())),
+    ]
+    lines = ["```"]
+    for what, msg in examples:
+        lines.append(f"{msg.to_bytes().hex(' ').upper():<58}  {what}")
+    lines.append("```")
+    return "\n".join(lines)
+
+
 GENERATORS: dict[str, Callable[[], str]] = {
+    "robot-messages": _robot_messages,
+    "robot-codes": _robot_codes,
+    "robot-examples": _robot_examples,
     "simrack-slot": lambda: _profile_slot("simrack"),
     "simrack-rack": lambda: _profile_rack("simrack"),
     "simrack-status": lambda: _status_codes("simrack"),

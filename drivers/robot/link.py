@@ -205,6 +205,14 @@ class RobotLink:
         self.idle_resync_s = max(IDLE_RESYNC_MIN_S, IDLE_RESYNC_FRAMES * frame_s)
 
     @property
+    def busy(self) -> bool:
+        """A command (other than STATUS or SYNC) is in flight: the robot may be moving."""
+        return any(
+            t.message.type not in {MsgType.STATUS, MsgType.SYNC, MsgType.STOP}
+            for t in self._pending.values()
+        )
+
+    @property
     def reassembly(self) -> Reassembler | None:
         """The current connection's reassembler (its counters), if connected."""
         return None if self._proto is None else self._proto.reassembler
@@ -237,6 +245,7 @@ class RobotLink:
             parity=p.parity,
             stopbits=p.stopbits,
             bytesize=p.bytesize,
+            exclusive=True,  # one owner: a second program gets "port busy", not half the bytes
         )
         assert isinstance(proto, _Protocol)
         proto.transport = transport  # connection_made() is only scheduled yet
@@ -434,6 +443,15 @@ class RobotLink:
                 txn.finish(body)
         elif msg.type is MsgType.NAK and isinstance(body, NakArgs) and txn is not None:
             reason = NakReason(body.reason)
+            if reason is NakReason.NOT_SYNCED and self.state is LinkState.READY:
+                # The robot restarted since our SYNC: a command sent before may have run.
+                txn.finish(
+                    RobotLinkError(
+                        f"robot restarted during {txn.message.type.name}: its outcome is unknown"
+                    )
+                )
+                self._lost.set()
+                return
             txn.finish(
                 RobotRejectedError(
                     f"robot refused {txn.message.type.name}: {reason.name.lower()}", body.reason
