@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Coroutine
 from typing import Any
@@ -74,19 +75,22 @@ class Station:
 
     async def safe_state(self) -> None:
         """Stop the robot and every charger we can reach: nobody supervises them after us."""
+        await asyncio.gather(self._stop_robot(), self.control.stop_all())
+
+    async def _stop_robot(self) -> None:
         robot = self.robot
-        # An idle robot is left alone (a STOP would latch it until a reset); a busy one, or
-        # one whose state is unknown, is stopped.
-        if (
-            robot is not None
-            and robot.ready.is_set()
-            and (robot.busy or robot.status is None or robot.status.state != RobotState.IDLE)
-        ):
-            try:
-                await robot.stop()  # shielded: a STOP runs to completion
-            except DriverError as exc:
-                _log.warning("robot: STOP on shutdown failed: %s", exc)
-        await self.control.stop_all()
+        if robot is None or robot.closed:
+            return
+        # A robot known to be idle is left alone (a STOP would latch it until a reset); one
+        # that may be moving, or whose state is unknown, is stopped (waiting briefly for its
+        # port if the link is reopening).
+        idle = robot.status is not None and robot.status.state == RobotState.IDLE
+        if idle and not robot.busy:
+            return
+        try:
+            await robot.stop()  # shielded: a STOP runs to completion
+        except DriverError as exc:
+            _log.warning("robot: STOP on shutdown failed: %s", exc)
 
     def liveness(self) -> float:
         """When the slot control last completed a step (monotonic)."""

@@ -57,12 +57,15 @@ class RobotStoppedError(RobotFaultError):
     """The command was pre-empted by STOP."""
 
 
-class RobotTimeoutError(RobotError, TimeoutError):
-    """No acknowledgement after every retry, or no completion within the command's timeout."""
-
-
 class RobotLinkError(RobotError):
     """The link is down or was lost mid-command: the outcome is unknown; ask the robot."""
+
+
+class RobotTimeoutError(RobotLinkError, TimeoutError):
+    """No acknowledgement after every retry, or no completion within the command's timeout.
+
+    The robot may have run the command with its answers lost: the outcome is unknown.
+    """
 
 
 class SpecError(DriverError):

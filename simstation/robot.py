@@ -111,6 +111,7 @@ class Faults:
     corrupt_rate: float = 0.0  # per byte, each direction
     drop_rate: float = 0.0  # per byte, each direction
     silent: bool = False  # no output at all (no heartbeat either)
+    drop_next: set[MsgType] = field(default_factory=set)  # lose the next frame of these kinds
 
 
 @dataclass
@@ -237,6 +238,9 @@ class SimRobot:
                 message = Message.from_frame(frame)
             except DecodeError:
                 continue
+            if message.type in self.faults.drop_next:
+                self.faults.drop_next.discard(message.type)  # this one is lost on the line
+                continue
             self._on_command(message)
 
     def _write(self, data: bytes) -> None:
@@ -285,6 +289,7 @@ class SimRobot:
                 self._write(data)
             return
         record = _Recent(msg.type, payload)
+        self._recent.pop(msg.seq, None)  # re-inserted: the newest is evicted last
         self._recent[msg.seq] = record
         while len(self._recent) > RECENT:
             self._recent.pop(next(iter(self._recent)))
@@ -542,7 +547,7 @@ class SimRobot:
             self.state = RobotState.IDLE
         if msg.type in {MsgType.STATUS, MsgType.SYNC}:
             # Answered with the full status, under the request's sequence number.
-            record.replies.append(self._reply(msg.seq, MsgType.REPORT, self.status(msg.seq)))
+            record.replies.append(self._reply(msg.seq, MsgType.REPORT, self.status()))
             record.finished = True
             return
         record.replies.append(self._reply(msg.seq, MsgType.DONE, self.outcome()))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import time
 from collections.abc import AsyncIterator
@@ -251,3 +252,62 @@ async def test_a_command_in_flight_across_a_restart_never_runs_twice(tmp_path: P
             await move
         assert [kind for _, kind in b.sim.executions] == [MsgType.MOVE]
         await until(lambda: b.link.stats.connects == 2 and b.link.ready.is_set(), what="resync")
+
+
+async def test_stop_with_its_first_frame_lost_still_halts_within_50_ms(tmp_path: Path) -> None:
+    slow = Timing(speed_m_s=0.01)
+    async with bench(tmp_path, speed=1.0, timing=slow) as b:
+        move = asyncio.create_task(b.link.command(MsgType.MOVE, MoveArgs(Target.SLOT, 4)))
+        await until(lambda: b.sim.state is RobotState.BUSY, what="moving")
+        b.sim.faults.drop_next.add(MsgType.STOP)
+        asked = time.monotonic()
+        await b.link.stop()
+        assert b.sim.stopped_at is not None
+        assert (b.sim.stopped_at - asked) * 1000 <= 50
+        with pytest.raises(RobotStoppedError):
+            await move
+
+
+async def test_no_acknowledgement_is_an_unknown_outcome_and_resynchronises(
+    tmp_path: Path,
+) -> None:
+    async with bench(tmp_path, retries=1, ack_timeout_s=0.02) as b:
+        b.sim.faults.silent = True  # the robot hears, and answers into the void
+        with pytest.raises(RobotLinkError, match="outcome is unknown") as info:
+            await b.link.command(MsgType.MOVE, MoveArgs(Target.BAY))
+        assert isinstance(info.value, TimeoutError)
+        assert _busy(b.link)  # it may be moving: nothing said otherwise
+        b.sim.faults.silent = False
+        await until(lambda: b.link.stats.connects >= 2 and b.link.ready.is_set(), what="resync")
+        status = await b.link.command(MsgType.STATUS)
+        assert status.position == Target.BAY  # it had run: asked, not repeated
+        assert not _busy(b.link)
+        assert [kind for _, kind in b.sim.executions] == [MsgType.MOVE]
+
+
+def _busy(link: RobotLink) -> bool:
+    return link.busy
+
+
+async def test_a_restart_seen_in_a_report_resynchronises(tmp_path: Path) -> None:
+    async with bench(tmp_path) as b:
+        b.sim.faults.silent = True  # no heartbeat tells the link first
+        b.sim.power_cycle()
+        b.sim.faults.silent = False
+        with pytest.raises(RobotLinkError, match="restarted"):
+            await b.link.command(MsgType.STATUS)
+        await until(lambda: b.link.stats.connects == 2 and b.link.ready.is_set(), what="resync")
+        await b.link.command(MsgType.HOME)
+
+
+async def test_a_lost_link_fails_the_command_at_once(tmp_path: Path) -> None:
+    slow = Timing(speed_m_s=0.01)
+    async with bench(tmp_path, speed=1.0, timing=slow, heartbeat_timeout_s=0.3) as b:
+        b.link.params = dataclasses.replace(b.link.params, reconnect_min_s=2.0)
+        move = asyncio.create_task(b.link.command(MsgType.MOVE, MoveArgs(Target.SLOT, 4)))
+        await until(lambda: b.sim.state is RobotState.BUSY, what="moving")
+        b.sim.faults.silent = True
+        started = time.monotonic()
+        with pytest.raises(RobotLinkError, match="outcome is unknown"):
+            await move
+        assert time.monotonic() - started < 1.0  # not after the 2 s reconnect pause

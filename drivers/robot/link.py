@@ -21,6 +21,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import serial_asyncio_fast
 
@@ -57,9 +58,12 @@ from drivers.robot.reassembler import Reassembler
 _log = logging.getLogger(__name__)
 
 IDLE_RESYNC_FRAMES = 2  # a frame that stops arriving for 2 frame times is abandoned
-IDLE_RESYNC_MIN_S = 0.005
+IDLE_RESYNC_MIN_S = 0.05  # USB serial adapters hold bytes up to 16 ms: not a dead frame
 DONE_POLL_ACKS = 2  # while awaiting DONE, re-ask every 2 ack timeouts
-STOP_ATTEMPTS = 20
+STOP_ATTEMPTS = 50
+STOP_RETRY_S = 0.02  # a STOP is repeated fast: it must halt motion within 50 ms
+STOP_COPIES = 2  # and sent twice at once, so one lost frame costs nothing
+STOP_PORT_WAIT_S = 1.0  # while the port reopens, a STOP waits this long to go out
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,7 @@ class _Protocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
         self._idle: asyncio.TimerHandle | None = None
+        self.detached = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -149,6 +154,8 @@ class _Protocol(asyncio.Protocol):
             self.lost.set_result(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self.detached:
+            return
         self._deliver(self.reassembler.feed(data))
         if self._idle is not None:
             self._idle.cancel()
@@ -160,8 +167,23 @@ class _Protocol(asyncio.Protocol):
     def _resync(self) -> None:
         self._idle = None
         self._deliver(self.reassembler.discard_partial())
+        if self.reassembler.pending and not self.detached:
+            self._idle = asyncio.get_running_loop().call_later(
+                self.link.idle_resync_s, self._resync
+            )
+
+    def detach(self) -> None:
+        """This connection is over: close without draining, deliver nothing more."""
+        self.detached = True
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        if self.transport is not None:
+            self.transport.abort()
 
     def _deliver(self, frames: Iterable[Frame]) -> None:
+        if self.detached:
+            return  # a frame from a connection already given up must not touch the new one
         for frame in frames:
             try:
                 message = Message.from_frame(frame)
@@ -201,16 +223,24 @@ class RobotLink:
         self._pending: dict[int, _Txn] = {}
         self._seq = self._rng.randrange(1, 256)
         self._lost = asyncio.Event()
+        self._backoff = params.reconnect_min_s
+        self.maybe_moving = False
         frame_s = MAX_FRAME * 10 / params.baudrate
         self.idle_resync_s = max(IDLE_RESYNC_MIN_S, IDLE_RESYNC_FRAMES * frame_s)
 
     @property
     def busy(self) -> bool:
-        """A command (other than STATUS or SYNC) is in flight: the robot may be moving."""
-        return any(
-            t.message.type not in {MsgType.STATUS, MsgType.SYNC, MsgType.STOP}
-            for t in self._pending.values()
-        )
+        """The robot may be moving: a command was sent and nothing since says it ended.
+
+        Stays true after a command the link gave up on (timeout, link loss, cancellation):
+        only the robot itself (DONE, ERROR, a REPORT that is not busy) can say it stopped.
+        """
+        return self.maybe_moving or self._pending_motion()
+
+    @property
+    def closed(self) -> bool:
+        """`close()` was called: the link stays down."""
+        return self.state is LinkState.CLOSED
 
     @property
     def reassembly(self) -> Reassembler | None:
@@ -220,19 +250,24 @@ class RobotLink:
     # --- the connection -----------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Keep the link up for ever: connect, synchronise, watch liveness, reconnect."""
-        backoff = self.params.reconnect_min_s
-        while True:
-            try:
-                await self._connection()
-                backoff = self.params.reconnect_min_s
-            except (OSError, RobotError) as exc:
-                delay = backoff * self._rng.uniform(0.75, 1.0)
-                _log.warning("robot %s: %s; reconnecting in %.1f s", self.params.device, exc, delay)
-                backoff = min(backoff * 2, self.params.reconnect_max_s)
-                await asyncio.sleep(delay)
-            finally:
-                self._drop("link down")
+        """Keep the link up until closed: connect, synchronise, watch liveness, reconnect."""
+        self._backoff = self.params.reconnect_min_s
+        try:
+            while not self.closed:
+                try:
+                    await self._connection()
+                except (OSError, RobotError) as exc:
+                    # Down now, not after the pause: a command in flight learns at once that
+                    # its outcome is unknown, and nobody sends into a dead line meanwhile.
+                    self._drop(str(exc))
+                    delay = self._backoff * self._rng.uniform(0.75, 1.0)
+                    _log.warning(
+                        "robot %s: %s; reconnecting in %.1f s", self.params.device, exc, delay
+                    )
+                    self._backoff = min(self._backoff * 2, self.params.reconnect_max_s)
+                    await asyncio.sleep(delay)
+        finally:
+            self._drop("link down")
 
     async def _connection(self) -> None:
         p = self.params
@@ -249,6 +284,9 @@ class RobotLink:
         )
         assert isinstance(proto, _Protocol)
         proto.transport = transport  # connection_made() is only scheduled yet
+        if self.closed:
+            transport.abort()
+            raise RobotLinkError("closed")
         self._proto = proto
         self.stats.connects += 1
         self.state = LinkState.SYNCING
@@ -256,8 +294,11 @@ class RobotLink:
         self._lost.clear()
         session = self._rng.randrange(0, 0x10000)
         status = await self._full(Message(self._next_seq(), MsgType.SYNC, SyncArgs(session)))
+        if self.closed:
+            raise RobotLinkError("closed")
         self.state = LinkState.READY
         self.ready.set()
+        self._backoff = self.params.reconnect_min_s  # a link that came up starts over
         _log.info(
             "robot %s: ready (boot %04x, %s at %s)",
             p.device,
@@ -268,19 +309,26 @@ class RobotLink:
         await self._watch(proto)
 
     async def _watch(self, proto: _Protocol) -> None:
-        """Return (raising) when the port closes or the robot goes silent."""
+        """Return (raising) when the port closes, the robot restarts or goes silent."""
         timeout = self.params.heartbeat_timeout_s
-        while True:
-            silent = time.monotonic() - self.last_rx
-            if silent > timeout:
-                raise RobotLinkError(f"robot silent for {silent:.1f} s")
-            lost = asyncio.shield(proto.lost)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout - silent + 0.01):
-                    exc = await lost
-                raise RobotLinkError(f"port closed: {exc or 'end of file'}")
-            if self._lost.is_set():
-                raise RobotLinkError("robot restarted")
+        restarted: asyncio.Future[Any] = asyncio.ensure_future(self._lost.wait())
+        lost: asyncio.Future[Any] = proto.lost
+        try:
+            while True:
+                silent = time.monotonic() - self.last_rx
+                if silent > timeout:
+                    raise RobotLinkError(f"robot silent for {silent:.1f} s")
+                done, _ = await asyncio.wait(
+                    {lost, restarted},
+                    timeout=timeout - silent + 0.01,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if lost in done:
+                    raise RobotLinkError(f"port closed: {lost.result() or 'end of file'}")
+                if restarted in done:
+                    raise RobotLinkError("robot restarted or lost track of us: re-synchronising")
+        finally:
+            restarted.cancel()
 
     def _drop(self, why: str) -> None:
         if self.state is LinkState.READY:
@@ -296,8 +344,8 @@ class RobotLink:
                 )
             )
         self._pending.clear()
-        if self._proto is not None and self._proto.transport is not None:
-            self._proto.transport.close()
+        if self._proto is not None:
+            self._proto.detach()
         self._proto = None
 
     async def close(self) -> None:
@@ -320,10 +368,13 @@ class RobotLink:
             if kind is MsgType.STATUS:
                 return await self._full(message)
             outcome = await self._transact(message)
-            if kind in {MsgType.REMOVE, MsgType.FETCH} or self.status is None:
-                # The pack the robot now holds is named in its full status: ask for it.
-                return await self._full(Message(self._next_seq(), MsgType.STATUS, Empty()))
-            return self._merge(outcome, message.seq)
+            status = self._merge(outcome, message.seq)
+            if kind in {MsgType.REMOVE, MsgType.FETCH}:
+                # The pack the robot now holds is named in its full status: ask for it. The
+                # command itself succeeded; if the question fails, the serial stays unknown.
+                with contextlib.suppress(RobotError):
+                    status = await self._full(Message(self._next_seq(), MsgType.STATUS, Empty()))
+            return status
 
     async def _full(self, message: Message) -> RobotStatus:
         """STATUS or SYNC: answered with the robot's full REPORT."""
@@ -338,14 +389,14 @@ class RobotLink:
         if isinstance(result, RobotStatus):
             self._set_status(result)
             return result
-        assert self.status is not None
+        base = self.status or RobotStatus(0, 0, 0, 0, b"", 0, 0, 0, self.boot_id or 0, 0)
         status = dataclasses.replace(
-            self.status,
+            base,
             state=result.state,
             position=result.position,
             slot=result.slot,
             holding=result.holding,
-            pack=self.status.pack if result.holding else b"",
+            pack=base.pack if result.holding else b"",
             fault=result.fault,
             locked=result.locked,
             torque_dnm=result.torque_dnm,
@@ -359,41 +410,67 @@ class RobotLink:
         return await asyncio.shield(self._stop())
 
     async def _stop(self) -> RobotStatus:
-        if self._proto is None:
-            raise RobotLinkError("robot link down: cannot send STOP")
+        deadline = time.monotonic() + STOP_PORT_WAIT_S
+        while self._proto is None:  # reconnecting: STOP goes out as soon as the port is back
+            if time.monotonic() >= deadline or self.closed:
+                raise RobotLinkError("robot link down: cannot send STOP")
+            await asyncio.sleep(0.01)
         message = Message(self._next_seq(), MsgType.STOP, Empty())
-        result = await self._transact(message, attempts=STOP_ATTEMPTS)
-        return (
-            self._merge(result, message.seq)
-            if self.status is not None
-            else (await self._full(Message(self._next_seq(), MsgType.STATUS, Empty())))
+        result = await self._transact(
+            message, attempts=STOP_ATTEMPTS, ack_timeout=STOP_RETRY_S, copies=STOP_COPIES
         )
+        # Whatever was running has been stopped; its own ERROR may be lost (or pushed out of
+        # the robot's memory by further STOPs), so it is settled here.
+        for txn in list(self._pending.values()):
+            if txn.message.type not in {MsgType.STOP, MsgType.STATUS, MsgType.SYNC}:
+                txn.finish(_fault(txn.message.type, FaultCode.STOPPED))
+        return self._merge(result, message.seq)
 
     async def _transact(
-        self, message: Message, attempts: int | None = None
+        self,
+        message: Message,
+        attempts: int | None = None,
+        ack_timeout: float | None = None,
+        copies: int = 1,
     ) -> Outcome | RobotStatus:
         txn = _Txn(message)
         self._pending[txn.seq] = txn
         self.stats.commands += 1
+        if message.type not in {MsgType.STATUS, MsgType.SYNC, MsgType.STOP}:
+            self.maybe_moving = True  # from the first byte out, the robot may act on it
         data = message.to_bytes()
         try:
-            await self._until_acked(txn, data, attempts or self.params.retries + 1)
+            await self._until_acked(
+                txn,
+                data,
+                attempts or self.params.retries + 1,
+                ack_timeout or self.params.ack_timeout_s,
+                copies,
+            )
             return await self._until_done(txn, data)
+        except RobotTimeoutError:
+            # The robot may have run it (its answers lost): outcome unknown. Re-synchronise
+            # before anything else, so stale sequence numbers can never be answered again.
+            self._lost.set()
+            raise
         finally:
             self._pending.pop(txn.seq, None)
 
-    async def _until_acked(self, txn: _Txn, data: bytes, attempts: int) -> None:
+    async def _until_acked(
+        self, txn: _Txn, data: bytes, attempts: int, ack_timeout: float, copies: int
+    ) -> None:
         for attempt in range(attempts):
-            self._send(data, retransmit=attempt > 0)
+            for copy in range(copies):
+                self._send(data, retransmit=attempt > 0 or copy > 0)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.params.ack_timeout_s):
+                async with asyncio.timeout(ack_timeout):
                     await txn.acked.wait()
                 return
             if txn.done.done():
                 return
         raise RobotTimeoutError(
-            f"robot did not acknowledge {txn.message.type.name} (seq {txn.seq})"
-            f" after {attempts} attempt(s)"
+            f"robot did not acknowledge {txn.message.type.name} (seq {txn.seq}) after"
+            f" {attempts} attempt(s): its outcome is unknown"
         )
 
     async def _until_done(self, txn: _Txn, data: bytes) -> Outcome | RobotStatus:
@@ -406,7 +483,7 @@ class RobotLink:
             if remaining <= 0:
                 raise RobotTimeoutError(
                     f"robot did not complete {txn.message.type.name} (seq {txn.seq}) within"
-                    f" {self.params.timeout_for(txn.message.type):g} s"
+                    f" {self.params.timeout_for(txn.message.type):g} s: its outcome is unknown"
                 )
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(poll, remaining)):
@@ -436,37 +513,51 @@ class RobotLink:
         self.last_rx = time.monotonic()
         txn = self._pending.get(msg.seq) if msg.seq else None
         body = msg.body
-        if msg.type is MsgType.ACK and txn is not None:
+        if isinstance(body, RobotStatus):  # REPORT
+            self._on_report(body, txn)
+        elif isinstance(body, HeartbeatArgs):
+            self._restarted(body.boot_id)
+        elif txn is None:
+            return  # an answer to a command no longer waited for
+        elif msg.type is MsgType.ACK:
             txn.acked.set()
-        elif msg.type is MsgType.DONE and isinstance(body, Outcome):
-            if txn is not None:
-                txn.finish(body)
-        elif msg.type is MsgType.NAK and isinstance(body, NakArgs) and txn is not None:
-            reason = NakReason(body.reason)
-            if reason is NakReason.NOT_SYNCED and self.state is LinkState.READY:
-                # The robot restarted since our SYNC: a command sent before may have run.
-                txn.finish(
-                    RobotLinkError(
-                        f"robot restarted during {txn.message.type.name}: its outcome is unknown"
-                    )
-                )
-                self._lost.set()
-                return
+        elif isinstance(body, Outcome):  # DONE
+            if txn.message.type is not MsgType.STOP or not self._pending_motion():
+                self.maybe_moving = body.state == RobotState.BUSY
+            txn.finish(body)
+        elif isinstance(body, NakArgs):
+            self._on_nak(body, txn)
+        elif isinstance(body, ErrorArgs):
+            self.maybe_moving = False  # a fault or a stop ended it
+            txn.finish(_fault(txn.message.type, body.code))
+
+    def _on_report(self, body: RobotStatus, txn: _Txn | None) -> None:
+        if self._restarted(body.boot_id):
+            return  # nothing from the robot's new life completes the old one's commands
+        self._set_status(body)
+        if body.state != RobotState.BUSY and not self._pending_motion():
+            self.maybe_moving = False
+        if txn is not None and txn.message.type in {MsgType.STATUS, MsgType.SYNC}:
+            txn.finish(body)  # the answer to STATUS / SYNC
+        else:
+            self._complete_from_report(body)
+
+    def _on_nak(self, body: NakArgs, txn: _Txn) -> None:
+        reason = NakReason(body.reason)
+        if reason is NakReason.NOT_SYNCED and self.state is LinkState.READY:
+            # The robot restarted since our SYNC: a command sent before may have run.
             txn.finish(
-                RobotRejectedError(
-                    f"robot refused {txn.message.type.name}: {reason.name.lower()}", body.reason
+                RobotLinkError(
+                    f"robot restarted during {txn.message.type.name}: its outcome is unknown"
                 )
             )
-        elif msg.type is MsgType.ERROR and isinstance(body, ErrorArgs) and txn is not None:
-            txn.finish(_fault(txn.message.type, body.code))
-        elif msg.type is MsgType.REPORT and isinstance(body, RobotStatus):
-            self._set_status(body)
-            if txn is not None and txn.message.type in {MsgType.STATUS, MsgType.SYNC}:
-                txn.finish(body)  # the answer to STATUS / SYNC
-            else:
-                self._complete_from_report(body)
-        elif msg.type is MsgType.HEARTBEAT and isinstance(body, HeartbeatArgs):
-            self._heartbeat(body)
+            self._lost.set()
+            return
+        txn.finish(
+            RobotRejectedError(
+                f"robot refused {txn.message.type.name}: {reason.name.lower()}", body.reason
+            )
+        )
 
     def _complete_from_report(self, status: RobotStatus) -> None:
         """A REPORT naming a finished command stands in for its lost DONE."""
@@ -482,17 +573,27 @@ class RobotLink:
         }:
             txn.finish(_fault(txn.message.type, status.fault or FaultCode.INTERNAL))
 
-    def _heartbeat(self, hb: HeartbeatArgs) -> None:
-        if (
-            self.boot_id is not None
-            and hb.boot_id != self.boot_id
-            and self.state is LinkState.READY
-        ):
-            _log.warning(
-                "robot restarted (boot %04x -> %04x): re-synchronising", self.boot_id, hb.boot_id
+    def _restarted(self, boot_id: int) -> bool:
+        """True (and a re-synchronisation asked for) if the robot has restarted since SYNC."""
+        if self.state is not LinkState.READY or self.boot_id is None or boot_id == self.boot_id:
+            return False
+        _log.warning("robot restarted (boot %04x -> %04x): re-synchronising", self.boot_id, boot_id)
+        self.boot_id = boot_id
+        self.maybe_moving = True  # unknown until it reports
+        for txn in list(self._pending.values()):
+            txn.finish(
+                RobotLinkError(
+                    f"robot restarted during {txn.message.type.name}: its outcome is unknown"
+                )
             )
-            self.boot_id = hb.boot_id
-            self._lost.set()
+        self._lost.set()
+        return True
+
+    def _pending_motion(self) -> bool:
+        return any(
+            t.message.type not in {MsgType.STATUS, MsgType.SYNC, MsgType.STOP}
+            for t in self._pending.values()
+        )
 
     def _set_status(self, status: RobotStatus) -> None:
         self.status = status
