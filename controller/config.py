@@ -221,6 +221,7 @@ class RackConfig(ModbusEndpoint):
 class StationIoConfig(ModbusEndpoint):
     """The station PLC: vehicle, lift, door, E-stop inputs and lift outputs."""
 
+    profile: str = Field(default="simplc", min_length=1)
     unit_id: UnitId = 1
     poll_period_s: Seconds = 0.1
 
@@ -271,7 +272,15 @@ class SwapConfig(Section):
     """Swap sequencing policy."""
 
     min_dispense_soc: float = Field(default=90.0, ge=10.0, le=100.0)
+    lock_torque_min_nm: float = Field(default=100.0, gt=0, le=1000)
+    lock_torque_max_nm: float = Field(default=140.0, gt=0, le=1000)
     step_timeouts_s: SwapStepTimeouts = SwapStepTimeouts()
+
+    @model_validator(mode="after")
+    def _torque_order(self) -> Self:
+        if self.lock_torque_max_nm < self.lock_torque_min_nm:
+            raise ValueError("lock_torque_max_nm must be >= lock_torque_min_nm")
+        return self
 
 
 class SupervisionConfig(Section):

@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from controller.config import ModbusEndpoint, RackConfig, RobotConfig, StationConfig
+from drivers.modbus.ioprofile import load_io_profile
 from drivers.modbus.link import LinkParams, ModbusLink, SerialParams, TcpParams
 from drivers.modbus.profile import find_profile, load_profile
 from drivers.rack import RackDriver, RackPoller, RackSnapshot
 from drivers.robot.link import RobotLink, RobotParams
 from drivers.robot.protocol import RobotStatus
+from drivers.stationio import IoSnapshot, StationIoDriver, StationIoPoller
 
 
 def link_params(name: str, ep: ModbusEndpoint) -> LinkParams:
@@ -100,6 +102,29 @@ def build_pollers(
             on_snapshot=on_snapshot,
         )
     return pollers
+
+
+def build_station_io(
+    config: StationConfig,
+    links: Links,
+    on_snapshot: Callable[[IoSnapshot], None],
+) -> StationIoPoller | None:
+    """The station I/O (PLC) poller, if station I/O is configured."""
+    io = config.station_io
+    if io is None:
+        return None
+    path = find_profile(io.profile, [config.profiles_dir])
+    if path is None:
+        raise FileNotFoundError(f"I/O profile {io.profile!r} not found in {config.profiles_dir}")
+    driver = StationIoDriver(
+        load_io_profile(path), links.for_endpoint("station I/O", io), io.unit_id
+    )
+    return StationIoPoller(
+        driver,
+        poll_period_s=io.poll_period_s,
+        offline_after=io.offline_after,
+        on_snapshot=on_snapshot,
+    )
 
 
 def robot_params(robot: RobotConfig) -> RobotParams:
