@@ -60,6 +60,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to reach the robot")
     p.set_defaults(func=_cmd_robot)
 
+    p = sub.add_parser("records", help="the swap records: verify their hash chain, export them")
+    actions = p.add_subparsers(title="actions", dest="action", metavar="ACTION", required=True)
+    r = actions.add_parser("verify", help="check every record's hash and link (exit 1 if broken)")
+    add_config_arg(r)
+    r.set_defaults(func=_cmd_records)
+    r = actions.add_parser("export", help="write the records as CSV or JSON Lines")
+    add_config_arg(r)
+    r.add_argument(
+        "--format",
+        dest="fmt",
+        choices=["csv", "jsonl"],
+        required=True,
+        help="csv: a header and flat rows; jsonl: one full record per line",
+    )
+    r.add_argument("--output", type=Path, help="file to write (default: stdout)")
+    r.add_argument("--since", type=int, default=0, metavar="SEQ", help="only the records after SEQ")
+    r.set_defaults(func=_cmd_records)
+
     p = sub.add_parser("config-schema", help="print the JSON Schema of station.toml")
     p.set_defaults(func=_cmd_config_schema)
 
@@ -137,6 +155,17 @@ def _cmd_robot(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_USAGE
     return asyncio.run(robot_command(config, args.action, args.timeout))
+
+
+def _cmd_records(args: argparse.Namespace) -> int:
+    from controller.recordscli import export_command, verify_command
+
+    config = load_or_report(args.config)
+    if config is None:
+        return EXIT_USAGE
+    if args.action == "verify":
+        return verify_command(config)
+    return export_command(config, args.fmt, args.output, args.since)
 
 
 def _cmd_config_schema(_: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ import logging
 import sqlite3
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,6 +48,7 @@ class JournalBatch:
 
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     statements: list[tuple[str, tuple[object, ...]]] = field(default_factory=list)
+    calls: list[Callable[[sqlite3.Connection], object]] = field(default_factory=list)
 
     def event(self, kind: str, data: BaseModel | dict[str, Any]) -> None:
         """Add an event."""
@@ -57,8 +59,12 @@ class JournalBatch:
         """Add a statement."""
         self.statements.append((sql, args))
 
+    def call(self, fn: Callable[[sqlite3.Connection], object]) -> None:
+        """Run `fn(conn)` inside the batch's transaction (on the journal thread)."""
+        self.calls.append(fn)
+
     def __bool__(self) -> bool:
-        return bool(self.events or self.statements)
+        return bool(self.events or self.statements or self.calls)
 
 
 class EventLog:
@@ -86,6 +92,8 @@ class EventLog:
         def insert(conn: sqlite3.Connection) -> list[int]:
             seqs: list[int] = []
             with transaction(conn):
+                for fn in batch.calls:
+                    fn(conn)
                 for sql, args in batch.statements:
                     conn.execute(sql, args)
                 for row in rows:

@@ -68,6 +68,35 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (scope, code)
     ) STRICT;
     """,
+    """
+    -- Swap records: append-only and hash-chained (controller/records.py, docs/records.md).
+    -- body is the record's canonical JSON without its hash; hash = sha256(body).
+    CREATE TABLE swap_records (
+        seq       INTEGER PRIMARY KEY,
+        swap_id   TEXT NOT NULL UNIQUE,
+        body      TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash      TEXT NOT NULL
+    ) STRICT;
+    -- Only the next link of the chain may be inserted (this also defeats INSERT OR REPLACE,
+    -- which would delete a row without firing the DELETE trigger).
+    CREATE TRIGGER swap_records_append_only_insert BEFORE INSERT ON swap_records
+    WHEN NEW.seq IS NOT COALESCE((SELECT max(seq) FROM swap_records), 0) + 1
+      OR NEW.prev_hash IS NOT COALESCE(
+           (SELECT hash FROM swap_records ORDER BY seq DESC LIMIT 1), hex(zeroblob(32)))
+      OR EXISTS (SELECT 1 FROM swap_records WHERE swap_id = NEW.swap_id)
+    BEGIN
+        SELECT RAISE(ABORT, 'swap_records is append-only: insert the next record of the chain');
+    END;
+    CREATE TRIGGER swap_records_no_update BEFORE UPDATE ON swap_records
+    BEGIN
+        SELECT RAISE(ABORT, 'swap_records is append-only: UPDATE refused');
+    END;
+    CREATE TRIGGER swap_records_no_delete BEFORE DELETE ON swap_records
+    BEGIN
+        SELECT RAISE(ABORT, 'swap_records is append-only: DELETE refused');
+    END;
+    """,
 )
 
 
@@ -82,8 +111,9 @@ class JournalTooNewError(JournalError):
 class Journal:
     """Owns the SQLite connection and the thread it lives on."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
+        self.read_only = read_only
         self._executor: ThreadPoolExecutor | None = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="journal"
         )
@@ -91,9 +121,16 @@ class Journal:
         self.boot_count = 0
 
     @classmethod
-    async def open(cls, directory: Path) -> Journal:
-        """Open (creating if needed) the journal in `directory` and count this boot."""
-        journal = cls(directory / FILENAME)
+    async def open(cls, directory: Path, *, read_only: bool = False) -> Journal:
+        """Open (creating if needed) the journal in `directory` and count this boot.
+
+        `read_only=True` opens an existing journal for reading only, as tools do while the
+        daemon may be running: no migration, no boot count, no checkpoint on close, and no
+        write is possible (SQLite `mode=ro`). In WAL mode such a reader never blocks the
+        daemon's writer. It still creates the `-wal` and `-shm` files if they are missing, as
+        every SQLite reader of a WAL database does, so run it as the journal's owner.
+        """
+        journal = cls(directory / FILENAME, read_only=read_only)
         try:
             await journal._submit(journal._open_sync)
         except BaseException:
@@ -124,6 +161,9 @@ class Journal:
         return self._conn
 
     def _open_sync(self) -> None:
+        if self.read_only:
+            self._open_read_only_sync()
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
@@ -151,13 +191,23 @@ class Journal:
             raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
         _log.info("journal %s open (boot %d)", self.path, self.boot_count)
 
+    def _open_read_only_sync(self) -> None:
+        if not self.path.is_file():
+            raise JournalError(f"cannot open journal {self.path}: no such file")
+        try:
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=5.0)
+            self._conn = conn
+            _check_not_too_new(int(conn.execute("PRAGMA user_version").fetchone()[0]))
+        except JournalTooNewError as exc:
+            raise JournalTooNewError(f"cannot open journal {self.path}: {exc}") from exc
+        except (sqlite3.Error, OSError) as exc:
+            raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
+        _log.info("journal %s open read-only", self.path)
+
     def _migrate(self, conn: sqlite3.Connection) -> None:
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        if version > len(MIGRATIONS):
-            raise JournalTooNewError(
-                f"journal schema version {version} is newer than this software"
-                f" ({len(MIGRATIONS)}): roll forward, or restore a matching backup"
-            )
+        _check_not_too_new(version)
         for number in range(version, len(MIGRATIONS)):
             # executescript() commits any open transaction first, so the script carries its own.
             try:
@@ -174,10 +224,19 @@ class Journal:
     def _close_sync(self) -> None:
         if self._conn is not None:
             try:
-                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                if not self.read_only:
+                    self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             finally:
                 self._conn.close()
                 self._conn = None
+
+
+def _check_not_too_new(version: int) -> None:
+    if version > len(MIGRATIONS):
+        raise JournalTooNewError(
+            f"journal schema version {version} is newer than this software"
+            f" ({len(MIGRATIONS)}): roll forward, or restore a matching backup"
+        )
 
 
 @contextlib.contextmanager
