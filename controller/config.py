@@ -224,6 +224,22 @@ class StationIoConfig(ModbusEndpoint):
     profile: str = Field(default="simplc", min_length=1)
     unit_id: UnitId = 1
     poll_period_s: Seconds = 0.1
+    stale_after_s: Seconds | None = Field(
+        default=None,
+        description="inputs older than this are unknown (not safe); default 3 x poll_period_s,"
+        " or one poll period plus the longest failing poll if that is longer",
+    )
+    heartbeat_timeout_s: Seconds = Field(
+        default=1.0, description="a PLC heartbeat unchanged this long makes every input unknown"
+    )
+
+    @property
+    def stale_after(self) -> float:
+        """Age beyond which the PLC's inputs are unknown."""
+        if self.stale_after_s is not None:
+            return self.stale_after_s
+        failing = (self.retries + 1) * self.timeout_max_s * (2 if self.transport == "rtu" else 1)
+        return max(3 * self.poll_period_s, self.poll_period_s + failing)
 
 
 class RobotCommandTimeouts(Section):
@@ -265,7 +281,8 @@ class SwapStepTimeouts(Section):
     installing: Seconds = 120.0
     locking: Seconds = 60.0
     lowering: Seconds = 60.0
-    releasing: Seconds = 300.0
+    releasing: Seconds = 300.0  # only warns: the vehicle is on the ground with a locked pack
+    aborting: Seconds = 600.0
 
 
 class SwapConfig(Section):
@@ -274,6 +291,11 @@ class SwapConfig(Section):
     min_dispense_soc: float = Field(default=90.0, ge=10.0, le=100.0)
     lock_torque_min_nm: float = Field(default=100.0, gt=0, le=1000)
     lock_torque_max_nm: float = Field(default=140.0, gt=0, le=1000)
+    pack_detect_timeout_s: Seconds = Field(
+        default=10.0,
+        description="after a pack is stored, how long its charger may take to report it (its"
+        " serial read from the BMS) before that is a mismatch",
+    )
     step_timeouts_s: SwapStepTimeouts = SwapStepTimeouts()
 
     @model_validator(mode="after")

@@ -12,8 +12,8 @@ import json
 import logging
 import sqlite3
 import time
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 

@@ -97,6 +97,33 @@ MIGRATIONS: tuple[str, ...] = (
         SELECT RAISE(ABORT, 'swap_records is append-only: DELETE refused');
     END;
     """,
+    """
+    -- Where every known pack is (controller/inventory.py): one row per pack, so one place.
+    CREATE TABLE packs (
+        serial     TEXT PRIMARY KEY,
+        place      TEXT NOT NULL CHECK (place IN ('slot', 'robot', 'vehicle')),
+        slot       INTEGER,
+        vehicle_id TEXT,
+        pack_type  TEXT,
+        since      REAL NOT NULL,
+        CHECK ((place = 'slot') = (slot IS NOT NULL))
+    ) STRICT;
+    CREATE UNIQUE INDEX packs_one_per_slot ON packs(slot) WHERE place = 'slot';
+    CREATE UNIQUE INDEX packs_one_on_robot ON packs(place) WHERE place = 'robot';
+    -- The swap in progress (controller/swapplan.py SwapContext), written before every
+    -- physical command: what a restart recovers from.
+    CREATE TABLE swap_current (
+        id   INTEGER PRIMARY KEY CHECK (id = 1),
+        body TEXT NOT NULL
+    ) STRICT;
+    -- The station state as last published retained on <root>/state (its outbox: published
+    -- is cleared when it changes and set once the broker took it).
+    CREATE TABLE station_state (
+        id        INTEGER PRIMARY KEY CHECK (id = 1),
+        body      TEXT NOT NULL,
+        published INTEGER NOT NULL DEFAULT 0
+    ) STRICT;
+    """,
 )
 
 

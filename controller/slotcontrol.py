@@ -106,6 +106,7 @@ class SlotControl:
         self.quarantine: dict[str, Latch] = {}
         self.disabled_slots: set[int] = set()
         self.manual_off: set[int] = set()
+        self.swap_held: dict[int, str] = {}  # slot -> why the swap sequence holds it off
         self.checks: dict[int, SlotCheck] = {}
         self.changed = asyncio.Event()  # set whenever something publishable changed
         self.stopping = False  # once set, nothing is switched on again
@@ -298,6 +299,8 @@ class SlotControl:
             reasons.append("slot disabled by an operator")
         if slot in self.manual_off:
             reasons.append("charging switched off by an operator")
+        if slot in self.swap_held:
+            reasons.append(f"held by the swap: {self.swap_held[slot]}")
         r = view.reading
         if r is not None and r.pack_serial in self.quarantine:
             reasons.append(
@@ -470,6 +473,17 @@ class SlotControl:
         if self.quarantine.pop(serial, None) is not None:
             await self._store("DELETE FROM pack_quarantine WHERE serial = ?", (serial,))
             await self.events.append("pack_released", {"serial": serial})
+            self.changed.set()
+
+    def hold_for_swap(self, slot: int, why: str) -> None:
+        """The swap sequence needs the slot's charger off (a pack is about to move)."""
+        if self.swap_held.get(slot) != why:
+            self.swap_held[slot] = why
+            self.changed.set()
+
+    def release_from_swap(self, slot: int) -> None:
+        """The swap sequence is done with the slot: it may charge again."""
+        if self.swap_held.pop(slot, None) is not None:
             self.changed.set()
 
     def set_slot_enabled(self, slot: int, *, enabled: bool) -> None:

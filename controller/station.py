@@ -8,14 +8,16 @@ from collections.abc import Coroutine
 from typing import Any
 
 from controller.config import StationConfig
-from controller.devices import Links, build_pollers, build_robot
+from controller.devices import Links, build_pollers, build_robot, build_station_io
 from controller.events import EventLog, Outbox
 from controller.journal import Journal
 from controller.mqttlink import MqttLink
 from controller.robotpub import RobotPublisher
+from controller.sequencer import Sequencer
 from controller.slotcontrol import Rack, SlotControl
 from controller.slotpub import SlotPublisher
 from controller.slots import RackInfo, SlotBook
+from controller.statepub import StatePublisher
 from drivers.errors import DriverError
 from drivers.robot.protocol import RobotState
 
@@ -47,10 +49,37 @@ class Station:
         self.slot_publisher = SlotPublisher(self.control, link, config.publish)
         self.robot = build_robot(config, on_status=self._on_robot_status)
         self.robot_publisher = None if self.robot is None else RobotPublisher(self.robot, link)
+        self.io = build_station_io(config, self.links, self._on_io)
+        # The swap sequence needs the robot and the station I/O; without them (a charging-only
+        # commissioning config) the station runs its racks alone.
+        self.sequencer: Sequencer | None = None
+        self.state_publisher: StatePublisher | None = None
+        if self.robot is not None and self.io is not None:
+            self.sequencer = Sequencer(
+                config,
+                journal,
+                self.events,
+                self.control,
+                self.robot,
+                self.io.driver,
+                poll_slot=self._poll_slot,
+            )
+            self.state_publisher = StatePublisher(self.sequencer, self.control, journal, link)
 
-    def _on_robot_status(self, _status: object) -> None:
+    def _on_robot_status(self, status: Any) -> None:
         if self.robot_publisher is not None:
             self.robot_publisher.changed.set()
+        if self.sequencer is not None:
+            self.sequencer.on_robot_status(status)
+
+    def _on_io(self, snapshot: Any) -> None:
+        if self.sequencer is not None:
+            self.sequencer.on_io(snapshot)
+
+    def _poll_slot(self, slot: int) -> None:
+        rack = self.book.rack_of.get(slot)
+        if rack is not None and rack in self.pollers:
+            self.pollers[rack].poll_soon()
 
     def _on_snapshot(self, snapshot: Any) -> None:
         self.control.on_snapshot(snapshot)
@@ -58,6 +87,8 @@ class Station:
     async def start(self) -> None:
         """Restore what the journal remembers."""
         await self.control.load()
+        if self.sequencer is not None:
+            await self.sequencer.load()
 
     def jobs(self) -> dict[str, Coroutine[Any, Any, None]]:
         """The station's long-running tasks, by name."""
@@ -71,11 +102,24 @@ class Station:
         if self.robot is not None and self.robot_publisher is not None:
             jobs["robot"] = self.robot.run()
             jobs["robot-publish"] = self.robot_publisher.run()
+        if self.io is not None:
+            jobs["station-io"] = self.io.run()
+        if self.sequencer is not None and self.state_publisher is not None:
+            jobs["swap"] = self.sequencer.run()
+            jobs["state-publish"] = self.state_publisher.run()
         return jobs
 
     async def safe_state(self) -> None:
-        """Stop the robot and every charger we can reach: nobody supervises them after us."""
-        await asyncio.gather(self._stop_robot(), self.control.stop_all())
+        """Stop the robot, the lift and every charger we can reach: nobody watches them after us."""
+        await asyncio.gather(self._stop_robot(), self.control.stop_all(), self._outputs_off())
+
+    async def _outputs_off(self) -> None:
+        if self.io is None:
+            return
+        try:
+            await self.io.driver.set_coils(**dict.fromkeys(self.io.driver.profile.coils, False))
+        except DriverError as exc:
+            _log.warning("station I/O: could not switch the outputs off: %s", exc)
 
     async def _stop_robot(self) -> None:
         robot = self.robot
@@ -93,8 +137,10 @@ class Station:
             _log.warning("robot: STOP on shutdown failed: %s", exc)
 
     def liveness(self) -> float:
-        """When the slot control last completed a step (monotonic)."""
-        return self.control.last_step
+        """When the slot control and the swap sequencer last both completed a step."""
+        if self.sequencer is None:
+            return self.control.last_step
+        return min(self.control.last_step, self.sequencer.last_step)
 
     async def close(self) -> None:
         """Close the device links."""

@@ -17,9 +17,11 @@ from typing import Any, Literal
 import tomli_w
 
 from controller.config import StationConfig
+from drivers.modbus.ioprofile import load_io_profile
 from drivers.modbus.profile import find_profile, load_profile
 from simstation.charger import SimPack
 from simstation.clock import SimClock
+from simstation.plc import SimPlc, SimVehicle
 from simstation.ptypair import PtyPair
 from simstation.rack import SimRack
 from simstation.robot import SimBay, SimRobot, Timing
@@ -72,6 +74,9 @@ class SimStation:
         comm_timeout_s: float | None = None,
         robot: Path | bool = False,
         robot_timing: Timing | None = None,
+        plc: bool = False,
+        plc_port: int = 0,
+        lift_time_s: float = 8.0,
     ) -> None:
         self.workdir = workdir
         self.specs = list(racks)
@@ -80,7 +85,13 @@ class SimStation:
         self.comm_timeout_s = comm_timeout_s
         self.racks: dict[str, SimRack] = {}
         self.ptys: dict[str, PtyPair] = {}
-        self.vehicle = SimBay(pack=None, locked=False)
+        self.plc: SimPlc | None = None
+        if plc:
+            path = find_profile("simplc", [profiles_dir]) or PROFILES / "simplc.toml"
+            self.plc = SimPlc(load_io_profile(path), clock=self.clock, lift_time_s=lift_time_s)
+        self.plc_port = plc_port
+        # What the robot works on under the bay: the PLC's vehicle, or a bare stand-in.
+        self.vehicle = self.plc.bay if self.plc is not None else SimBay(pack=None, locked=False)
         # The robot's serial port: a path (where the pty appears), or True for one in workdir.
         self.robot_path = (workdir / "robot") if robot is True else (robot or None)
         self.robot: SimRobot | None = None
@@ -129,6 +140,7 @@ class SimStation:
         robot: Path | bool = False
         if config.robot is not None:
             robot = True if free_endpoints else Path(config.robot.serial.device)
+        io = config.station_io
         return cls(
             workdir,
             specs,
@@ -136,6 +148,8 @@ class SimStation:
             profiles_dir=config.profiles_dir,
             comm_timeout_s=comm_timeout_s,
             robot=robot,
+            plc=io is not None,
+            plc_port=0 if free_endpoints or io is None else io.port,
         )
 
     def endpoints_for(self, config: StationConfig) -> dict[str, Any]:
@@ -151,6 +165,8 @@ class SimStation:
                 rack["serial"]["parity"] = "N"  # a pty refuses parity settings
         if "robot" in data and self.robot_path is not None:
             data["robot"]["serial"].update(device=str(self.robot_path), parity="N")
+        if "station_io" in data and self.plc is not None:
+            data["station_io"].update(host="127.0.0.1", port=self.plc.port)
         return data
 
     @staticmethod
@@ -163,6 +179,8 @@ class SimStation:
         try:
             for spec in self.specs:
                 await self._start_rack(spec)
+            if self.plc is not None:
+                await self.plc.start_tcp("127.0.0.1", self.plc_port)
             if self.robot_path is not None:
                 slots: dict[int, SimRack] = {
                     slot: rack for rack in self.racks.values() for slot in rack.slots
@@ -208,6 +226,9 @@ class SimStation:
         if self.robot is not None:
             with contextlib.suppress(Exception):
                 await self.robot.stop()
+        if self.plc is not None:
+            with contextlib.suppress(Exception):
+                await self.plc.stop()
         for rack in self.racks.values():
             with contextlib.suppress(Exception):
                 await rack.stop()
@@ -268,4 +289,54 @@ class SimStation:
                 "[robot]\nack_timeout_s = 0.05\nretries = 5\nheartbeat_timeout_s = 1.0\n"
                 f'[robot.serial]\ndevice = "{self.robot_path}"\nbaudrate = 115200\nparity = "N"\n'
             )
+        if self.plc is not None:
+            out.append(
+                '[station_io]\ntransport = "tcp"\nhost = "127.0.0.1"\n'
+                f"port = {self.plc.port}\npoll_period_s = 0.05\ntimeout_min_s = 0.02\n"
+                "timeout_max_s = 0.1\nheartbeat_timeout_s = 0.5\n"
+            )
         return "\n".join(out)
+
+    # --- the vehicle side -------------------------------------------------------------------
+
+    def arrive(
+        self,
+        vehicle_id: str,
+        *,
+        serial: str,
+        pack_type: str = "STD75",
+        soc: float = 15.0,
+        positioning_s: float = 20.0,
+        power_down_s: float = 5.0,
+        leave_s: float = 10.0,
+    ) -> SimVehicle:
+        """A vehicle with a pack drives into the bay."""
+        if self.plc is None:
+            raise RuntimeError("the simulated station has no PLC")
+        vehicle = SimVehicle(
+            vehicle_id,
+            SimPack(serial, pack_type=pack_type, soc=soc),
+            positioning_s=positioning_s,
+            power_down_s=power_down_s,
+            leave_s=leave_s,
+        )
+        self.plc.arrive(vehicle)
+        return vehicle
+
+    def pack_places(self) -> dict[str, str]:
+        """Every pack of the simulated world and where it is (for conservation checks)."""
+        places: dict[str, str] = {}
+        for rack in self.racks.values():
+            for slot in rack.slots:
+                pack = rack.pack_in(slot)
+                if pack is not None:
+                    places[pack.serial] = f"slot {slot}"
+        if self.robot is not None and self.robot.holding is not None:
+            places[self.robot.holding.serial] = "robot"
+        if self.plc is not None:
+            if self.plc.vehicle is not None and self.plc.vehicle.pack is not None:
+                places[self.plc.vehicle.pack.serial] = f"vehicle {self.plc.vehicle.vehicle_id}"
+            for gone in self.plc.departed:
+                if gone.pack is not None:
+                    places[gone.pack.serial] = f"departed {gone.vehicle_id}"
+        return places

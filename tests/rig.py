@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from controller.configload import load_config
 from controller.daemon import Daemon
@@ -64,9 +65,13 @@ async def running(
     sections: str = "",
     station_id: str = "t1",
     wait_online: bool = True,
+    **sim_options: Any,
 ) -> AsyncIterator[Rig]:
-    """Start the simulated station and the daemon; stop both on exit."""
-    sim = SimStation(tmp_path / "sim", racks, speed=speed)
+    """Start the simulated station and the daemon; stop both on exit.
+
+    `sim_options` go to `SimStation` (robot=True, plc=True, robot_timing=..., lift_time_s=...).
+    """
+    sim = SimStation(tmp_path / "sim", racks, speed=speed, **sim_options)
     (tmp_path / "sim").mkdir(exist_ok=True)
     await sim.start()
     path = tmp_path / "station.toml"
