@@ -77,8 +77,9 @@ class MqttLink:
         self._client_id = client_id
         self.topic_root = topic_root
         self.status_topic = f"{topic_root}/status"
-        self._subscriptions = tuple(subscriptions)
+        self._subscriptions = list(subscriptions)
         self._on_message = on_message
+        self._routes: list[tuple[str, MessageHandler]] = []
         self._on_connect: list[ConnectHook] = []
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._tls = _tls_context(cfg)
@@ -91,6 +92,14 @@ class MqttLink:
         self._last_warning = 0.0
         self._backoff = cfg.reconnect_min_s
         self._connected_at: float | None = None
+
+    def route(self, topic_filter: str, handler: MessageHandler) -> None:
+        """Subscribe to `topic_filter` (on every connect) and hand its messages to `handler`.
+
+        Call before `run()`. The handler must not block: it runs on the link's reader.
+        """
+        self._subscriptions.append(topic_filter)
+        self._routes.append((topic_filter, handler))
 
     def add_connect_hook(self, hook: ConnectHook) -> None:
         """Run `hook` after every (re)connect, once `online` is published."""
@@ -222,9 +231,12 @@ class MqttLink:
 
     async def _read(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
+            handlers = [h for f, h in self._routes if message.topic.matches(f)]
             if self._on_message is not None:
+                handlers.append(self._on_message)
+            for handler in handlers:
                 try:
-                    self._on_message(message)
+                    handler(message)
                 except Exception:  # noqa: BLE001 - a bad message must not drop the link
                     _log.exception("handler failed for message on %s", message.topic)
 

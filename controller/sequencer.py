@@ -61,7 +61,7 @@ from controller.swapplan import (
 )
 from drivers.errors import DriverError
 from drivers.robot.link import RobotLink
-from drivers.robot.protocol import MsgType, RobotState, RobotStatus, Target
+from drivers.robot.protocol import FaultCode, MsgType, RobotState, RobotStatus, Target
 from drivers.stationio import IoReading, IoSnapshot, StationIoDriver
 
 _log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ OUTPUT_RETRY_S = 0.25  # a failed or not yet effective output write is retried t
 OUTPUT_TIMEOUT_S = 1.0  # longest an output write may take (it is read back)
 CHARGER_OFF_A = 2.0  # a charger below this current, disabled, is off: its pack may be taken
 OVERHEAD_SAMPLES = 10_000
+MAX_ABORT_COMMANDS = 12  # an abort plan is at most 7 commands; more means it goes round
 HANDOVER_SETTLE_S = 2.0  # after a pack was put in or taken out, its charger settles this long
 
 Mode = Literal["auto", "maintenance", "out_of_service"]
@@ -175,6 +176,10 @@ class Sequencer:
         self.last_step = time.monotonic()
         self.io_snapshot: IoSnapshot | None = None
         self.overheads_ms: deque[float] = deque(maxlen=OVERHEAD_SAMPLES)
+        # Called (synchronously) on every transition with (from, to): for tests and tools.
+        self.on_phase: list[Callable[[str, str], None]] = []
+        # ... and on every command sent to the machinery, with (phase, what).
+        self.on_command: list[Callable[[str, str], None]] = []
         # Every command sent to the machinery, with the facts it was sent under (tests check
         # the interlocks held); bounded.
         self.commands: deque[tuple[float, str, str, dict[str, bool | None]]] = deque(maxlen=5000)
@@ -346,6 +351,22 @@ class Sequencer:
             and status.position in {Target.HOME, Target.SLOT}
         )
 
+    def _robot_fault(self) -> str | None:
+        """The robot reports a fault of its own (none while our command is out: its outcome will).
+
+        Also a STOP latched by someone else (the robot's own panel).
+        """
+        status = self.robot.status
+        if status is None or self._robot_task is not None:
+            return None
+        if status.state in {RobotState.FAULT, RobotState.STOPPED}:
+            try:
+                code = FaultCode(status.fault).name.lower()
+            except ValueError:
+                code = str(status.fault)
+            return f"robot {RobotState(status.state).name.lower()} ({code})"
+        return None
+
     def _why(self, cond: interlocks.Condition, facts: Mapping[str, bool | None]) -> str:
         if facts.get(cond.name) is not None:
             return cond.message
@@ -459,7 +480,17 @@ class Sequencer:
             await self._stop_motion()
             self._note("abort", by, reason)
             self.ctx.reason, self.ctx.aborting = reason, True
-            await self._go("abort")
+            try:
+                status = await self._robot_reset()
+            except SwapRejectedError as exc:
+                await self._fault(f"aborting: {exc}")
+                return f"fault: {exc}"
+            batch = JournalBatch()
+            why = self._settle_in_flight(status, batch) if status is not None else None
+            if why is not None:
+                await self._hold(why, batch)
+                return f"recovery required: {why}"
+            await self._go("abort", batch)
             return "aborting: the vehicle gets a locked pack back, then it is lowered"
         if state in {"fault", "estop"}:
             return await self._reset(by, reason)
@@ -482,14 +513,7 @@ class Sequencer:
         facts = self.facts()
         if facts.get("estop_ok") is not True:
             raise SwapRejectedError(self._why(interlocks.ESTOP, facts))
-        if not self.robot.ready.is_set():
-            raise SwapRejectedError(f"robot link {self.robot.state.value}: cannot reset it")
-        status = self.robot.status
-        if status is not None and status.state in {RobotState.FAULT, RobotState.STOPPED}:
-            try:
-                status = await self.robot.command(MsgType.RESET)
-            except DriverError as exc:
-                raise SwapRejectedError(f"robot reset failed: {exc}") from exc
+        status = await self._robot_reset()
         self._note("reset_fault", by, detail or self.ctx.reason)
         self.ctx.aborting = True
         batch = JournalBatch()
@@ -500,6 +524,18 @@ class Sequencer:
                 return f"recovery required: {why}"
         await self._go("reset", batch)
         return "aborting: the vehicle gets a locked pack back, then it is lowered"
+
+    async def _robot_reset(self) -> RobotStatus | None:
+        """RESET a faulted or stopped robot (no motion: it clears the latch); its status."""
+        if not self.robot.ready.is_set():
+            raise SwapRejectedError(f"robot link {self.robot.state.value}: cannot reset it")
+        status = self.robot.status
+        if status is not None and status.state in {RobotState.FAULT, RobotState.STOPPED}:
+            try:
+                status = await self.robot.command(MsgType.RESET)
+            except DriverError as exc:
+                raise SwapRejectedError(f"robot reset failed: {exc}") from exc
+        return status
 
     async def _recover_decision(self, decision: str, by: str | None) -> str:
         if self.ctx.state != "recovery_required":
@@ -578,6 +614,10 @@ class Sequencer:
                 break
             if facts.get("estop_ok") is False and state not in {*STOPPED_STATES, "complete"}:
                 await self._emergency_stop()
+                continue
+            robot_fault = self._robot_fault()
+            if robot_fault is not None and state not in {*STOPPED_STATES, "complete"}:
+                await self._fault(robot_fault)
                 continue
             causes = await self._step(state, facts, now)
             if self.ctx.state == state:
@@ -804,6 +844,9 @@ class Sequencer:
             if plan[0].kind is MsgType.STATUS:
                 await self._hold(f"cannot make the vehicle safe: {plan[0].label}")
                 return []
+            if self.ctx.step >= MAX_ABORT_COMMANDS:
+                await self._hold(f"the abort did not converge in {MAX_ABORT_COMMANDS} commands")
+                return []
             action = plan[0]
         else:
             plan = phase_plan(phase, self.ctx)
@@ -941,8 +984,7 @@ class Sequencer:
             ctx.step_sent = False  # what it did is known (and wrong): not in flight any more
             raise
         ctx.step_sent = False
-        if ctx.state != "aborting":
-            ctx.step += 1
+        ctx.step += 1  # in aborting: how many commands the abort took
         self._step_ended_at = self._event_at
         # Journalled with the next command (before it is sent), or at the end of this step.
         self._defer(batch)
@@ -1093,6 +1135,8 @@ class Sequencer:
         if self._step_ended_at is None:
             self._step_ended_at = self._event_at
         self.changed.set()
+        for listener in self.on_phase:
+            listener(before, target)
         _log.info("swap %s: %s -> %s (%s)", ctx.swap_id[:8], before, target, event)
 
     async def _persist(self, batch: JournalBatch | None = None) -> None:
@@ -1172,6 +1216,8 @@ class Sequencer:
             self.overheads_ms.append((now - self._step_ended_at) * 1000)
             self._step_ended_at = None
         self.commands.append((now, self.ctx.state, f"{device} {what}", dict(facts)))
+        for listener in self.on_command:
+            listener(self.ctx.state, f"{device} {what}")
 
     def _note(self, action: str, by: str | None, detail: str | None) -> None:
         self.ctx.operator.append(OperatorNote(at=time.time(), action=action, by=by, detail=detail))
@@ -1201,6 +1247,7 @@ class Sequencer:
         for slot in (ctx.free_slot, ctx.reserved_slot):
             self.control.release_from_swap(slot)
         await self._go("finish", batch)
+        await self._flush()  # the record is durable before the station shows idle
         _log.info(
             "swap %s %s%s", ctx.swap_id[:8], ctx.outcome, f": {ctx.reason}" if ctx.reason else ""
         )

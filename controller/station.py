@@ -7,6 +7,7 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
+from controller.commands import CommandServer
 from controller.config import StationConfig
 from controller.devices import Links, build_pollers, build_robot, build_station_io
 from controller.events import EventLog, Outbox
@@ -54,6 +55,7 @@ class Station:
         # commissioning config) the station runs its racks alone.
         self.sequencer: Sequencer | None = None
         self.state_publisher: StatePublisher | None = None
+        self.commands: CommandServer | None = None
         if self.robot is not None and self.io is not None:
             self.sequencer = Sequencer(
                 config,
@@ -65,6 +67,7 @@ class Station:
                 poll_slot=self._poll_slot,
             )
             self.state_publisher = StatePublisher(self.sequencer, self.control, journal, link)
+            self.commands = CommandServer(link, self.sequencer)
 
     def _on_robot_status(self, status: Any) -> None:
         if self.robot_publisher is not None:
@@ -107,6 +110,8 @@ class Station:
         if self.sequencer is not None and self.state_publisher is not None:
             jobs["swap"] = self.sequencer.run()
             jobs["state-publish"] = self.state_publisher.run()
+        if self.commands is not None:
+            jobs["commands"] = self.commands.run()
         return jobs
 
     async def safe_state(self) -> None:

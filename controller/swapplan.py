@@ -214,8 +214,9 @@ def abort_plan(ctx: SwapContext, where: Where, robot: RobotStatus | None) -> lis
         slot, what = ctx.reserved_slot, "the charged pack"
     else:
         return [RobotAction(MsgType.STATUS, Empty(), "no pack to put back into the vehicle")]
+    at_slot = at is Target.SLOT and robot is not None and robot.slot == slot
     return [
-        RobotAction.move_slot(slot),
+        *([] if at_slot else [RobotAction.move_slot(slot)]),
         RobotAction(MsgType.FETCH, SlotArgs(slot), f"fetch {what} from slot {slot}"),
         RobotAction.move_bay(),
         *install,
@@ -225,14 +226,16 @@ def abort_plan(ctx: SwapContext, where: Where, robot: RobotStatus | None) -> lis
 def proven_done(  # noqa: PLR0911 - one return per command kind
     action: RobotAction, robot: RobotStatus
 ) -> bool | None:
-    """After a restart: did `action` run? True, False, or None when the robot cannot tell.
+    """Did `action` run? True, False, or None when the robot cannot tell (it is busy).
 
-    Decided from the robot's own state only (never assumed): a move ran if the robot is
-    there; a handover ran if what the robot holds says so; a lock ran if the robot reports
-    the pack locked.
+    For a command whose outcome was not seen (a restart, a fault, a STOP, a lost reply).
+    Decided from the robot's own report only, never assumed: a move ran if the robot is
+    there (a stopped one is between positions: it did not); a handover ran if what the
+    robot holds says so; a lock ran if the robot reports the pack locked.
     """
-    if robot.state != RobotState.IDLE or robot.position == Target.BETWEEN:
-        return None  # busy, stopped or faulted, or stranded between positions
+    if robot.state == RobotState.BUSY:
+        return None  # still at it
+    # Idle, faulted or stopped, the robot's sensors say where it is and what it holds.
     kind, body = action.kind, action.body
     if kind in {MsgType.MOVE, MsgType.HOME}:
         target = body.target if isinstance(body, MoveArgs) else Target.HOME

@@ -5,12 +5,12 @@ the registers go through the same codec. A physics task, every `TICK_S` of real 
 cycle), reads the coils the controller wrote, steps the lift, the gate and the vehicle on
 simulated time, and publishes every input and register; the heartbeat counts the cycles.
 
-The vehicle drives in (`arrive`), rolls onto the positioning rollers, is switched off by its
-driver, and drives out by itself once released (gate open, green light, lift down, its pack
-locked in) after it stopped in position: a green light left on from the drive-in does not
-send it away, it has to go off (or another condition fail) once first. Misbehaviour is
-injected through methods (`open_door`, `leave_early`, ...), and `bay` is what the simulated
-robot works on from below.
+The vehicle drives in (`arrive`) through the open gate, rolls onto the positioning rollers, is
+switched off by its driver, and drives out by itself once released (gate open, green light,
+lift down, its pack locked in) after it stopped in position. Misbehaviour is injected through
+methods (`open_door`, `leave_early`, ...), and `bay` is what the simulated robot works on from
+below. `unsafe_lowerings` counts PLC cycles in which the lift went down under a vehicle without
+a locked pack: a test asserts it stays 0.
 """
 
 from __future__ import annotations
@@ -149,6 +149,7 @@ class SimPlc:
         self.vehicle: SimVehicle | None = None
         self.departed: list[SimVehicle] = []
         self.accidents = 0  # vehicles that drove off the raised lift
+        self.unsafe_lowerings = 0  # cycles lowering a vehicle without a locked pack
         self.silent = False  # receive requests but never answer
         self.requests = 0
         self.heartbeat = 0
@@ -158,7 +159,6 @@ class SimPlc:
         self._host = "127.0.0.1"
         self._phase = _Phase.PARKED
         self._phase_at = 0.0  # simulated time the phase began
-        self._armed = False  # in position, the vehicle has seen "not released" since
         self._forced: dict[str, bool] = {}
         self._garbage: dict[str, list[int]] = {}
         self._stuck: dict[int, bool] = {}  # coil address -> the value writes are held at
@@ -206,7 +206,6 @@ class SimPlc:
         vehicle.in_position = False
         vehicle.hv_off = False
         self.vehicle = vehicle
-        self._armed = False
         self._enter(_Phase.POSITIONING, self.clock.now())
 
     def open_door(self) -> None:
@@ -345,12 +344,14 @@ class SimPlc:
     def _step(self, now: float, dt: float) -> None:
         """One PLC cycle of physics at simulated time `now`, `dt` after the previous one."""
         # The E-stop chain cuts the lift motor's power, whatever the outputs say.
-        self.lift.step(
-            dt,
-            raising=self.coils.get("lift_raise", False) and self.estop_ok,
-            lowering=self.coils.get("lift_lower", False) and self.estop_ok,
-        )
+        raising = self.coils.get("lift_raise", False) and self.estop_ok
+        lowering = self.coils.get("lift_lower", False) and self.estop_ok
         v = self.vehicle
+        moving_down = lowering and not raising and not self.lift.down
+        if moving_down and v is not None and (v.pack is None or not v.locked):
+            self.unsafe_lowerings += 1
+            _log.error("lowering vehicle %s without a locked pack", v.vehicle_id)
+        self.lift.step(dt, raising=raising, lowering=lowering)
         if v is None:
             return
         # Each phase ends at its own simulated time, however long the cycle.
@@ -360,14 +361,10 @@ class SimPlc:
         if self._phase is _Phase.POWERING_DOWN and now - self._phase_at >= v.power_down_s:
             v.hv_off = True
             self._enter(_Phase.PARKED, self._phase_at + v.power_down_s)
-        if self._phase in {_Phase.POWERING_DOWN, _Phase.PARKED}:
-            # The driver goes on a release given after the vehicle stopped in position: a
-            # green light still on from the drive-in is not one (the same coils let it in).
-            if not self._released():
-                self._armed = True
-            elif self._armed:
-                v.hv_off = False
-                self._enter(_Phase.LEAVING, now)
+        if self._phase in {_Phase.POWERING_DOWN, _Phase.PARKED} and self._released():
+            # Stopped in position, the driver goes on the green light.
+            v.hv_off = False
+            self._enter(_Phase.LEAVING, now)
         if self._phase is _Phase.LEAVING and now - self._phase_at >= v.leave_s:
             _log.info("vehicle %s drove out", v.vehicle_id)
             self._depart()

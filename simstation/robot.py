@@ -529,6 +529,17 @@ class SimRobot:
         record.finished = True
         self._reply(0, MsgType.REPORT, self.status())
 
+    def inject_fault(self, code: int = FaultCode.JAM) -> None:
+        """The idle robot faults by itself (a drive fault): its REPORT says so.
+
+        (A fault during a command is `faults.jam_on`.)
+        """
+        if self._running is not None and not self._running.done():
+            raise RuntimeError("the robot is busy: use faults.jam_on for a fault mid-command")
+        self.state = RobotState.FAULT
+        self.fault = code
+        self._reply(0, MsgType.REPORT, self.status())
+
     def _halt(self) -> None:
         """STOP: motion ends now; the robot stays stopped until RESET."""
         self.stopped_at = time.monotonic()

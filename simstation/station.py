@@ -323,20 +323,27 @@ class SimStation:
         self.plc.arrive(vehicle)
         return vehicle
 
-    def pack_places(self) -> dict[str, str]:
-        """Every pack of the simulated world and where it is (for conservation checks)."""
-        places: dict[str, str] = {}
+    def pack_places(self) -> list[tuple[str, str]]:
+        """Every pack of the simulated world and where it is: (serial, place), one per pack.
+
+        A serial listed twice would be a pack in two places: conservation checks look for it.
+        """
+        places: list[tuple[str, str]] = []
         for rack in self.racks.values():
             for slot in rack.slots:
                 pack = rack.pack_in(slot)
                 if pack is not None:
-                    places[pack.serial] = f"slot {slot}"
+                    places.append((pack.serial, f"slot {slot}"))
         if self.robot is not None and self.robot.holding is not None:
-            places[self.robot.holding.serial] = "robot"
+            places.append((self.robot.holding.serial, "robot"))
         if self.plc is not None:
             if self.plc.vehicle is not None and self.plc.vehicle.pack is not None:
-                places[self.plc.vehicle.pack.serial] = f"vehicle {self.plc.vehicle.vehicle_id}"
-            for gone in self.plc.departed:
-                if gone.pack is not None:
-                    places[gone.pack.serial] = f"departed {gone.vehicle_id}"
+                places.append(
+                    (self.plc.vehicle.pack.serial, f"vehicle {self.plc.vehicle.vehicle_id}")
+                )
+            places += [
+                (gone.pack.serial, f"departed {gone.vehicle_id}")
+                for gone in self.plc.departed
+                if gone.pack is not None
+            ]
         return places

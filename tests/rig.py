@@ -44,13 +44,14 @@ class Rig:
 async def until(
     predicate: Callable[[], bool],
     timeout: float = 10.0,  # noqa: ASYNC109 - a deadline for a polled condition
-    what: str = "",
+    what: str | Callable[[], str] = "",
 ) -> float:
     """Wait for a condition (checked every 10 ms); return the seconds it took."""
     started = time.monotonic()
     while not predicate():
         if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+            said = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout} s waiting for {said or predicate}")
         await asyncio.sleep(POLL_S)
     return time.monotonic() - started
 

@@ -1,0 +1,339 @@
+"""Every cell of docs/fault-matrix.md, run against the simulated station.
+
+The table is parsed from the document, so the document is what is tested. Faults (a)-(d) run
+with the daemon in-process (faults are injected synchronously as the swap enters the step);
+(e) runs the daemon as its own process, kills it with SIGKILL in the step and starts it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from controller import interlocks
+from controller.inventory import Place
+from controller.journal import FILENAME
+from controller.records import RecordStore
+from controller.sequencer import Sequencer, SwapRejectedError
+from drivers.robot.protocol import FaultCode, MsgType
+from simstation.broker import Mosquitto
+from simstation.charger import SimPack
+from simstation.station import SimRackSpec, SimStation
+from tests.rig import Rig, running, until
+from tests.support import REPO, DaemonProcess
+
+pytestmark = pytest.mark.asyncio
+
+DOC = REPO / "docs" / "fault-matrix.md"
+SPEED = 60.0
+SECTIONS = "[swap]\nmin_dispense_soc = 80\n"
+FAULTS = ("robot jam", "E-stop", "door opened", "rack offline", "SIGKILL + restart")
+MAIN_COMMAND = {
+    "removing": MsgType.REMOVE,
+    "storing": MsgType.STORE,
+    "fetching": MsgType.FETCH,
+    "installing": MsgType.INSTALL,
+    "locking": MsgType.LOCK,
+}
+BLOCK_WORDS = {"door opened": ("door",), "rack offline": ("slot", "pack")}
+
+
+@dataclass(frozen=True)
+class Cell:
+    step: str
+    fault: str
+    reaction: str  # fault, E-stop, blocks, none, resumes
+    outcome: str  # completed, aborted
+
+
+def parse_matrix(text: str) -> list[Cell]:
+    """The cells of the table in docs/fault-matrix.md."""
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "→" in line]
+    cells = []
+    for row in rows:
+        parts = [p.strip() for p in row.strip("|").split("|")]
+        step, values = parts[0], parts[1:]
+        assert len(values) == len(FAULTS), row
+        for fault, value in zip(FAULTS, values, strict=True):
+            match = re.fullmatch(r"(fault|E-stop|blocks|none|resumes) → (completed|aborted)", value)
+            assert match, f"cannot read cell {step} / {fault}: {value!r}"
+            cells.append(Cell(step, fault, match[1], match[2]))
+    return cells
+
+
+CELLS = parse_matrix(DOC.read_text())
+
+
+def test_the_matrix_covers_every_step_and_fault() -> None:
+    steps = {c.step for c in CELLS}
+    assert steps == {
+        "waiting_for_vehicle", "positioned", "lifting", "removing", "storing", "fetching",
+        "installing", "locking", "lowering", "releasing",
+    }  # fmt: skip
+    assert len(CELLS) == len(steps) * len(FAULTS)
+
+
+def rack() -> SimRackSpec:
+    packs = {1: SimPack("PK-A", soc=95.0), 2: SimPack("PK-B", soc=60.0)}
+    return SimRackSpec("r1", [1, 2, 3, 4], packs=packs, poll_period_s=0.05)
+
+
+def arrive(sim: SimStation) -> None:
+    sim.arrive("EV-1", serial="PK-OLD", soc=12.0, leave_s=30.0)
+
+
+async def reset_until_accepted(seq: Sequencer) -> None:
+    """The operator resets the fault; refused while the cause is still seen (I/O lags)."""
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            await seq.request("reset_fault", by="test")
+        except SwapRejectedError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+        else:
+            return
+
+
+def check_after(sim: SimStation, seq: Sequencer | None, cell: Cell) -> None:
+    """What must hold after every cell: pack, safety, inventory."""
+    plc = sim.plc
+    assert plc is not None
+    assert plc.unsafe_lowerings == 0, "the car was lowered without a locked pack"
+    assert plc.accidents == 0
+    assert [v.vehicle_id for v in plc.departed] == ["EV-1"]
+    gone = plc.departed[0]
+    want = "PK-A" if cell.outcome == "completed" else "PK-OLD"
+    assert gone.pack is not None and gone.pack.serial == want and gone.locked
+    # Where the simulator has the packs, and where the controller says they are.
+    places: dict[str, list[str]] = {}
+    for serial, place in sim.pack_places():
+        places.setdefault(serial, []).append(place)
+    assert all(len(p) == 1 for p in places.values()), places
+    if seq is not None:
+        inv = seq.inventory
+        in_slots = {s: p[0] for s, p in places.items() if p[0].startswith("slot ")}
+        known = {e.serial: f"slot {e.slot}" for e in inv.packs.values() if e.place is Place.SLOT}
+        assert known == in_slots
+        assert not [e for e in inv.packs.values() if e.place is not Place.SLOT]
+        for _, phase, what, facts in seq.commands:
+            if what != "robot STOP":
+                failing = [c.name for c in interlocks.failing(phase, facts)]
+                assert not failing, f"{what} sent in {phase} with {failing} false"
+
+
+async def check_record(journal_dir: Path, cell: Cell) -> None:
+    from controller.journal import Journal
+
+    journal = await Journal.open(journal_dir, read_only=True)
+    try:
+        store = RecordStore(journal)
+        assert await store.count() == 1
+        (record,) = await store.last(1)
+        assert record.outcome == cell.outcome, record.reason
+        assert (await store.verify()).ok
+    finally:
+        await journal.close()
+
+
+# --- (a) to (d): the daemon in-process ---------------------------------------------------------
+
+
+def injector(
+    rig: Rig, cell: Cell, reached: asyncio.Event
+) -> tuple[Callable[[str, str], None], Callable[[str, str], None], Callable[[], None]]:
+    """What to do as the swap enters the step, and how to put it right afterwards."""
+    sim = rig.sim
+    plc, robot, sim_rack = sim.plc, sim.robot, sim.racks["r1"]
+    assert plc is not None and robot is not None
+    tasks: list[asyncio.Task[None]] = []
+
+    def inject() -> None:
+        if cell.fault == "robot jam":
+            if cell.step in MAIN_COMMAND:
+                robot.faults.jam_on = MAIN_COMMAND[cell.step]
+            else:
+                robot.inject_fault(FaultCode.JAM)
+        elif cell.fault == "E-stop":
+            plc.estop_ok = False
+        elif cell.fault == "door opened":
+            plc.open_door()
+        elif cell.fault == "rack offline":
+            tasks.append(asyncio.create_task(sim_rack.go_offline()))
+
+    def fix() -> None:
+        plc.estop_ok = True
+        if plc.vehicle is not None:
+            plc.close_door()
+        if cell.fault == "rack offline":
+            tasks.append(asyncio.create_task(sim_rack.come_back()))
+
+    def on_phase(_before: str, after: str) -> None:
+        if after != cell.step or reached.is_set():
+            return
+        if cell.fault in {"robot jam", "rack offline"} or cell.step not in MAIN_COMMAND:
+            reached.set()
+            inject()
+
+    def on_command(phase: str, what: str) -> None:
+        # In a robot step, an E-stop or a door strikes while the step's own command runs.
+        main = MAIN_COMMAND.get(phase)
+        ours = phase == cell.step and main is not None and what == f"robot {main.name}"
+        if ours and not reached.is_set():
+            reached.set()
+            inject()
+
+    return on_phase, on_command, fix
+
+
+IN_PROCESS = [c for c in CELLS if c.fault != "SIGKILL + restart"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("cell", IN_PROCESS, ids=lambda c: f"{c.step}-{c.fault.split()[0]}")
+async def test_fault_matrix_cell(tmp_path: Path, cell: Cell) -> None:
+    async with running(
+        tmp_path, None, [rack()], speed=SPEED, sections=SECTIONS, robot=True, plc=True
+    ) as rig:
+        seq = rig.station.sequencer
+        assert seq is not None
+        await until(lambda: not seq.blocking and bool(seq.packs_ready()), what="station ready")
+        reached = asyncio.Event()
+        on_phase, on_command, fix = injector(rig, cell, reached)
+        seq.on_phase.append(on_phase)
+        seq.on_command.append(on_command)
+        arrive(rig.sim)  # driving in: present at once, in position a moment later
+        await until(lambda: seq.facts().get("vehicle_present") is True, what="vehicle seen")
+        await seq.request("start_swap", vehicle_id="EV-1", pack_type="STD75")
+        await until(reached.is_set, what=cell.step)
+        if cell.reaction == "fault":
+            await until(lambda: seq.ctx.state == "fault", what="the fault")
+            assert seq.blocking and seq.blocking[0].startswith("fault: ")
+        elif cell.reaction == "E-stop":
+            await until(lambda: seq.ctx.state == "estop", what="the E-stop reaction")
+            assert seq.blocking == ["E-stop pressed"] or "E-stop pressed" in seq.blocking
+        elif cell.reaction == "blocks":
+            words = BLOCK_WORDS[cell.fault]
+            await until(
+                lambda: any(w in c for c in seq.blocking for w in words),
+                what=f"a blocking cause naming {words}",
+            )
+        fix()
+        if cell.reaction in {"fault", "E-stop"}:
+            await reset_until_accepted(seq)
+        await until(
+            lambda: not seq.ctx.active,
+            timeout=20,
+            what=lambda: f"the end of the swap ({seq.ctx.state}: {seq.blocking})",
+        )
+        # A cleared cause stops being reported.
+        await until(lambda: not seq.blocking, what="no blocking cause left")
+        await until(lambda: rig.station.book.rack_online("r1"), what="the rack back")
+        await until(
+            lambda: seq.inventory.in_slot(3) is not None or cell.outcome == "aborted",
+            what="the returned pack placed",
+        )
+        check_after(rig.sim, seq, cell)
+        await check_record(rig.station.config.storage.dir, cell)
+
+
+# --- (e): SIGKILL of the daemon process ----------------------------------------------------------
+
+
+def journal_state(path: Path) -> str | None:
+    """The swap's journalled phase, read as a tool would (read-only)."""
+    try:
+        conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=1.0)
+    except sqlite3.Error:
+        return None
+    try:
+        row = conn.execute("SELECT body FROM swap_current WHERE id = 1").fetchone()
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
+    return None if row is None else str(json.loads(row[0])["state"])
+
+
+async def command(broker: Mosquitto, name: str, **args: str) -> dict[str, object]:
+    """Send `cmd/<name>` with MQTT v5 request/response and return the reply ({} if none)."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    reply_topic = f"test/replies/{time.monotonic_ns()}"
+    async with aiomqtt.Client(
+        broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5
+    ) as client:
+        await client.subscribe(reply_topic, qos=1)
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.ResponseTopic = reply_topic
+        props.CorrelationData = b"c1"
+        body = json.dumps({"id": "t-1", **args})
+        await client.publish(f"swapstation/t1/cmd/{name}", body, qos=1, properties=props)
+        try:
+            async with asyncio.timeout(2):
+                async for message in client.messages:
+                    assert isinstance(message.payload, bytes)
+                    reply: dict[str, object] = json.loads(message.payload)
+                    return reply
+        except TimeoutError:
+            pass  # not subscribed yet (the daemon is starting)
+    return {}
+
+
+KILLS = [c for c in CELLS if c.fault == "SIGKILL + restart"]
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("cell", KILLS, ids=lambda c: c.step)
+async def test_fault_matrix_sigkill(tmp_path: Path, broker: Mosquitto, cell: Cell) -> None:
+    (tmp_path / "sim").mkdir()
+    sim = SimStation(tmp_path / "sim", [rack()], speed=SPEED / 3, robot=True, plc=True)
+    await sim.start()
+    try:
+        path = tmp_path / "station.toml"
+        state_dir = tmp_path / "state"
+        path.write_text(
+            sim.controller_toml(
+                station_id="t1",
+                mqtt_host=broker.host,
+                mqtt_port=broker.port,
+                storage=state_dir,
+                sections=SECTIONS,
+            )
+        )
+        journal = state_dir / FILENAME
+        daemon = DaemonProcess(path)
+        daemon.start()
+        try:
+            reply: dict[str, object] = {}
+            deadline = time.monotonic() + 20
+            while not reply.get("ok"):  # until the station is up and ready to swap
+                reply = await command(broker, "start_swap", vehicle_id="EV-1", pack_type="STD75")
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"start_swap not accepted: {reply}")
+                if not reply.get("ok"):
+                    await asyncio.sleep(0.1)
+            arrive(sim)
+            await until(lambda: journal_state(journal) == cell.step, timeout=20, what=cell.step)
+            daemon.signal(signal.SIGKILL)
+            assert daemon.wait(5) == -signal.SIGKILL
+            daemon.start()
+            await until(lambda: journal_state(journal) == "idle", timeout=40, what="swap done")
+        finally:
+            daemon.stop()
+        check_after(sim, None, cell)
+        await check_record(state_dir, cell)
+    finally:
+        await sim.stop()
