@@ -11,10 +11,10 @@ import os
 import tomllib
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
@@ -23,6 +23,7 @@ from controller.config import StationConfig
 from controller.errors import SwapstationError
 from drivers.errors import SpecError, format_loc
 from drivers.modbus.codec import encode
+from drivers.modbus.ioprofile import load_io_profile
 from drivers.modbus.profile import find_profile, load_profile
 
 ENV_PREFIX = "SWAPSTATION_"
@@ -31,6 +32,7 @@ ENV_NESTED = "__"
 ENV_NOT_CONFIG = frozenset({"SWAPSTATION_CONFIG"})
 SECRET_KEYS = frozenset({"password"})
 MAX_GOT = 60
+_P = TypeVar("_P")
 
 
 @dataclass(frozen=True)
@@ -146,26 +148,39 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(path, [ConfigIssue("", f"not valid TOML: {exc}")]) from None
 
 
+def _load_named_profile(
+    config: StationConfig,
+    key: str,
+    name: str,
+    load: Callable[[Path], _P],
+    issues: list[ConfigIssue],
+) -> _P | None:
+    """Profile `name` from `profiles_dir`, loaded; None (and `issues` added) if it cannot be."""
+    path = find_profile(name, [config.profiles_dir])
+    if path is None:
+        issues.append(ConfigIssue(key, f"no such profile in {config.profiles_dir}", got=repr(name)))
+        return None
+    try:
+        return load(path)
+    except SpecError as exc:
+        issues += [
+            ConfigIssue(key, f"{exc.file}: {where + ': ' if where else ''}{message}")
+            for where, message in exc.issues
+        ]
+        return None
+
+
 def profile_issues(config: StationConfig) -> list[ConfigIssue]:
-    """Every rack's register profile must exist, be valid and fit the rack's addressing."""
+    """Every rack's register profile must exist, be valid and fit the rack's addressing.
+
+    The station I/O profile too must exist and be valid.
+    """
     issues: list[ConfigIssue] = []
     for i, rack in enumerate(config.racks):
-        key = f"racks[{i}].profile"
-        path = find_profile(rack.profile, [config.profiles_dir])
-        if path is None:
-            issues.append(
-                ConfigIssue(
-                    key, f"no such profile in {config.profiles_dir}", got=repr(rack.profile)
-                )
-            )
-            continue
-        try:
-            profile = load_profile(path)
-        except SpecError as exc:
-            issues += [
-                ConfigIssue(key, f"{exc.file}: {where + ': ' if where else ''}{message}")
-                for where, message in exc.issues
-            ]
+        profile = _load_named_profile(
+            config, f"racks[{i}].profile", rack.profile, load_profile, issues
+        )
+        if profile is None:
             continue
         if profile.layout == "block" and rack.unit_id is None:
             issues.append(
@@ -208,6 +223,10 @@ def profile_issues(config: StationConfig) -> list[ConfigIssue]:
                     f"profile {profile.name!r} addresses at most {profile.max_slots()} slots",
                 )
             )
+    if config.station_io is not None:
+        _load_named_profile(
+            config, "station_io.profile", config.station_io.profile, load_io_profile, issues
+        )
     return issues
 
 

@@ -104,21 +104,26 @@ def build_pollers(
     return pollers
 
 
-def build_station_io(
-    config: StationConfig,
-    links: Links,
-    on_snapshot: Callable[[IoSnapshot], None],
-) -> StationIoPoller | None:
-    """The station I/O (PLC) poller, if station I/O is configured."""
+def build_station_io_driver(config: StationConfig, links: Links) -> StationIoDriver | None:
+    """The station I/O (PLC) driver on its link, if station I/O is configured."""
     io = config.station_io
     if io is None:
         return None
     path = find_profile(io.profile, [config.profiles_dir])
     if path is None:
         raise FileNotFoundError(f"I/O profile {io.profile!r} not found in {config.profiles_dir}")
-    driver = StationIoDriver(
-        load_io_profile(path), links.for_endpoint("station I/O", io), io.unit_id
-    )
+    return StationIoDriver(load_io_profile(path), links.for_endpoint("station I/O", io), io.unit_id)
+
+
+def build_station_io(
+    config: StationConfig,
+    links: Links,
+    on_snapshot: Callable[[IoSnapshot], None],
+) -> StationIoPoller | None:
+    """The station I/O (PLC) poller, if station I/O is configured."""
+    io, driver = config.station_io, build_station_io_driver(config, links)
+    if io is None or driver is None:
+        return None
     return StationIoPoller(
         driver,
         poll_period_s=io.poll_period_s,

@@ -1,8 +1,9 @@
 """`swapctl probe`: does every configured device answer, and how fast.
 
-The hardware check before a station enters service. Each device is asked for its
-identification or heartbeat register; the latency is the median of a few single-register
-reads after the connection is up.
+The hardware check before a station enters service. Each rack is asked for its
+identification or heartbeat register, the station I/O (PLC) for its whole I/O map (inputs,
+coils, vehicle id, heartbeat), the robot for its status; the latency is the median of a few
+single-request round trips after the connection is up.
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ import asyncio
 import contextlib
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from controller.config import StationConfig
-from controller.devices import Links, build_rack, build_robot
+from controller.devices import Links, build_rack, build_robot, build_station_io_driver
 from drivers.errors import DriverError
 from drivers.rack import RackDriver
 from drivers.robot.protocol import MsgType, RobotState, Target
+from drivers.stationio import IoReading, StationIoDriver
 
 SAMPLES = 3
 
@@ -42,10 +44,12 @@ async def probe_station(config: StationConfig, timeout_s: float = 3.0) -> list[P
         for rack_cfg in config.racks:
             driver = build_rack(config, rack_cfg, links)
             results += await _probe_rack(driver, rack_cfg.unit_ids, timeout_s)
+        # Before the links close: the PLC may share an RS-485 line with racks.
+        io = build_station_io_driver(config, links)
+        if io is not None:
+            results.append(await _probe_station_io(io, timeout_s))
     finally:
         await links.close()
-    if config.station_io is not None:
-        results.append(ProbeResult("station I/O", "-", None, None, "not probed yet"))
     if config.robot is not None:
         results.append(await _probe_robot(config, timeout_s))
     return results
@@ -116,6 +120,32 @@ async def _probe_rack(
         return str(await driver.read_heartbeat())
 
     return [await _ask(f"rack {driver.name}", address, lambda: _identity(driver), ping, timeout_s)]
+
+
+async def _probe_station_io(driver: StationIoDriver, timeout_s: float) -> ProbeResult:
+    """One full read of the I/O map (shown), then single-request round trips (timed)."""
+
+    async def ident() -> str:
+        return _io_detail(await driver.read())
+
+    async def ping() -> str:
+        return _bits(await driver.read_coils())  # one request, like a rack's heartbeat
+
+    address = f"{driver.link.params.describe} unit {driver.unit}"
+    return await _ask(driver.name, address, ident, ping, timeout_s)
+
+
+def _bits(values: Mapping[str, bool]) -> str:
+    return " ".join(f"{name}={int(value)}" for name, value in values.items())
+
+
+def _io_detail(reading: IoReading) -> str:
+    vehicle = reading.vehicle_id if reading.vehicle_id is not None else "none"
+    heartbeat = reading.heartbeat if reading.heartbeat is not None else "unreadable"
+    return (
+        f"inputs {_bits(reading.inputs)}; coils {_bits(reading.coils)};"
+        f" vehicle {vehicle}; heartbeat {heartbeat}"
+    )
 
 
 async def _identity(driver: RackDriver) -> str:

@@ -120,6 +120,11 @@ BAD_CONFIGS = [
         ["mqtt: reconnect_max_s (1.0) must be >= reconnect_min_s (5.0)"],
     ),
     (
+        "station-io-unknown-profile",
+        BASE + '[station_io]\ntransport = "tcp"\nhost = "10.0.0.5"\nprofile = "nosuch"\n',
+        [f"station_io.profile: no such profile in {PROFILES} (got 'nosuch')"],
+    ),
+    (
         "log-level",
         BASE + '[logging]\nlevel = "loud"\n',
         ["logging.level: must be one of 'debug', 'info', 'warning' or 'error' (got 'loud')"],
@@ -241,6 +246,48 @@ def test_missing_password_file(tmp_path: Path) -> None:
         f"{path}: mqtt.password_file: cannot read: No such file or directory"
         f" (got '{tmp_path / 'nope'}')"
     ]
+
+
+@pytest.mark.parametrize(
+    ("content", "messages"),
+    [
+        (
+            (PROFILES / "simplc.toml")
+            .read_text()
+            .replace("lift_lower = 1, ", "")
+            .replace('type = "u16"', 'type = "f32"'),
+            ['coils: missing [\'lift_lower\']; registers: heartbeat must be type = "u16" or "u32"'],
+        ),
+        ("name = = 1\n", ["not valid TOML: Invalid value (at line 1, column 8)"]),
+        (
+            (PROFILES / "simrack.toml").read_text(),  # a rack profile given for the PLC
+            [
+                "discrete_inputs: Field required",
+                "coils: Field required",
+                "registers: Field required",
+            ],
+        ),
+    ],
+    ids=["invalid", "not-toml", "rack-profile"],
+)
+def test_station_io_profile_must_load(tmp_path: Path, content: str, messages: list[str]) -> None:
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "plc.toml").write_text(content)
+    text = (
+        'station_id = "s1"\n[storage]\ndir = "/tmp/x"\n'
+        '[station_io]\ntransport = "tcp"\nhost = "10.0.0.5"\nprofile = "plc"\n'
+    )
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    lines = info.value.lines()
+    expected = [f"{path}: station_io.profile: {profiles / 'plc.toml'}: {m}" for m in messages]
+    assert lines[: len(expected)] == expected
+    assert all(line.startswith(f"{path}: station_io.profile: ") for line in lines)
+    result = run_swapctl("check-config", str(path))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == lines
 
 
 def test_demo_config_is_valid() -> None:

@@ -1,4 +1,4 @@
-"""`swapctl probe` against simulated racks: reachable with latency, or not."""
+"""`swapctl probe` against simulated racks and PLC: reachable with latency, or not."""
 
 from __future__ import annotations
 
@@ -7,8 +7,14 @@ import os
 import sys
 from pathlib import Path
 
+from drivers.modbus.ioprofile import REQUIRED_COILS, load_io_profile
+from simstation.charger import SimPack
+from simstation.clock import SimClock
+from simstation.plc import SimPlc, SimVehicle
 from simstation.station import SimRackSpec, SimStation
 from tests.support import REPO
+
+PROFILES = REPO / "config" / "profiles"
 
 
 async def _probe(config: Path) -> tuple[int, str]:
@@ -64,3 +70,40 @@ async def test_probe_reports_every_device(tmp_path: Path) -> None:
         assert "UNREACHABLE" in rack_a and "cannot connect" in rack_a
     finally:
         await sim.stop()
+
+
+async def test_probe_reads_the_station_io(tmp_path: Path) -> None:
+    plc = SimPlc(load_io_profile(PROFILES / "simplc.toml"), clock=SimClock(100.0))
+    port = await plc.start_tcp("127.0.0.1", 0)
+    plc.arrive(SimVehicle("EV-4711", SimPack("PK-0001"), positioning_s=0.0, power_down_s=0.0))
+    config = tmp_path / "station.toml"
+    config.write_text(
+        f'station_id = "p2"\nprofiles_dir = "{PROFILES}"\n[storage]\ndir = "{tmp_path}"\n'
+        f'[station_io]\ntransport = "tcp"\nhost = "127.0.0.1"\nport = {port}\nunit_id = 1\n'
+        "timeout_min_s = 0.02\ntimeout_max_s = 0.2\n"
+    )
+    try:
+        code, out = await _probe(config)
+        assert code == 0, out
+        lines = out.splitlines()
+        assert lines[0].split() == ["device", "address", "result", "latency", "detail"]
+        io = next(line for line in lines if line.startswith("station I/O "))
+        assert f"tcp 127.0.0.1:{port} unit 1" in io
+        assert "reachable" in io and "UNREACHABLE" not in io and " ms " in io
+        inputs = io.split("inputs ", 1)[1].split(";", 1)[0].split()
+        assert {"vehicle_present=1", "estop_ok=1", "lift_down=1", "lift_up=0"} <= set(inputs)
+        assert len(inputs) == len(plc.profile.discrete_inputs)
+        coils = io.split("coils ", 1)[1].split(";", 1)[0].split()
+        assert coils == [f"{name}=0" for name in plc.profile.coils]
+        assert set(REQUIRED_COILS) <= {c.split("=")[0] for c in coils}
+        assert "; vehicle EV-4711; heartbeat " in io
+        assert io.rsplit("heartbeat ", 1)[1].isdigit()
+
+        await plc.go_offline()
+        code, out = await _probe(config)
+        assert code == 1, out
+        io = next(line for line in out.splitlines() if line.startswith("station I/O "))
+        assert "UNREACHABLE" in io and "cannot connect" in io
+        assert "Traceback" not in out
+    finally:
+        await plc.stop()

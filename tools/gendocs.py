@@ -92,6 +92,47 @@ def _robot_examples() -> str:
     return "\n".join(lines)
 
 
+def _swap_diagram() -> str:
+    from statemachine.contrib.diagram import formatter
+
+    from controller.swapmachine import SwapMachine
+
+    return f"```mermaid\n{formatter.render(SwapMachine, 'mermaid').rstrip()}\n```"
+
+
+def _swap_phases() -> str:
+    from controller.interlocks import INTERLOCKS
+    from controller.swapmachine import MOTION, RESUMABLE, SwapMachine
+
+    free = tuple(str(s.id) for s in SwapMachine.states if s.id not in INTERLOCKS)
+    return "\n".join(
+        f"- {what}: " + ", ".join(f"`{phase}`" for phase in phases)
+        for what, phases in (
+            ("`MOTION` (machinery moves, or a pack is out of its vehicle)", MOTION),
+            ("`RESUMABLE` (a restart may resume here, on proof)", RESUMABLE),
+            ("without interlocks (none in `controller/interlocks.py`)", free),
+        )
+    )
+
+
+def _swap_interlocks() -> str:
+    from controller.interlocks import table
+
+    return table()
+
+
+def _swap_conditions() -> str:
+    from controller import interlocks
+
+    conditions: dict[str, interlocks.Condition] = {}
+    for value in vars(interlocks).values():
+        if isinstance(value, interlocks.Condition):
+            conditions.setdefault(value.name, value)
+    rows = ["| condition | blocking cause when it does not hold |", "|---|---|"]
+    rows += [f"| `{c.name}` | {c.message} |" for c in conditions.values()]
+    return "\n".join(rows)
+
+
 GENERATORS: dict[str, Callable[[], str]] = {
     "robot-messages": _robot_messages,
     "robot-codes": _robot_codes,
@@ -99,6 +140,10 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "simrack-slot": lambda: _profile_slot("simrack"),
     "simrack-rack": lambda: _profile_rack("simrack"),
     "simrack-status": lambda: _status_codes("simrack"),
+    "swap-diagram": _swap_diagram,
+    "swap-phases": _swap_phases,
+    "swap-interlocks": _swap_interlocks,
+    "swap-conditions": _swap_conditions,
 }
 
 
