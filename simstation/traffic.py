@@ -1,0 +1,389 @@
+"""Simulated traffic: a fleet back end and its drivers, sending vehicles to swap, one by one.
+
+As the drivers, it drives a vehicle with a low pack of a type the station stocks into the
+simulated station's bay (`SimStation.arrive`, a fresh vehicle id and pack serial each time).
+As the fleet back end, it authorises the swap over MQTT v5: `start_swap` on
+`<root>/cmd/start_swap` with a Response Topic and Correlation Data, the reply reported. It then
+waits for the swap to end (its `swap_<outcome>` event on `<root>/events`, or the swap gone from
+the retained `<root>/state`) and the vehicle to drive out, pauses, and sends the next one.
+
+Nothing stops it: a refused request is reported and sent again later (the vehicle waits in the
+bay); an unanswered one (the daemon not connected yet) is sent again; a broker that is not up
+yet, or goes away, is reconnected to with backoff, and the vehicle in the bay is taken up
+again where it was (a swap already running for it is adopted from the station state). A swap
+that stops in fault, E-stop or recovery is reported and waited out: that is an operator's call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import socket
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from simstation.plc import SimPlc, SimVehicle
+from simstation.station import SimStation
+
+ENDINGS = ("swap_completed", "swap_aborted", "swap_failed")  # events that end a swap
+STOPPED = frozenset({"fault", "estop", "recovery_required"})  # an operator decides
+POLL_S = 0.05  # the bay is looked at this often (the vehicle is simulated in-process)
+RECONNECT_MIN_S = 0.2
+RECONNECT_MAX_S = 2.0
+REMEMBERED_ENDINGS = 100
+EVENT_GRACE_S = 2.0  # a swap gone from the state is taken as ended if its event is this late
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TrafficOptions:
+    """How the traffic behaves; times in real seconds."""
+
+    interval_s: float = 3.0  # from a vehicle leaving the bay to the next one arriving
+    retry_s: float = 3.0  # after a refused or unanswered start_swap, before asking again
+    reply_timeout_s: float = 5.0  # a start_swap not answered by then counts as unanswered
+    leave_grace_s: float = 10.0  # after its swap ended, a vehicle still parked drives off
+    soc_min: float = 5.0  # the arriving vehicles' packs, SoC in %
+    soc_max: float = 25.0
+    seed: int = 2
+
+    def __post_init__(self) -> None:
+        if min(self.interval_s, self.retry_s) < 0 or self.reply_timeout_s <= 0:
+            raise ValueError("traffic times must be >= 0 (the reply timeout > 0)")
+        if not 0 <= self.soc_min <= self.soc_max <= 100:
+            raise ValueError("traffic SoC range must be 0 <= soc_min <= soc_max <= 100")
+
+
+@dataclass
+class TrafficStats:
+    """What the traffic has done so far."""
+
+    vehicles: int = 0
+    requests: int = 0
+    refused: int = 0
+    unanswered: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+
+
+def stocked_types(sim: SimStation) -> list[str]:
+    """The pack types in the simulated station's racks (a station stocks what it holds)."""
+    types = {
+        pack.pack_type
+        for rack in sim.racks.values()
+        for slot in rack.slots
+        if (pack := rack.pack_in(slot)) is not None
+    }
+    return sorted(types)
+
+
+class Traffic:
+    """Vehicles for the simulated station, each authorised over MQTT; `run()` until cancelled."""
+
+    def __init__(
+        self,
+        sim: SimStation,
+        *,
+        host: str,
+        port: int,
+        root: str,
+        say: Say,
+        pack_types: Iterable[str] | None = None,
+        options: TrafficOptions | None = None,
+    ) -> None:
+        if sim.plc is None:
+            raise ValueError("traffic needs a simulated station with a PLC (a bay)")
+        self.sim = sim
+        self.plc: SimPlc = sim.plc
+        self.host, self.port, self.root = host, port, root
+        self.say = say
+        self.options = options or TrafficOptions()
+        self.pack_types = sorted(pack_types) if pack_types is not None else stocked_types(sim)
+        if not self.pack_types:
+            raise ValueError("the station stocks no packs: no pack type to send vehicles with")
+        self.stats = TrafficStats()
+        self.client_id = f"demo-fleet-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.reply_topic = f"fleet/{self.client_id}/replies"
+        self._rng = random.Random(self.options.seed)  # noqa: S311 - simulation
+        self._status = "?"
+        self._state: dict[str, Any] | None = None
+        self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._ended: OrderedDict[str, tuple[str, dict[str, Any]]] = OrderedDict()
+        self._vehicle: SimVehicle | None = None  # the vehicle being served
+        self._swap_id: str | None = None  # its swap, once authorised
+        self._asked_at = 0.0
+        self._next_at = 0.0  # monotonic time the next vehicle may arrive
+
+    # --- the connection ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect (again and again), and send vehicles for ever."""
+        delay = RECONNECT_MIN_S
+        failures = 0
+        while True:
+            connected = False
+            try:
+                async with self._client() as client:
+                    connected = True
+                    if failures:
+                        self.say(f"fleet: connected to the broker {self.host}:{self.port}")
+                    failures, delay = 0, RECONNECT_MIN_S
+                    await self._session(client)
+            except aiomqtt.MqttError as exc:
+                failures += 1
+                if connected:
+                    self.say(f"fleet: lost the broker ({exc}); reconnecting")
+                elif failures == 1 or failures % 20 == 0:
+                    self.say(
+                        f"fleet: broker {self.host}:{self.port} not reachable ({exc});"
+                        f" retrying (attempt {failures})"
+                    )
+            await asyncio.sleep(delay * self._rng.uniform(0.5, 1.0))
+            delay = min(delay * 2, RECONNECT_MAX_S)
+
+    def _client(self) -> aiomqtt.Client:
+        return aiomqtt.Client(
+            self.host,
+            self.port,
+            identifier=self.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            keepalive=10,
+            timeout=5.0,
+            # Without TCP_NODELAY a QoS 1 round trip stalls on Nagle.
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+        )
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        for topic in (self.reply_topic, *(f"{self.root}/{t}" for t in ("status", "state"))):
+            await client.subscribe(topic, qos=1)
+        await client.subscribe(f"{self.root}/events", qos=1)
+        reader = asyncio.create_task(self._read(client), name="fleet-reader")
+        driver = asyncio.create_task(self._drive(client), name="fleet-driver")
+        try:
+            done, _ = await asyncio.wait({reader, driver}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (reader, driver):
+                task.cancel()
+            await asyncio.gather(reader, driver, return_exceptions=True)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        raise aiomqtt.MqttError("the connection ended")
+
+    async def _read(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            topic = str(message.topic)
+            payload = message.payload if isinstance(message.payload, bytes) else b""
+            if topic == f"{self.root}/status":
+                self._status = payload.decode(errors="replace")
+                continue
+            try:
+                body = json.loads(payload) if payload else None
+            except ValueError:
+                continue
+            if not isinstance(body, dict):
+                continue
+            if topic == self.reply_topic:
+                props = message.properties
+                correlation = getattr(props, "CorrelationData", None) if props else None
+                key = correlation.decode(errors="replace") if correlation else body.get("id")
+                future = self._replies.get(str(key))
+                if future is not None and not future.done():
+                    future.set_result(body)
+            elif topic == f"{self.root}/state":
+                self._state = body
+            elif topic == f"{self.root}/events" and body.get("kind") in ENDINGS:
+                data = body.get("data") or {}
+                self._ended[str(data.get("swap_id"))] = (str(body["kind"]), data)
+                while len(self._ended) > REMEMBERED_ENDINGS:
+                    self._ended.popitem(last=False)
+
+    # --- the vehicles --------------------------------------------------------------------------
+
+    async def _drive(self, client: aiomqtt.Client) -> None:
+        while True:
+            vehicle = self._vehicle
+            if vehicle is not None and self._swap_id is None and self.plc.vehicle is not vehicle:
+                vehicle = self._vehicle = None  # it left unauthorised (fault injection)
+            if vehicle is None:
+                await self._bay_free()
+                vehicle = self._vehicle = self._arrive()
+            if self._swap_id is None:
+                self._swap_id = await self._authorise(client, vehicle)
+            await self._until_done(vehicle, self._swap_id)
+            self._vehicle = self._swap_id = None
+            self._next_at = time.monotonic() + self.options.interval_s
+
+    async def _bay_free(self) -> None:
+        """Until the bay is empty and the pause since the last vehicle is over."""
+        said = False
+        while time.monotonic() < self._next_at or self.plc.vehicle is not None:
+            other = self.plc.vehicle
+            if other is not None and not said and time.monotonic() >= self._next_at:
+                self.say(f"fleet: the bay is taken by {other.vehicle_id}; waiting")
+                said = True
+            await asyncio.sleep(POLL_S)
+
+    def _arrive(self) -> SimVehicle:
+        self.stats.vehicles += 1
+        n = self.stats.vehicles
+        pack_type = self._rng.choice(self.pack_types)
+        soc = round(self._rng.uniform(self.options.soc_min, self.options.soc_max), 1)
+        vehicle = self.sim.arrive(f"EV-{n:04d}", serial=f"VP-{n:05d}", pack_type=pack_type, soc=soc)
+        self.say(
+            f"fleet: {vehicle.vehicle_id} drives into the bay with pack VP-{n:05d}"
+            f" ({pack_type}, {soc:.0f} %)"
+        )
+        return vehicle
+
+    async def _authorise(self, client: aiomqtt.Client, vehicle: SimVehicle) -> str:
+        """Ask for the vehicle's swap until the station takes it; the swap id."""
+        pack = vehicle.pack
+        pack_type = pack.pack_type if pack is not None else self.pack_types[0]
+        attempt = 0
+        while True:
+            adopted = self._running_for(vehicle.vehicle_id)
+            if adopted is not None:
+                return adopted
+            await self._station_ready(self.options.retry_s)
+            attempt += 1
+            request_id = f"{vehicle.vehicle_id}-{attempt}-{uuid.uuid4().hex[:8]}"
+            if attempt == 1:
+                self._asked_at = time.monotonic()
+            reply = await self._request(
+                client,
+                "start_swap",
+                {"id": request_id, "vehicle_id": vehicle.vehicle_id, "pack_type": pack_type},
+            )
+            what = f"fleet: start_swap {vehicle.vehicle_id} ({pack_type})"
+            if reply is None:
+                self.stats.unanswered += 1
+                self.say(
+                    f"{what}: no answer in {self.options.reply_timeout_s:g} s (station"
+                    f" {self._status}); asking again"
+                )
+                continue
+            code, message = reply.get("code"), reply.get("message")
+            if reply.get("ok") and isinstance(reply.get("result"), str):
+                self.say(f"{what}: {code}: swap {reply['result']}")
+                return str(reply["result"])
+            self.stats.refused += 1
+            self.say(f"{what}: {code}: {message}; asking again in {self.options.retry_s:g} s")
+            await asyncio.sleep(self.options.retry_s)
+
+    def _running_for(self, vehicle_id: str) -> str | None:
+        """The swap the station is running for this vehicle, if any (an answer lost)."""
+        swap = (self._state or {}).get("swap")
+        if isinstance(swap, dict) and swap.get("vehicle_id") == vehicle_id:
+            return str(swap.get("swap_id"))
+        return None
+
+    async def _station_ready(self, timeout: float) -> None:  # noqa: ASYNC109 - a polled wait
+        """Until the station is online, idle and unblocked (or `timeout`: ask anyway)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = self._state or {}
+            if (
+                self._status == "online"
+                and state.get("phase") == "idle"
+                and not state.get("blocking")
+            ):
+                return
+            await asyncio.sleep(POLL_S)
+
+    async def _request(
+        self, client: aiomqtt.Client, name: str, body: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Publish a command with a Response Topic; its reply, or None if none came in time."""
+        request_id = str(body["id"])
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._replies[request_id] = future
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.ResponseTopic = self.reply_topic
+        props.CorrelationData = request_id.encode()
+        self.stats.requests += 1
+        try:
+            await client.publish(
+                f"{self.root}/cmd/{name}", json.dumps(body), qos=1, properties=props
+            )
+            async with asyncio.timeout(self.options.reply_timeout_s):
+                return await future
+        except TimeoutError:
+            return None
+        finally:
+            self._replies.pop(request_id, None)
+
+    async def _until_done(self, vehicle: SimVehicle, swap_id: str) -> None:
+        """Until the swap has ended and the vehicle has left the bay."""
+        seen = False  # the state has shown this swap: its disappearance ends it too
+        said_phase: str | None = None
+        ended_at: float | None = None
+        left_state_at: float | None = None  # when the state stopped showing it
+        outcome: tuple[str, dict[str, Any]] | None = None
+        while True:
+            swap = (self._state or {}).get("swap")
+            ours = isinstance(swap, dict) and swap.get("swap_id") == swap_id
+            if ours:
+                assert isinstance(swap, dict)
+                seen = True
+                phase = str(swap.get("phase"))
+                if phase in STOPPED and phase != said_phase:
+                    causes = "; ".join((self._state or {}).get("blocking") or [])
+                    self.say(
+                        f"fleet: {vehicle.vehicle_id}'s swap stopped ({phase}): {causes};"
+                        " waiting for an operator"
+                    )
+                said_phase = phase
+            if seen and not ours and left_state_at is None:
+                left_state_at = time.monotonic()
+            if outcome is None:
+                outcome = self._ended.get(swap_id)
+                # Gone from the state and no event after a while: the event was missed (a
+                # reconnect). The two are published independently: the event may come second.
+                late = (
+                    left_state_at is not None and time.monotonic() - left_state_at > EVENT_GRACE_S
+                )
+                if outcome is None and late:
+                    outcome = ("swap_ended", {})
+                if outcome is not None:
+                    ended_at = time.monotonic()
+            gone = self.plc.vehicle is not vehicle
+            if outcome is not None and gone:
+                self._report(vehicle, swap_id, outcome)
+                return
+            waited = time.monotonic() - (ended_at or time.monotonic())
+            if outcome is not None and waited > self.options.leave_grace_s and self.plc.lift.down:
+                # Never released (a swap cleared by an operator): on the ground, it drives off.
+                self.say(
+                    f"fleet: {vehicle.vehicle_id} was not released after its swap ended;"
+                    " the driver leaves"
+                )
+                self.plc.leave_early()
+            await asyncio.sleep(POLL_S)
+
+    def _report(
+        self, vehicle: SimVehicle, swap_id: str, outcome: tuple[str, dict[str, Any]]
+    ) -> None:
+        kind, data = outcome
+        name = kind.removeprefix("swap_")
+        self.stats.outcomes[name] = self.stats.outcomes.get(name, 0) + 1
+        took = time.monotonic() - self._asked_at
+        packs = ""
+        if data.get("pack_out") or data.get("pack_in"):
+            packs = f": pack {data.get('pack_out') or '-'} out, {data.get('pack_in') or '-'} in"
+        reason = f" ({data['reason']})" if data.get("reason") else ""
+        left = vehicle.pack.serial if vehicle.pack is not None else "no pack"
+        self.say(
+            f"fleet: {vehicle.vehicle_id} swap {swap_id[:8]} {name}{packs}{reason};"
+            f" left with {left}, {took:.1f} s after asking"
+        )
