@@ -138,13 +138,18 @@ def free_slot(control: SlotControl, *, exclude: set[int]) -> int:
     )
 
 
-def ready_counts(config: StationConfig, control: SlotControl) -> dict[str, int]:
-    """Packs that could be dispensed now, per pack type."""
+def ready_counts(
+    config: StationConfig, control: SlotControl, *, exclude: set[int] | None = None
+) -> dict[str, int]:
+    """Packs that could be dispensed now, per pack type (not counting slots in `exclude`)."""
     counts: dict[str, int] = {}
     now = time.monotonic()
     for view in control.book.views(now):
         r = view.reading
         if r is None or not r.pack_present or r.pack_type is None:
+            continue
+        if exclude and view.slot in exclude:
+            counts.setdefault(r.pack_type, 0)
             continue
         counts.setdefault(r.pack_type, 0)
         fit = _unfit(control, view.slot, stale=view.stale, serial=r.pack_serial) is None

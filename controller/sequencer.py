@@ -191,6 +191,7 @@ class Sequencer:
         self._recovering = False
         self._recover_since = 0.0
         self._deferred: JournalBatch | None = None
+        self._release_when_empty: set[int] = set()
         self._event_at: float | None = None  # when the event being handled happened
         self._step_ended_at: float | None = None  # the device event that ended the last step
         self._reconciled_at: dict[int, float] = {}  # slot -> time of the reading reconciled
@@ -400,11 +401,16 @@ class Sequencer:
 
     def packs_ready(self) -> dict[str, int]:
         """Packs that could be dispensed now, per type (the reserved one is not)."""
-        counts = ready_counts(self.config, self.control)
-        ctx = self.ctx
-        if ctx.active and ctx.vehicle_pack != "installed" and counts.get(ctx.pack_type):
-            counts[ctx.pack_type] -= 1
-        return counts
+        return ready_counts(self.config, self.control, exclude=self._not_to_dispense())
+
+    def _not_to_dispense(self) -> set[int]:
+        """Slots whose pack is not for a new swap: reserved, held, or just handed over."""
+        now = time.monotonic()
+        slots = set(self.control.swap_held) | set(self._release_when_empty)
+        slots |= {s for s, at in self._handover_at.items() if now - at < HANDOVER_SETTLE_S}
+        if self.ctx.active:
+            slots.add(self.ctx.reserved_slot)
+        return slots
 
     # --- operator and back-end requests ---------------------------------------------------------
 
@@ -434,7 +440,7 @@ class Sequencer:
         if causes:
             raise SwapRejectedError("; ".join(causes))
         try:
-            pick = choose(self.config, self.control, pack_type)
+            pick = choose(self.config, self.control, pack_type, exclude=self._not_to_dispense())
         except NoPackError as exc:
             raise SwapRejectedError(str(exc)) from None
         self.ctx = SwapContext(
@@ -571,9 +577,7 @@ class Sequencer:
             self._note("recover", by, "clear")
             self.ctx.outcome = "failed"
             self.ctx.reason = self.ctx.reason or "cleared by an operator"
-            for slot in (self.ctx.free_slot, self.ctx.reserved_slot):
-                self.control.release_from_swap(slot)
-            await self._go("recover_clear", self._forget_swap_packs())
+            await self._finish_swap("recover_clear", self._forget_swap_packs())
             self._reconciled_at.clear()
             return "cleared: the station is idle"
         raise SwapRejectedError(f"unknown decision {decision!r}: resume, abort or clear")
@@ -597,6 +601,7 @@ class Sequencer:
     async def _evaluate(self) -> None:
         """Move the swap on as far as the facts allow (after every event and timer tick)."""
         now = time.monotonic()
+        self._release_emptied(now)
         batch = self._reconcile_racks(now)
         if batch:
             await self.events.commit(batch)
@@ -699,7 +704,12 @@ class Sequencer:
         )
         if why is not None:
             try:
-                pick = choose(self.config, self.control, ctx.pack_type)
+                pick = choose(
+                    self.config,
+                    self.control,
+                    ctx.pack_type,
+                    exclude=self._not_to_dispense() - {ctx.reserved_slot},
+                )
             except NoPackError as exc:
                 return [f"reserved pack {ctx.reserved_serial}: {why}; {exc}"]
             _log.warning(
@@ -894,6 +904,17 @@ class Sequencer:
             return [f"slot {slot}: waiting for the charger to switch off"]
         return []
 
+    def _release_emptied(self, now: float) -> None:
+        """Give a slot a pack was fetched from back to charging once it reports empty."""
+        for slot in list(self._release_when_empty):
+            view = self.control.book.view(slot, now)
+            since = self._handover_at.get(slot, 0.0)
+            empty = view.fresh is not None and view.fresh.pack_present is False
+            late = now - since > self.config.swap.pack_detect_timeout_s
+            if (empty and self._polled_after(view, since)) or late:
+                self._release_when_empty.discard(slot)
+                self.control.release_from_swap(slot)
+
     def _polled_after(self, view: SlotView, since: float) -> bool:
         """The slot's reading comes from a poll that began after `since` (monotonic)."""
         return view.reading is not None and view.reading.at > since
@@ -1023,7 +1044,9 @@ class Sequencer:
                 raise _MismatchError(f"fetched pack {held} from slot {slot}, expected {expected}")
             inv.put(held, Place.ROBOT, batch, why=f"fetched from slot {slot}")
             self._handover_at[slot] = time.monotonic()
-            self.control.release_from_swap(slot)
+            # Its charger stays held off until it reports the slot empty (its last reading
+            # still shows the pack: it would be switched on at an empty slot).
+            self._release_when_empty.add(slot)
         elif kind is MsgType.INSTALL:
             entry = inv.on_robot()
             if entry is None:
@@ -1229,7 +1252,8 @@ class Sequencer:
 
     # --- the end of a swap -----------------------------------------------------------------------
 
-    async def _finish_swap(self) -> None:
+    async def _finish_swap(self, event: str = "finish", batch: JournalBatch | None = None) -> None:
+        """Record the swap (in the transition's transaction) and go idle."""
         ctx = self.ctx
         if ctx.outcome is None:
             completed = (
@@ -1237,16 +1261,16 @@ class Sequencer:
             )
             ctx.outcome = "completed" if completed else "aborted"
         record = _record_of(ctx, time.time())
-        batch = JournalBatch()
+        batch = batch or JournalBatch()
         batch.call(lambda conn: insert_sync(conn, record))
         batch.event(
             f"swap_{ctx.outcome}",
             {"swap_id": ctx.swap_id, "vehicle_id": ctx.vehicle_id, "reason": ctx.reason,
              "pack_out": ctx.old_serial, "pack_in": ctx.installed_serial},
         )  # fmt: skip
-        for slot in (ctx.free_slot, ctx.reserved_slot):
+        for slot in {ctx.free_slot, ctx.reserved_slot} - self._release_when_empty:
             self.control.release_from_swap(slot)
-        await self._go("finish", batch)
+        await self._go(event, batch)
         await self._flush()  # the record is durable before the station shows idle
         _log.info(
             "swap %s %s%s", ctx.swap_id[:8], ctx.outcome, f": {ctx.reason}" if ctx.reason else ""
@@ -1254,6 +1278,7 @@ class Sequencer:
         self.ctx = SwapContext()
         self.machine = SwapMachine(self.ctx)
         self._lift_moving = False
+        self._set_blocking([])
 
     def _forget_swap_packs(self) -> JournalBatch:
         """After an operator's clear: the packs on the robot or in the vehicle are unknown."""

@@ -32,8 +32,6 @@ from simstation.station import SimRackSpec, SimStation
 from tests.rig import Rig, running, until
 from tests.support import REPO, DaemonProcess
 
-pytestmark = pytest.mark.asyncio
-
 DOC = REPO / "docs" / "fault-matrix.md"
 SPEED = 60.0
 SECTIONS = "[swap]\nmin_dispense_soc = 80\n"
@@ -200,6 +198,7 @@ def injector(
 IN_PROCESS = [c for c in CELLS if c.fault != "SIGKILL + restart"]
 
 
+@pytest.mark.asyncio
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("cell", IN_PROCESS, ids=lambda c: f"{c.step}-{c.fault.split()[0]}")
 async def test_fault_matrix_cell(tmp_path: Path, cell: Cell) -> None:
@@ -295,6 +294,7 @@ async def command(broker: Mosquitto, name: str, **args: str) -> dict[str, object
 KILLS = [c for c in CELLS if c.fault == "SIGKILL + restart"]
 
 
+@pytest.mark.asyncio
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("cell", KILLS, ids=lambda c: c.step)
 async def test_fault_matrix_sigkill(tmp_path: Path, broker: Mosquitto, cell: Cell) -> None:
