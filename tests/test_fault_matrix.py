@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import re
 import signal
 import sqlite3
@@ -265,7 +266,9 @@ def journal_state(path: Path) -> str | None:
     return None if row is None else str(json.loads(row[0])["state"])
 
 
-async def command(broker: Mosquitto, name: str, **args: str) -> dict[str, object]:
+async def command(
+    broker: Mosquitto, name: str, *, wait_s: float = 0.5, **args: str
+) -> dict[str, object]:
     """Send `cmd/<name>` with MQTT v5 request/response and return the reply ({} if none)."""
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
@@ -281,7 +284,7 @@ async def command(broker: Mosquitto, name: str, **args: str) -> dict[str, object
         body = json.dumps({"id": "t-1", **args})
         await client.publish(f"swapstation/t1/cmd/{name}", body, qos=1, properties=props)
         try:
-            async with asyncio.timeout(2):
+            async with asyncio.timeout(wait_s):
                 async for message in client.messages:
                     assert isinstance(message.payload, bytes)
                     reply: dict[str, object] = json.loads(message.payload)
@@ -299,7 +302,7 @@ KILLS = [c for c in CELLS if c.fault == "SIGKILL + restart"]
 @pytest.mark.parametrize("cell", KILLS, ids=lambda c: c.step)
 async def test_fault_matrix_sigkill(tmp_path: Path, broker: Mosquitto, cell: Cell) -> None:
     (tmp_path / "sim").mkdir()
-    sim = SimStation(tmp_path / "sim", [rack()], speed=SPEED / 3, robot=True, plc=True)
+    sim = SimStation(tmp_path / "sim", [rack()], speed=SPEED, robot=True, plc=True)
     await sim.start()
     try:
         path = tmp_path / "station.toml"
@@ -337,3 +340,66 @@ async def test_fault_matrix_sigkill(tmp_path: Path, broker: Mosquitto, cell: Cel
         await check_record(state_dir, cell)
     finally:
         await sim.stop()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(150)
+async def test_sigkill_at_random_moments_loses_no_record(tmp_path: Path, broker: Mosquitto) -> None:
+    """Swaps back to back, the daemon killed at random moments: every swap recorded once."""
+    rng = random.Random(20261125)  # a reproducible schedule
+    (tmp_path / "sim").mkdir()
+    packs = {n: SimPack(f"PK-{n}", soc=95.0) for n in range(1, 4)}
+    spec = SimRackSpec("r1", list(range(1, 9)), packs=packs, poll_period_s=0.05)
+    sim = SimStation(tmp_path / "sim", [spec], speed=SPEED, robot=True, plc=True)
+    await sim.start()
+    state_dir = tmp_path / "state"
+    path = tmp_path / "station.toml"
+    path.write_text(
+        sim.controller_toml(
+            station_id="t1",
+            mqtt_host=broker.host,
+            mqtt_port=broker.port,
+            storage=state_dir,
+            sections=SECTIONS,
+        )
+    )
+    journal = state_dir / FILENAME
+    daemon = DaemonProcess(path)
+    started: list[str] = []
+    kills = 0
+    try:
+        daemon.start()
+        plc = sim.plc
+        assert plc is not None
+        for n in range(1, 5):
+            await until(lambda: plc.vehicle is None, timeout=30, what="an empty bay")
+            sim.arrive(f"EV-{n}", serial=f"OLD-{n}", soc=95.0, leave_s=5.0)
+            reply: dict[str, object] = {}
+            deadline = time.monotonic() + 30
+            while not reply.get("ok"):
+                reply = await command(broker, "start_swap", vehicle_id=f"EV-{n}", pack_type="STD75")
+                assert time.monotonic() < deadline, f"start_swap not accepted: {reply}"
+                if not reply.get("ok"):
+                    await asyncio.sleep(0.2)
+            started.append(str(reply["result"]))
+            # Somewhere in this swap (or just after it), the daemon dies.
+            await asyncio.sleep(rng.uniform(0.05, 2.0))
+            daemon.signal(signal.SIGKILL)
+            daemon.wait(5)
+            kills += 1
+            daemon.start()
+            await until(lambda: journal_state(journal) == "idle", timeout=40, what="swap done")
+    finally:
+        daemon.stop()
+        await sim.stop()
+    from controller.journal import Journal
+
+    store_journal = await Journal.open(state_dir, read_only=True)
+    try:
+        store = RecordStore(store_journal)
+        records = await store.last(100)
+        assert [r.swap_id for r in records] == started, "each swap recorded once, in order"
+        assert (await store.verify()).ok
+        assert kills == 4
+    finally:
+        await store_journal.close()
