@@ -98,6 +98,7 @@ async def measure(config_path: Path, swaps: int) -> dict[str, float | int]:
     """Run `swaps` swaps back to back; the sequencer's overheads and the rate."""
     from controller.configload import load_config
     from controller.daemon import Daemon
+    from controller.sequencer import SwapRejectedError
 
     daemon = Daemon(load_config(config_path, environ={}))
     task = asyncio.create_task(daemon.run())
@@ -108,9 +109,16 @@ async def measure(config_path: Path, swaps: int) -> dict[str, float | int]:
         assert seq is not None
         await until(lambda: not seq.blocking and bool(seq.packs_ready().get("STD75")), "ready")
         started = time.monotonic()
+        rejected: list[str] = []
         for n in range(1, swaps + 1):
             await until(lambda: bool(seq.packs_ready().get("STD75")), "a charged pack")
-            await seq.request("start_swap", vehicle_id=f"EV-{n}", pack_type="STD75")
+            for _ in range(100):  # a back end asks again when the station says why not
+                try:
+                    await seq.request("start_swap", vehicle_id=f"EV-{n}", pack_type="STD75")
+                    break
+                except SwapRejectedError as exc:
+                    rejected.append(str(exc))
+                    await asyncio.sleep(0.05)
             await until(lambda: not seq.ctx.active, functools.partial(stuck, seq, n))
         elapsed = time.monotonic() - started
         overheads = list(seq.overheads_ms)
@@ -122,6 +130,8 @@ async def measure(config_path: Path, swaps: int) -> dict[str, float | int]:
             "step_overhead_ms_max": round(max(overheads), 3),
             "swap_s_mean": round(elapsed / swaps, 3),
             "swaps_per_minute": round(swaps / elapsed * 60, 1),
+            "start_rejections": len(rejected),
+            "rejected_because": sorted(set(rejected))[:3],
         }
     finally:
         daemon.request_stop("bench done")

@@ -46,8 +46,13 @@ def choose(
     pack_type: str,
     *,
     exclude: set[int] | None = None,
+    busy: set[int] | None = None,
 ) -> Choice:
-    """The pack to dispense for `pack_type` and the slot for the returned pack."""
+    """The pack to dispense for `pack_type` and the slot for the returned pack.
+
+    `exclude`: slots whose pack is not to be dispensed (reserved, just handed over: their
+    reading may lag); `busy`: slots that cannot take the returned pack (held by the swap).
+    """
     now = time.monotonic()
     exclude = exclude or set()
     of_type = 0
@@ -72,7 +77,7 @@ def choose(
     if not candidates:
         raise NoPackError(_no_pack(pack_type, of_type, reasons, best_soc, config))
     soc, _, _, slot, serial = min(candidates)
-    free = free_slot(control, exclude=exclude | {slot})
+    free = free_slot(control, exclude=(busy or set()) | {slot})
     return Choice(slot=slot, serial=serial, pack_type=pack_type, soc=-soc, free_slot=free)
 
 

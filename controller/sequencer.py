@@ -403,10 +403,14 @@ class Sequencer:
         """Packs that could be dispensed now, per type (the reserved one is not)."""
         return ready_counts(self.config, self.control, exclude=self._not_to_dispense())
 
+    def _held(self) -> set[int]:
+        """Slots the swap holds (a handover in progress, or a slot not yet seen empty)."""
+        return set(self.control.swap_held) | self._release_when_empty
+
     def _not_to_dispense(self) -> set[int]:
         """Slots whose pack is not for a new swap: reserved, held, or just handed over."""
         now = time.monotonic()
-        slots = set(self.control.swap_held) | set(self._release_when_empty)
+        slots = self._held()
         slots |= {s for s, at in self._handover_at.items() if now - at < HANDOVER_SETTLE_S}
         if self.ctx.active:
             slots.add(self.ctx.reserved_slot)
@@ -440,7 +444,13 @@ class Sequencer:
         if causes:
             raise SwapRejectedError("; ".join(causes))
         try:
-            pick = choose(self.config, self.control, pack_type, exclude=self._not_to_dispense())
+            pick = choose(
+                self.config,
+                self.control,
+                pack_type,
+                exclude=self._not_to_dispense(),
+                busy=self._held(),
+            )
         except NoPackError as exc:
             raise SwapRejectedError(str(exc)) from None
         self.ctx = SwapContext(
@@ -709,6 +719,7 @@ class Sequencer:
                     self.control,
                     ctx.pack_type,
                     exclude=self._not_to_dispense() - {ctx.reserved_slot},
+                    busy=self._held(),
                 )
             except NoPackError as exc:
                 return [f"reserved pack {ctx.reserved_serial}: {why}; {exc}"]
@@ -721,7 +732,7 @@ class Sequencer:
             ctx.reserved_soc, ctx.free_slot = pick.soc, pick.free_slot
         if not slot_free(self.control, ctx.free_slot):
             try:
-                ctx.free_slot = free_slot(self.control, exclude={ctx.reserved_slot})
+                ctx.free_slot = free_slot(self.control, exclude={ctx.reserved_slot} | self._held())
             except NoPackError as exc:
                 return [str(exc)]
         return []
