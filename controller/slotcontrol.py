@@ -214,10 +214,14 @@ class SlotControl:
                 (starts if want[0] else stops).append((view, want))
         # Safety first: stop every charger that must stop before anything else, recording
         # included; then commit alarms, latches and events in one transaction; then start.
-        await self._write_all(stops)
-        if batch:
-            await self.events.commit(batch)
-            self.changed.set()
+        try:
+            await self._write_all(stops)
+        finally:
+            # Recorded even when the daemon stops during the writes: a trip or a quarantine
+            # decided here must survive the restart (the commit runs on the journal's thread).
+            if batch:
+                await asyncio.shield(self.events.commit(batch))
+                self.changed.set()
         if starts and not self.stopping:
             self._drain()  # the writes and the disk took time: act on the freshest data
             await self._write_all([(v, w) for v, w in starts if self._still_wanted(v.slot, w)])
