@@ -94,7 +94,7 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def measure(config_path: Path, swaps: int) -> dict[str, float | int]:
+async def measure(config_path: Path, swaps: int) -> dict[str, object]:
     """Run `swaps` swaps back to back; the sequencer's overheads and the rate."""
     from controller.configload import load_config
     from controller.daemon import Daemon

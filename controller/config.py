@@ -345,6 +345,23 @@ class PublishConfig(Section):
     deadbands: DeadbandsConfig = DeadbandsConfig()
 
 
+class CommandsConfig(Section):
+    """Remote commands over MQTT (`<root>/cmd/<name>`)."""
+
+    require_expiry: bool = Field(
+        default=False,
+        description="refuse a command that carries neither an MQTT v5 Message Expiry Interval"
+        " nor an in-band expires_at (a stale command can then never run)",
+    )
+    max_payload_bytes: int = Field(default=4096, ge=256, le=65536)
+    remember_ids_s: float = Field(
+        default=7 * 24 * 3600.0,
+        ge=60.0,
+        le=366 * 24 * 3600.0,
+        description="how long a command id is remembered: a repeat within it is not run again",
+    )
+
+
 class StationConfig(Section):
     """The whole of `station.toml`."""
 
@@ -364,6 +381,7 @@ class StationConfig(Section):
     supervision: SupervisionConfig = SupervisionConfig()
     charging: ChargingConfig = ChargingConfig()
     publish: PublishConfig = PublishConfig()
+    commands: CommandsConfig = CommandsConfig()
 
     @property
     def topic_root(self) -> str:

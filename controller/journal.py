@@ -124,6 +124,22 @@ MIGRATIONS: tuple[str, ...] = (
         published INTEGER NOT NULL DEFAULT 0
     ) STRICT;
     """,
+    """
+    -- Remote commands handled, by the requester's id: a repeat gets the first reply and is
+    -- not run again (controller/commands.py). Pruned after commands.remember_ids_s.
+    CREATE TABLE commands (
+        id    TEXT PRIMARY KEY,
+        at    REAL NOT NULL,
+        name  TEXT NOT NULL,
+        reply TEXT  -- NULL while it runs (or if the daemon stopped while it ran)
+    ) STRICT;
+    CREATE INDEX commands_at ON commands(at);
+    -- Slots an operator took out of service (set_slot), across restarts.
+    CREATE TABLE slots_disabled (
+        slot  INTEGER PRIMARY KEY,
+        since REAL NOT NULL
+    ) STRICT;
+    """,
 )
 
 

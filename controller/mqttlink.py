@@ -101,6 +101,11 @@ class MqttLink:
         self._subscriptions.append(topic_filter)
         self._routes.append((topic_filter, handler))
 
+    async def republish(self) -> None:
+        """Run the connect hooks again: every retained topic is published anew."""
+        for hook in self._on_connect:
+            await hook()
+
     def add_connect_hook(self, hook: ConnectHook) -> None:
         """Run `hook` after every (re)connect, once `online` is published."""
         self._on_connect.append(hook)

@@ -46,7 +46,7 @@ from controller.events import EventLog, JournalBatch
 from controller.inventory import Inventory, InventoryError, Place
 from controller.journal import Journal
 from controller.records import NewSwapRecord, OperatorAction, PackRef, StepTiming, insert_sync
-from controller.slotcontrol import SlotControl
+from controller.slotcontrol import CommandRefusedError, SlotControl
 from controller.slots import SlotView
 from controller.swapmachine import SwapMachine, event_to
 from controller.swapplan import (
@@ -98,6 +98,10 @@ STOPPED_STATES = frozenset({"fault", "estop", "recovery_required"})
 
 class SwapRejectedError(SwapstationError):
     """The request is not allowed now; the message says why."""
+
+
+class SwapBusyError(SwapRejectedError):
+    """A swap is in progress: a new one cannot start until it ends."""
 
 
 class _MismatchError(SwapstationError):
@@ -430,11 +434,13 @@ class Sequencer:
             return await self._recover_decision(str(args["decision"]), by)
         if name == "set_mode":
             return await self._set_mode(str(args["mode"]))
+        if name == "set_slot":
+            return await self._set_slot(int(args["slot"]), enabled=bool(args["enabled"]))
         raise SwapRejectedError(f"unknown request {name!r}")
 
     async def _start(self, vehicle_id: str, pack_type: str) -> str:
         if self.ctx.active:
-            raise SwapRejectedError(
+            raise SwapBusyError(
                 f"busy: swap {self.ctx.swap_id} for {self.ctx.vehicle_id} is"
                 f" {self.ctx.state.replace('_', ' ')}"
             )
@@ -591,6 +597,20 @@ class Sequencer:
             self._reconciled_at.clear()
             return "cleared: the station is idle"
         raise SwapRejectedError(f"unknown decision {decision!r}: resume, abort or clear")
+
+    async def _set_slot(self, slot: int, *, enabled: bool) -> str:
+        ctx = self.ctx
+        involved = {ctx.reserved_slot, ctx.free_slot} if ctx.active else set()
+        if not enabled and slot in involved | self._held():
+            raise SwapRejectedError(
+                f"slot {slot} is part of swap {ctx.swap_id}: take it out of service after it"
+            )
+        try:
+            await self.control.set_slot_enabled(slot, enabled=enabled)
+        except CommandRefusedError as exc:
+            raise SwapRejectedError(str(exc)) from None
+        self.changed.set()
+        return f"slot {slot} {'in service' if enabled else 'out of service'}"
 
     async def _set_mode(self, mode: str) -> str:
         if mode not in MODES:
@@ -1281,6 +1301,7 @@ class Sequencer:
         )  # fmt: skip
         for slot in {ctx.free_slot, ctx.reserved_slot} - self._release_when_empty:
             self.control.release_from_swap(slot)
+        self.blocking = []  # idle is published without the swap's last causes
         await self._go(event, batch)
         await self._flush()  # the record is durable before the station shows idle
         _log.info(

@@ -133,7 +133,7 @@ class SlotControl:
 
         def read(
             conn: sqlite3.Connection,
-        ) -> tuple[dict[int, Latch], dict[str, Latch], list[Alarm]]:
+        ) -> tuple[dict[int, Latch], dict[str, Latch], list[Alarm], set[int]]:
             trips = {
                 int(slot): Latch(str(reason), float(since), int(slot))
                 for slot, reason, since in conn.execute(
@@ -160,9 +160,10 @@ class SlotControl:
                     "SELECT scope, code, severity, message, since, slot, rack FROM alarms"
                 )
             ]
-            return trips, quarantine, alarms
+            disabled = {int(r[0]) for r in conn.execute("SELECT slot FROM slots_disabled")}
+            return trips, quarantine, alarms, disabled
 
-        self.trips, self.quarantine, alarms = await self.journal.call(read)
+        self.trips, self.quarantine, alarms, self.disabled_slots = await self.journal.call(read)
         # Alarms active before a restart stay active until fresh data says otherwise: their
         # causes are held like those of a slot whose data is stale.
         self.alarms.restore(alarms)
@@ -490,8 +491,22 @@ class SlotControl:
         if self.swap_held.pop(slot, None) is not None:
             self.changed.set()
 
-    def set_slot_enabled(self, slot: int, *, enabled: bool) -> None:
-        """An operator takes a slot out of service or back."""
+    async def set_slot_enabled(self, slot: int, *, enabled: bool) -> None:
+        """An operator takes a slot out of service or back (kept across restarts)."""
+        if slot not in self.book.rack_of:
+            raise CommandRefusedError(f"no slot {slot}")
+        if enabled == (slot not in self.disabled_slots):
+            return
+        batch = JournalBatch()
+        if enabled:
+            batch.execute("DELETE FROM slots_disabled WHERE slot = ?", (slot,))
+        else:
+            batch.execute(
+                "INSERT OR REPLACE INTO slots_disabled(slot, since) VALUES (?, ?)",
+                (slot, time.time()),
+            )
+        batch.event("slot_enabled" if enabled else "slot_disabled", {"slot": slot})
+        await self.events.commit(batch)
         if enabled:
             self.disabled_slots.discard(slot)
         else:

@@ -11,6 +11,7 @@ from controller.commands import CommandServer
 from controller.config import StationConfig
 from controller.devices import Links, build_pollers, build_robot, build_station_io
 from controller.events import EventLog, Outbox
+from controller.infopub import InfoPublisher
 from controller.journal import Journal
 from controller.mqttlink import MqttLink
 from controller.robotpub import RobotPublisher
@@ -50,6 +51,7 @@ class Station:
         self.slot_publisher = SlotPublisher(self.control, link, config.publish)
         self.robot = build_robot(config, on_status=self._on_robot_status)
         self.robot_publisher = None if self.robot is None else RobotPublisher(self.robot, link)
+        self.info = InfoPublisher(config, link, journal.boot_count)
         self.io = build_station_io(config, self.links, self._on_io)
         # The swap sequence needs the robot and the station I/O; without them (a charging-only
         # commissioning config) the station runs its racks alone.
@@ -67,7 +69,9 @@ class Station:
                 poll_slot=self._poll_slot,
             )
             self.state_publisher = StatePublisher(self.sequencer, self.control, journal, link)
-            self.commands = CommandServer(link, self.sequencer)
+            self.commands = CommandServer(
+                link, self.sequencer, journal, config.commands, republish=link.republish
+            )
 
     def _on_robot_status(self, status: Any) -> None:
         if self.robot_publisher is not None:

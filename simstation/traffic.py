@@ -274,9 +274,10 @@ class Traffic:
                 )
                 continue
             code, message = reply.get("code"), reply.get("message")
-            if reply.get("ok") and isinstance(reply.get("result"), str):
-                self.say(f"{what}: {code}: swap {reply['result']}")
-                return str(reply["result"])
+            result = reply.get("result")
+            if reply.get("ok") and isinstance(result, dict) and "swap_id" in result:
+                self.say(f"{what}: {code}: {message}")
+                return str(result["swap_id"])
             self.stats.refused += 1
             self.say(f"{what}: {code}: {message}; asking again in {self.options.retry_s:g} s")
             await asyncio.sleep(self.options.retry_s)

@@ -25,7 +25,7 @@ def test_demo_swaps_a_vehicle_and_stops_in_order() -> None:
     assert "station I/O online" in out
     # The fleet drove a vehicle in and its start_swap (MQTT v5, response topic) was accepted.
     assert "fleet: EV-0001 drives into the bay" in out
-    assert "fleet: start_swap EV-0001 (STD75): done: swap " in out, out
+    assert "fleet: start_swap EV-0001 (STD75): accepted: swap " in out, out
     # The station state (retained <root>/state) showed the swap under way ...
     assert re.search(r"^state: auto phase lifting vehicle EV-0001 ", out, re.MULTILINE), out
     # ... and the events topic its completion: the vehicle left with a charged pack.

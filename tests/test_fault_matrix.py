@@ -14,6 +14,7 @@ import re
 import signal
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,7 +282,7 @@ async def command(
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         props.ResponseTopic = reply_topic
         props.CorrelationData = b"c1"
-        body = json.dumps({"id": "t-1", **args})
+        body = json.dumps({"id": f"t-{uuid.uuid4()}", **args})
         await client.publish(f"swapstation/t1/cmd/{name}", body, qos=1, properties=props)
         try:
             async with asyncio.timeout(wait_s):
@@ -381,7 +382,9 @@ async def test_sigkill_at_random_moments_loses_no_record(tmp_path: Path, broker:
                 assert time.monotonic() < deadline, f"start_swap not accepted: {reply}"
                 if not reply.get("ok"):
                     await asyncio.sleep(0.2)
-            started.append(str(reply["result"]))
+            result = reply["result"]
+            assert isinstance(result, dict)
+            started.append(str(result["swap_id"]))
             # Somewhere in this swap (or just after it), the daemon dies.
             await asyncio.sleep(rng.uniform(0.05, 2.0))
             daemon.signal(signal.SIGKILL)
