@@ -246,6 +246,9 @@ async def test_fault_matrix_cell(tmp_path: Path, cell: Cell) -> None:
             what="the returned pack placed",
         )
         check_after(rig.sim, seq, cell)
+        # The phase turns idle a moment before the record's transaction reaches the journal
+        # thread; anything queued behind it there runs after that commit.
+        await rig.station.journal.call(lambda conn: None)
         await check_record(rig.station.config.storage.dir, cell)
 
 
