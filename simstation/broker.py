@@ -1,7 +1,8 @@
 """A private mosquitto on a free loopback port: for the tests, the demo and simulations.
 
 Never the shared broker on 1883: each user gets its own process, config and log, with
-`set_tcp_nodelay true` (without it QoS 1 round trips stall 40-80 ms on Nagle).
+`set_tcp_nodelay true` (without it QoS 1 round trips stall 40-80 ms on Nagle). A plain
+listener by default; TLS, a password file and an ACL file for the security tests.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import signal
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -41,6 +43,25 @@ def find_mosquitto() -> str:
     return found
 
 
+@dataclass(frozen=True, slots=True)
+class BrokerTls:
+    """PEM files of a TLS listener; `require_certificate`: clients need one signed by `cafile`."""
+
+    cafile: Path
+    certfile: Path
+    keyfile: Path
+    require_certificate: bool = False
+
+    def config_lines(self) -> list[str]:
+        """The listener options (they follow its `listener` line)."""
+        return [
+            f"cafile {self.cafile}",
+            f"certfile {self.certfile}",
+            f"keyfile {self.keyfile}",
+            f"require_certificate {'true' if self.require_certificate else 'false'}",
+        ]
+
+
 class Mosquitto:
     """One mosquitto process; `with Mosquitto(dir) as b:` starts it and stops it."""
 
@@ -53,6 +74,9 @@ class Mosquitto:
         extra_config: str = "",
         allow_anonymous: bool = True,
         persistent: bool = False,
+        tls: BrokerTls | None = None,
+        password_file: Path | None = None,
+        acl_file: Path | None = None,
     ) -> None:
         self.workdir = workdir
         self.host = host
@@ -61,6 +85,9 @@ class Mosquitto:
         self.extra_config = extra_config
         self.allow_anonymous = allow_anonymous
         self.persistent = persistent
+        self.tls = tls
+        self.password_file = password_file
+        self.acl_file = acl_file
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "mosquitto.log"
 
@@ -85,7 +112,10 @@ class Mosquitto:
         """The mosquitto.conf this broker runs with."""
         lines = [
             f"listener {self.port} {self.host}",
+            *(self.tls.config_lines() if self.tls is not None else []),
             f"allow_anonymous {'true' if self.allow_anonymous else 'false'}",
+            *([f"password_file {self.password_file}"] if self.password_file is not None else []),
+            *([f"acl_file {self.acl_file}"] if self.acl_file is not None else []),
             "set_tcp_nodelay true",
             "persistence true" if self.persistent else "persistence false",
             *([f"persistence_location {self.workdir}/"] if self.persistent else []),

@@ -243,16 +243,18 @@ class SimStation:
         mqtt_port: int,
         storage: Path,
         sections: str = "",
+        mqtt: str = "",
     ) -> str:
         """A complete station config for the daemon, pointing at these devices.
 
-        `sections` is extra TOML (tables such as `[supervision]`) placed before the racks.
+        `sections` is extra TOML (tables such as `[supervision]`) placed before the racks;
+        `mqtt` is extra TOML for `[mqtt]` (keys such as `username`, then `[mqtt.tls]`).
         """
         out = [
             f'station_id = "{station_id}"\nprofiles_dir = "{self.profiles_dir}"\n',
             (
                 f'[mqtt]\nhost = "{mqtt_host}"\nport = {mqtt_port}\n'
-                "reconnect_min_s = 0.1\nreconnect_max_s = 0.5\nkeepalive_s = 5\n"
+                "reconnect_min_s = 0.1\nreconnect_max_s = 0.5\nkeepalive_s = 5\n" + mqtt
             ),
             f'[storage]\ndir = "{storage}"\n',
             sections,
