@@ -15,10 +15,14 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from controller import __version__
 from controller.config import ModbusEndpoint, SerialLine, StationConfig
 from controller.configload import ConfigError, load_config
+
+if TYPE_CHECKING:
+    from controller.cmdcli import Remote
 
 EXIT_USAGE = 2
 DEFAULT_CONFIG = Path("/etc/swapstation/station.toml")
@@ -78,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--since", type=int, default=0, metavar="SEQ", help="only the records after SEQ")
     r.set_defaults(func=_cmd_records)
 
+    _add_remote_commands(sub)
+
     p = sub.add_parser("config-schema", help="print the JSON Schema of station.toml")
     p.set_defaults(func=_cmd_config_schema)
 
@@ -96,6 +102,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_remote_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`status` and `cmd`: the station over MQTT, as the back end sees it."""
+    p = sub.add_parser(
+        "status", help="show the station live over MQTT (slots, robot, swap), or --once"
+    )
+    add_remote_args(p)
+    p.add_argument("--once", action="store_true", help="print the station once and exit")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="--once: seconds to wait for the station's state (default 10; exit 3 after)",
+    )
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser(
+        "cmd",
+        help="send a command to the station over MQTT and print its reply",
+        description=(
+            "Send NAME with key=value arguments (typed by the command: slot=3 enabled=false)."
+            " Exit 0 when the reply is ok, 1 when it is not, 2 on a usage error, 3 when no"
+            " reply came within the timeout. The commands and their arguments are in"
+            " docs/mqtt-api.md (an unknown NAME lists them); any command takes by= (who asks,"
+            " default user@host)."
+        ),
+    )
+    add_remote_args(p)
+    p.add_argument("name", metavar="NAME", help="the command (ping, set_slot, start_swap, ...)")
+    p.add_argument("words", nargs="*", metavar="key=value", help="the command's arguments")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for the reply (default 10); the request expires then",
+    )
+    p.add_argument("--id", dest="ident", help="the request id (default: a fresh UUID)")
+    p.add_argument("--json", action="store_true", help="print the reply as JSON")
+    p.set_defaults(func=_cmd_cmd)
+
+
 def add_config_arg(parser: argparse.ArgumentParser) -> None:
     """`--config PATH`, defaulting to $SWAPSTATION_CONFIG or /etc/swapstation/station.toml."""
     parser.add_argument(
@@ -104,6 +150,14 @@ def add_config_arg(parser: argparse.ArgumentParser) -> None:
         default=Path(os.environ.get("SWAPSTATION_CONFIG", DEFAULT_CONFIG)),
         help="station config (default: $SWAPSTATION_CONFIG or %(default)s)",
     )
+
+
+def add_remote_args(parser: argparse.ArgumentParser) -> None:
+    """`--config` for the broker and the station, and overrides of both."""
+    add_config_arg(parser)
+    parser.add_argument("--host", help="broker host (default: the config's mqtt.host)")
+    parser.add_argument("--port", type=int, help="broker port (default: the config's mqtt.port)")
+    parser.add_argument("--station", help="station id (default: the config's station_id)")
 
 
 def load_or_report(path: Path) -> StationConfig | None:
@@ -166,6 +220,53 @@ def _cmd_records(args: argparse.Namespace) -> int:
     if args.action == "verify":
         return verify_command(config)
     return export_command(config, args.fmt, args.output, args.since)
+
+
+def _remote(args: argparse.Namespace) -> tuple[StationConfig, Remote] | None:
+    from controller.cmdcli import UsageError, remote_target
+
+    config = load_or_report(args.config)
+    if config is None:
+        return None
+    try:
+        return config, remote_target(config, host=args.host, port=args.port, station=args.station)
+    except UsageError as exc:
+        print(f"swapctl: {exc}", file=sys.stderr)
+        return None
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from controller.statuscli import expected, status_live, status_once
+
+    found = _remote(args)
+    if found is None:
+        return EXIT_USAGE
+    config, remote = found
+    if args.once:
+        return asyncio.run(status_once(remote, expected(config, remote), args.timeout, sys.stdout))
+    try:
+        return asyncio.run(status_live(remote, sys.stdout))
+    except KeyboardInterrupt:
+        return 0
+
+
+def _cmd_cmd(args: argparse.Namespace) -> int:
+    from controller.cmdcli import cmd_command
+
+    found = _remote(args)
+    if found is None:
+        return EXIT_USAGE
+    _, remote = found
+    return asyncio.run(
+        cmd_command(
+            remote,
+            args.name,
+            args.words,
+            ident=args.ident,
+            timeout_s=args.timeout,
+            as_json=args.json,
+        )
+    )
 
 
 def _cmd_config_schema(_: argparse.Namespace) -> int:

@@ -82,7 +82,7 @@ class MqttLink:
         self._routes: list[tuple[str, MessageHandler]] = []
         self._on_connect: list[ConnectHook] = []
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
-        self._tls = _tls_context(cfg)
+        self._tls = tls_context(cfg)
         self._client: _CheckedClient | None = None
         self._stop = asyncio.Event()
         self.connected = asyncio.Event()
@@ -271,7 +271,8 @@ class MqttLink:
         )
 
 
-def _tls_context(cfg: MqttConfig) -> ssl.SSLContext | None:
+def tls_context(cfg: MqttConfig) -> ssl.SSLContext | None:
+    """The TLS context of the broker connection (CA, client certificate), or None without TLS."""
     if cfg.tls is None:
         return None
     ctx = ssl.create_default_context(cafile=str(cfg.tls.ca_file) if cfg.tls.ca_file else None)
