@@ -327,6 +327,66 @@ class ChargingConfig(Section):
     max_current_a: float = Field(default=150.0, gt=0, le=600)
 
 
+class TimeLimit(Section):
+    """A lower grid limit for part of the day (station local time; may wrap past midnight)."""
+
+    start: str = Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", description="HH:MM")
+    end: str = Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", description="HH:MM")
+    limit_kw: float = Field(ge=0, le=100_000)
+
+
+class PackTypeConfig(Section):
+    """What the forecast assumes of a pack type until it has watched one charge."""
+
+    capacity_ah: float = Field(default=208.0, gt=0, le=10_000, description="at 100 % SoH")
+    taper_start_soc: float = Field(
+        default=80.0,
+        ge=10,
+        lt=100,
+        description="SoC where the constant-voltage taper begins at the charger's maximum"
+        " current (learned from the packs once they taper)",
+    )
+
+
+class PowerConfig(Section):
+    """Sharing the grid connection among the chargers (docs/power-management.md)."""
+
+    grid_limit_kw: float | None = Field(
+        default=None, gt=0, le=100_000, description="the station's grid limit; none: unlimited"
+    )
+    safety_margin_kw: float = Field(default=0.0, ge=0, le=100_000)
+    charger_max_kw: float = Field(
+        default=60.0,
+        gt=0,
+        le=1000,
+        description="the most one charger can draw; a stale or faulted slot counts at this",
+    )
+    time_limits: list[TimeLimit] = Field(default_factory=list, max_length=48)
+    policy: Literal["demand", "equal"] = "demand"
+    min_ready: dict[str, int] = Field(
+        default_factory=dict, description="pack type -> ready packs to keep on hand"
+    )
+    min_current_a: float = Field(
+        default=5.0, ge=0, le=100, description="below this a charger waits for power instead"
+    )
+    derate_hot_c: float = Field(
+        default=35.0, ge=0, le=60, description="above this the current falls linearly to the"
+        " supervision's charge_temp_max_c",
+    )  # fmt: skip
+    derate_cold_c: float = Field(
+        default=10.0, ge=-30, le=40, description="below this the current falls linearly to"
+        " the supervision's charge_temp_min_c",
+    )  # fmt: skip
+    pack_types: dict[str, PackTypeConfig] = Field(default_factory=dict)
+    forecast_every_s: Seconds = 5.0
+
+    @model_validator(mode="after")
+    def _derate_order(self) -> Self:
+        if self.derate_cold_c >= self.derate_hot_c:
+            raise ValueError("derate_cold_c must be below derate_hot_c")
+        return self
+
+
 class DeadbandsConfig(Section):
     """Smallest change of a value that is worth a new slot message."""
 
@@ -380,6 +440,7 @@ class StationConfig(Section):
     swap: SwapConfig = SwapConfig()
     supervision: SupervisionConfig = SupervisionConfig()
     charging: ChargingConfig = ChargingConfig()
+    power: PowerConfig = PowerConfig()
     publish: PublishConfig = PublishConfig()
     commands: CommandsConfig = CommandsConfig()
 

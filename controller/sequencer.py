@@ -45,6 +45,7 @@ from controller.errors import SwapstationError
 from controller.events import EventLog, JournalBatch
 from controller.inventory import Inventory, InventoryError, Place
 from controller.journal import Journal
+from controller.power import ready_text
 from controller.records import NewSwapRecord, OperatorAction, PackRef, StepTiming, insert_sync
 from controller.slotcontrol import CommandRefusedError, SlotControl
 from controller.slots import SlotView
@@ -458,7 +459,11 @@ class Sequencer:
                 busy=self._held(),
             )
         except NoPackError as exc:
-            raise SwapRejectedError(str(exc)) from None
+            text = str(exc)
+            if not text.startswith("no free slot"):
+                when = ready_text(self.control.forecast, pack_type)
+                text += f"; {when}" if when else ""
+            raise SwapRejectedError(text) from None
         self.ctx = SwapContext(
             vehicle_id=vehicle_id,
             pack_type=pack_type,

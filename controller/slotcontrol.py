@@ -23,12 +23,14 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 
 from controller.alarms import Alarm, AlarmBook, Cause, Severity, rack_scope, slot_scope
 from controller.config import StationConfig
 from controller.errors import SwapstationError
 from controller.events import EventLog, JournalBatch
 from controller.journal import Journal, transaction
+from controller.power import Allocation, Demand, Forecast, PowerModel, allocate, budget_w, forecast
 from controller.slots import SlotBook, SlotView
 from controller.supervision import SlotCheck, SlotRules
 from drivers.errors import DriverError
@@ -79,9 +81,6 @@ class _Writing:
         return now - self.at >= pause
 
 
-LimitPolicy = Callable[[SlotView], float]
-
-
 class SlotControl:
     """Owns the slots' safety state and their chargers' setpoints."""
 
@@ -92,8 +91,6 @@ class SlotControl:
         racks: Mapping[str, Rack],
         journal: Journal,
         events: EventLog,
-        *,
-        limit_policy: LimitPolicy | None = None,
     ) -> None:
         self.config = config
         self.book = book
@@ -111,7 +108,13 @@ class SlotControl:
         self.changed = asyncio.Event()  # set whenever something publishable changed
         self.stopping = False  # once set, nothing is switched on again
         self.last_step = time.monotonic()
-        self._limit_policy = limit_policy or (lambda _v: config.charging.max_current_a)
+        self.power = PowerModel(config)
+        self.allocation = Allocation({}, None, 0.0, 0.0)
+        self.demands: list[Demand] = []
+        self.forecast: Forecast | None = None
+        self.on_forecast: Callable[[], None] = lambda: None
+        # Packs dispensable now per type (set by the station: the dispense policy decides).
+        self.ready_counts: Callable[[], dict[str, int]] = dict
         self._queue: asyncio.Queue[RackSnapshot] = asyncio.Queue(maxsize=1000)
         self._writes: dict[int, _Writing] = {}
 
@@ -197,7 +200,8 @@ class SlotControl:
             self._report(*self.alarms.reconcile(rack_scope(rack), causes, rack=rack), batch)
         stops: list[tuple[SlotView, tuple[bool, float]]] = []
         starts: list[tuple[SlotView, tuple[bool, float]]] = []
-        for view in self.book.views(now):
+        views = self.book.views(now)
+        for view in views:
             check = self.rules.check(view)
             self.checks[view.slot] = check
             causes = dict(check.causes)
@@ -210,23 +214,74 @@ class SlotControl:
             self._report(raised, cleared, batch)
             if check.trips:
                 self._latch(view, check, batch)
+        self._allocate(views, now)
+        for view in views:
             want = self._wanted(view, now)
             if want is not None:
-                (starts if want[0] else stops).append((view, want))
-        # Safety first: stop every charger that must stop before anything else, recording
-        # included; then commit alarms, latches and events in one transaction; then start.
+                (starts if _raises(view, want) else stops).append((view, want))
+        # Safety first: stop every charger that must stop, and lower every limit that must
+        # come down, before anything else, recording included; then commit alarms, latches
+        # and events in one transaction; then start and raise (within the power budget, which
+        # the lowered limits made room for: if one of them failed, nothing is raised now).
+        failed: set[int] = set()
         try:
-            await self._write_all(stops)
+            failed = await self._write_all(stops)
         finally:
             # Recorded even when the daemon stops during the writes: a trip or a quarantine
             # decided here must survive the restart (the commit runs on the journal's thread).
             if batch:
                 await asyncio.shield(self.events.commit(batch))
                 self.changed.set()
-        if starts and not self.stopping:
+        if failed and self.allocation.budget_w is not None:
+            _log.warning("not raising charge limits: slot(s) %s did not take a lower one",
+                         sorted(failed))  # fmt: skip
+        elif starts and not self.stopping:
             self._drain()  # the writes and the disk took time: act on the freshest data
             await self._write_all([(v, w) for v, w in starts if self._still_wanted(v.slot, w)])
         self.last_step = time.monotonic()
+
+    def _allocate(self, views: list[SlotView], now: float) -> None:
+        """Share the power budget among the slots that may charge (controller/power.py)."""
+        cfg = self.config.power
+        budget = budget_w(cfg, datetime.now().astimezone())
+        self.power.learn(views)
+        self.demands = demands = [
+            self.power.demand(v, wants=self._may_charge(v, now), taper=budget is not None)
+            for v in views
+        ]
+        before = self.allocation.waiting
+        self.allocation = allocate(
+            demands,
+            budget,
+            policy=cfg.policy,
+            min_current_a=cfg.min_current_a,
+            ready_soc=self.config.swap.min_dispense_soc,
+            ready_now=self.ready_counts(),
+            min_ready=cfg.min_ready,
+        )
+        if self.allocation.waiting != before:
+            self.changed.set()
+
+    async def run_forecast(self) -> None:
+        """Recompute the ready-pack forecast periodically, off the event loop."""
+        while True:
+            await self.update_forecast()
+            await asyncio.sleep(self.config.power.forecast_every_s)
+
+    async def update_forecast(self) -> Forecast:
+        """The forecast from the latest allocation (computed on a worker thread)."""
+        demands, budget, ready = list(self.demands), self.allocation.budget_w, self.ready_counts()
+        self.forecast = await asyncio.to_thread(forecast, self.power, demands, budget, ready)
+        self.on_forecast()
+        return self.forecast
+
+    def _may_charge(self, view: SlotView, now: float) -> bool:
+        r = view.fresh
+        return (
+            r is not None
+            and bool(r.pack_present)
+            and not self.blockers(view.slot, now, power=False)
+        )
 
     def _offline_message(self, rack: str) -> str:
         snap = self.book.snapshot(rack)
@@ -287,8 +342,11 @@ class SlotControl:
 
     # --- charger setpoints -----------------------------------------------------------------------
 
-    def blockers(self, slot: int, now: float | None = None) -> list[str]:
-        """Every reason charging must be off in `slot` now (empty: it may charge)."""
+    def blockers(self, slot: int, now: float | None = None, *, power: bool = True) -> list[str]:
+        """Every reason charging must be off in `slot` now (empty: it may charge).
+
+        `power`: include waiting for the power budget (the allocator's, not a safety reason).
+        """
         view = self.book.view(slot, time.monotonic() if now is None else now)
         reasons: list[str] = []
         if self.stopping:
@@ -313,6 +371,8 @@ class SlotControl:
             )
         if r is not None and r.status in {"fault", "disabled"}:
             reasons.append(f"charger status {r.status}")
+        if power and not reasons and slot in self.allocation.waiting:
+            reasons.append(self.allocation.waiting[slot])
         return reasons
 
     def _target(self, view: SlotView, now: float) -> tuple[bool, float] | None:
@@ -322,8 +382,10 @@ class SlotControl:
             # Unreachable or stale: nothing can be known, nothing is written; the charger's
             # own communication watchdog is the guard until the data is back.
             return None
-        want_on = bool(r.pack_present) and not self.blockers(view.slot, now)
-        return want_on, (self._limit_policy(view) if want_on else 0.0)
+        if not r.pack_present or self.blockers(view.slot, now, power=False):
+            return False, 0.0
+        limit = self.allocation.limits_a.get(view.slot, 0.0)
+        return (True, limit) if limit > 0 else (False, 0.0)
 
     def _wanted(self, view: SlotView, now: float) -> tuple[bool, float] | None:
         """The setpoint to write now, or None (already there, unknowable, or paused)."""
@@ -354,19 +416,23 @@ class SlotControl:
         self.checks[slot] = check
         return not check.causes and self._target(view, time.monotonic()) == want
 
-    async def _write_all(self, plans: Iterable[tuple[SlotView, tuple[bool, float]]]) -> None:
-        """Write setpoints, racks in parallel (a slow rack delays only itself)."""
+    async def _write_all(self, plans: Iterable[tuple[SlotView, tuple[bool, float]]]) -> set[int]:
+        """Write setpoints, racks in parallel (a slow rack delays only itself); return failures."""
         by_rack: dict[str, list[tuple[SlotView, tuple[bool, float]]]] = {}
         for view, want in plans:
             by_rack.setdefault(view.rack, []).append((view, want))
 
+        failed: set[int] = set()
+
         async def rack_writes(items: list[tuple[SlotView, tuple[bool, float]]]) -> None:
             for view, (enable, limit) in items:
-                await self._write(view, enable=enable, limit=limit)
+                if not await self._write(view, enable=enable, limit=limit):
+                    failed.add(view.slot)
 
         await asyncio.gather(*(rack_writes(items) for items in by_rack.values()))
+        return failed
 
-    async def _write(self, view: SlotView, *, enable: bool, limit: float) -> None:
+    async def _write(self, view: SlotView, *, enable: bool, limit: float) -> bool:
         rack = self.racks[view.rack]
         writing = self._writes.get(view.slot)
         try:
@@ -388,7 +454,7 @@ class SlotControl:
             if writing is not None:
                 writing.failures += 1
                 writing.error = f"charge {'on' if enable else 'off'} not applied: {message}"
-            return
+            return False
         if writing is not None:
             writing.error = None
         _log.info(
@@ -398,6 +464,7 @@ class SlotControl:
             f" at {limit:g} A" if enable else "",
         )
         rack.poller.poll_soon()
+        return True
 
     async def stop_all(self) -> None:
         """Switch every reachable charger off, racks in parallel; nothing switches on again."""
@@ -512,3 +579,14 @@ class SlotControl:
         else:
             self.disabled_slots.add(slot)
         self.changed.set()
+
+
+def _raises(view: SlotView, want: tuple[bool, float]) -> bool:
+    """The setpoint switches a charger on or raises its limit (may draw more than now)."""
+    enable, limit = want
+    r = view.reading
+    if not enable:
+        return False
+    if r is None or not r.charge_enable or r.current_limit is None:
+        return True
+    return limit > r.current_limit + LIMIT_TOLERANCE_A

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from controller.alarms import Alarm, Severity
 from controller.journal import Journal, transaction
 from controller.mqttlink import MqttLink, NotConnectedError, RefusedError
+from controller.power import TypeForecast
 from controller.sequencer import Mode, Sequencer
 from controller.slotcontrol import SlotControl
 
@@ -63,6 +64,7 @@ class StationState(BaseModel):
     blocking: list[str]  # why the swap (or a new swap, when idle) cannot go on now
     alarms: list[Alarm]
     packs_ready: dict[str, int]  # dispensable packs per type
+    forecast: dict[str, TypeForecast]  # ready packs per type ahead (docs/power-management.md)
     io: Literal["ok", "unknown"]  # station I/O trusted, or stale / unreachable
     updated_at: datetime
 
@@ -112,6 +114,7 @@ def station_state(seq: Sequencer, control: SlotControl, station_id: str) -> Stat
         blocking=list(seq.blocking),
         alarms=alarms,
         packs_ready=seq.packs_ready(),
+        forecast=control.forecast.types if control.forecast is not None else {},
         io="ok" if reading is not None else "unknown",
         updated_at=datetime.now(UTC),
     )
@@ -134,6 +137,8 @@ class StatePublisher:
         self._pending: str | None = None  # journalled, not yet acknowledged by the broker
         self._reconnected = asyncio.Event()
         link.add_connect_hook(self._on_connect)
+
+        control.on_forecast = self.seq.changed.set
 
     async def _on_connect(self) -> None:
         self._reconnected.set()

@@ -10,6 +10,7 @@ from typing import Any
 from controller.commands import CommandServer
 from controller.config import StationConfig
 from controller.devices import Links, build_pollers, build_robot, build_station_io
+from controller.dispense import ready_counts
 from controller.events import EventLog, Outbox
 from controller.infopub import InfoPublisher
 from controller.journal import Journal
@@ -48,6 +49,7 @@ class Station:
             journal,
             self.events,
         )
+        self.control.ready_counts = lambda: ready_counts(config, self.control)
         self.slot_publisher = SlotPublisher(self.control, link, config.publish)
         self.robot = build_robot(config, on_status=self._on_robot_status)
         self.robot_publisher = None if self.robot is None else RobotPublisher(self.robot, link)
@@ -68,6 +70,7 @@ class Station:
                 self.io.driver,
                 poll_slot=self._poll_slot,
             )
+            self.control.ready_counts = self.sequencer.packs_ready
             self.state_publisher = StatePublisher(self.sequencer, self.control, journal, link)
             self.commands = CommandServer(
                 link, self.sequencer, journal, config.commands, republish=link.republish
@@ -103,6 +106,7 @@ class Station:
             "outbox": self.outbox.run(),
             "slot-control": self.control.run(),
             "slot-publish": self.slot_publisher.run(),
+            "forecast": self.control.run_forecast(),
         }
         for name, poller in self.pollers.items():
             jobs[f"rack:{name}"] = poller.run()

@@ -14,7 +14,7 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pymodbus.framer import FramerType
@@ -78,6 +78,8 @@ class SimRack:
         self._rng = random.Random(seed)  # noqa: S311 - simulation
         self._last_unit = 0
         self.requests = 0
+        # Called after every physics tick with the simulated time (tests sample power here).
+        self.on_tick: list[Callable[[float], None]] = []
         self._overrides: dict[tuple[int, str], list[int]] = {}
         self._index = {slot: i for i, slot in enumerate(self.slots)}
         self._server: ModbusTcpServer | ModbusSerialServer | None = None
@@ -278,6 +280,8 @@ class SimRack:
             for charger in self.chargers.values():
                 charger.step(dt, self.ambient_c)
             await self._publish_all()
+            for hook in self.on_tick:
+                hook(now)
 
     async def _comm_watchdog(self) -> None:
         """A real rack stops charging when its controller stops talking to it."""

@@ -73,7 +73,7 @@ async def running(
     `sim_options` go to `SimStation` (robot=True, plc=True, robot_timing=..., lift_time_s=...).
     """
     sim = SimStation(tmp_path / "sim", racks, speed=speed, **sim_options)
-    (tmp_path / "sim").mkdir(exist_ok=True)
+    (tmp_path / "sim").mkdir(parents=True, exist_ok=True)
     await sim.start()
     path = tmp_path / "station.toml"
     path.write_text(

@@ -1,0 +1,58 @@
+"""Forecast accuracy: predicted ready times against the simulated rack's actual ones.
+
+The real daemon charges eight packs under a grid limit (about two and a half chargers' worth);
+its forecast at the start says when each pack will reach the dispense SoC; the simulated
+packs then show when they did. Median error within 10 %.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from simstation.charger import SimPack
+from simstation.station import SimRackSpec
+from tests.rig import running, until
+
+SPEED = 200.0
+SOCS = [20.0, 35.0, 50.0, 60.0, 70.0, 80.0, 86.0, 88.0]
+SECTIONS = (
+    "[swap]\nmin_dispense_soc = 90\n"
+    f"[supervision]\nfast_rise_c_per_min = {2.0 * SPEED}\n"
+    "[power]\ngrid_limit_kw = 150\n"
+)
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(120)
+async def test_predicted_ready_times_within_ten_percent(tmp_path: Path) -> None:
+    packs = {n: SimPack(f"PK-{n}", soc=soc) for n, soc in enumerate(SOCS, 1)}
+    spec = SimRackSpec("r1", list(range(1, len(SOCS) + 1)), packs=packs, poll_period_s=0.05)
+    async with running(tmp_path, None, [spec], speed=SPEED, sections=SECTIONS) as rig:
+        control = rig.station.control
+        rack = rig.sim.racks["r1"]
+        # Charging under way on every slot the budget allows.
+        await until(lambda: sum(c.current_a > 0 for c in rack.chargers.values()) >= 2,
+                    what="chargers running")  # fmt: skip
+        fc = await control.update_forecast()
+        t0 = rig.sim.clock.now()
+        predicted = dict(fc.ready_in_s)
+        assert len(predicted) >= 4, fc
+        actual: dict[int, float] = {}
+
+        def on_tick(now: float) -> None:
+            for slot in predicted:
+                pack = rack.chargers[slot].pack
+                # Ready as the rack reports it (SoC in steps of 0.1 %), as the daemon sees it.
+                if slot not in actual and pack is not None and round(pack.soc, 1) >= 90.0:
+                    actual[slot] = now - t0
+
+        rack.on_tick.append(on_tick)
+        await until(lambda: set(actual) >= set(predicted), timeout=60, what="the packs ready")
+    errors = {s: abs(predicted[s] - actual[s]) / max(actual[s], 60.0) for s in predicted}
+    print(json.dumps({"predicted_s": predicted, "actual_s": actual,  # noqa: T201
+                      "median_error": statistics.median(errors.values())}))  # fmt: skip
+    assert statistics.median(errors.values()) <= 0.10, errors
