@@ -180,7 +180,10 @@ class CommandServer:
         self.handled = 0
         self.codes: collections.Counter[str] = collections.Counter()
         self._queue: asyncio.Queue[_Incoming] = asyncio.Queue(maxsize=QUEUE_SIZE)
-        self._read_only_ids: collections.OrderedDict[str, CommandReply] = collections.OrderedDict()
+        # id -> (command, reply) of read-only commands (not journalled)
+        self._read_only_ids: collections.OrderedDict[str, tuple[str, CommandReply]] = (
+            collections.OrderedDict()
+        )
         self._pending: set[asyncio.Task[None]] = set()
         link.route(f"{self.prefix}+", self._on_message)
 
@@ -215,6 +218,13 @@ class CommandServer:
         """Answer requests in order, for ever."""
         while True:
             incoming = await self._queue.get()
+            refused = self._bad_reply_topic(incoming)
+            if refused is not None:
+                # Nowhere to answer: the request is not run (docs/security.md, reply topics).
+                _log.warning("cmd %s not run: %s", incoming.name, refused)
+                self.handled += 1
+                self.codes["invalid"] += 1
+                continue
             try:
                 reply = await self._answer(incoming)
             except Exception as exc:  # noqa: BLE001 - the requester learns; the daemon goes on
@@ -226,11 +236,27 @@ class CommandServer:
                 await self._prune()
             await self._send(incoming, reply)
 
+    def _bad_reply_topic(self, incoming: _Incoming) -> str | None:
+        """Why the request's reply topic cannot be used (None: it can, or there is none).
+
+        The station never answers into a wildcard or onto its own topics (only under
+        `<root>/reply/`): a requester must not make it publish where its state lives.
+        """
+        topic = incoming.reply_to or _peek_reply_to(incoming.payload)
+        if topic is None:
+            return None
+        root = self.link.topic_root + "/"
+        if "+" in topic or "#" in topic or "\x00" in topic:
+            return f"reply topic {topic[:80]!r} has a wildcard"
+        if topic.startswith(root) and not topic.startswith(root + "reply/"):
+            return f"reply topic {topic[:80]!r} is one of the station's own (use {root}reply/...)"
+        return None
+
     async def _send(self, incoming: _Incoming, reply: CommandReply) -> None:
         reply_to = incoming.reply_to or _peek_reply_to(incoming.payload)
         level = logging.INFO if reply.ok else logging.WARNING
         _log.log(level, "cmd %s %s: %s %s", incoming.name, reply.id, reply.code, reply.message)
-        if reply_to is None:
+        if reply_to is None or self._bad_reply_topic(incoming) is not None:
             return
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         if incoming.correlation is not None:
@@ -271,7 +297,7 @@ class CommandServer:
             return reply
         if incoming.name in READ_ONLY:
             reply = await self._read_only(request)
-            self._read_only_ids[request.id] = reply
+            self._read_only_ids[request.id] = (incoming.name, reply)
             while len(self._read_only_ids) > READ_ONLY_IDS:
                 self._read_only_ids.popitem(last=False)
             return reply
@@ -297,8 +323,10 @@ class CommandServer:
 
     async def _seen(self, name: str, ident: str) -> CommandReply | None:
         """The reply to give a repeated id, or None if the id is new."""
-        earlier = self._read_only_ids.get(ident)
-        if earlier is None:
+        remembered = self._read_only_ids.get(ident)
+        if remembered is not None:
+            name, earlier = remembered
+        else:
 
             def read(conn: sqlite3.Connection) -> tuple[str, str | None] | None:
                 row = conn.execute("SELECT name, reply FROM commands WHERE id = ?", (ident,))

@@ -1,25 +1,36 @@
-"""Regenerate the generated parts of docs/ (between `<!-- generated:NAME -->` markers).
+"""Regenerate the generated parts of docs/: marked sections, and the MQTT JSON Schemas.
 
-    .venv/bin/python tools/gendocs.py          # rewrite the docs
-    .venv/bin/python tools/gendocs.py --check  # exit 1 if a doc is out of date
+    .venv/bin/python -m tools.gendocs          # rewrite the docs and docs/schemas/
+    .venv/bin/python -m tools.gendocs --check  # exit 1 if anything is out of date
 
-tests/test_docs.py runs the check, so a doc cannot drift from the code it describes.
+Sections sit between `<!-- generated:NAME -->` markers; docs/schemas/ holds one JSON Schema
+per MQTT message, from the pydantic models that build or parse it. tests/test_docs.py runs
+the check, so a doc cannot drift from the code it describes.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import re
 import struct
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from drivers.modbus.profile import load_profile, markdown_table
 
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+    from pydantic.json_schema import JsonSchemaMode
+
 REPO = Path(__file__).resolve().parent.parent
 PROFILES = REPO / "config" / "profiles"
+SCHEMAS = REPO / "docs" / "schemas"
+SCHEMA_SUFFIX = ".schema.json"
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 MARKER = re.compile(
     r"(<!-- generated:(?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-- /generated -->)", re.DOTALL
 )
@@ -166,19 +177,74 @@ def stale_docs() -> list[Path]:
     ]
 
 
+def message_models() -> dict[str, tuple[type[BaseModel], JsonSchemaMode]]:
+    """Every MQTT message by schema name: its model, and whether it is parsed or built."""
+    from controller.commands import COMMANDS, CommandReply
+    from controller.events import EventEnvelope
+    from controller.infopub import StationInfo
+    from controller.robotpub import RobotStateMessage
+    from controller.slotpub import SlotState
+    from controller.statepub import StationState
+
+    models: dict[str, tuple[type[BaseModel], JsonSchemaMode]] = {
+        f"cmd.{name}.request": (model, "validation") for name, model in COMMANDS.items()
+    }
+    models["cmd.reply"] = (CommandReply, "serialization")
+    models["state"] = (StationState, "serialization")
+    models["info"] = (StationInfo, "serialization")
+    models["slot"] = (SlotState, "serialization")
+    models["robot"] = (RobotStateMessage, "serialization")
+    models["event"] = (EventEnvelope, "serialization")
+    return models
+
+
+def schemas() -> dict[str, str]:
+    """The text of every docs/schemas/ file, by file name (sorted keys, indent 2)."""
+    out: dict[str, str] = {}
+    for name, (model, mode) in message_models().items():
+        schema = model.model_json_schema(mode=mode)
+        schema = {"$schema": JSON_SCHEMA_DIALECT, "$id": f"{name}{SCHEMA_SUFFIX}", **schema}
+        out[f"{name}{SCHEMA_SUFFIX}"] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
+    return out
+
+
+def stale_schemas() -> list[str]:
+    """docs/schemas/ files that differ from the models, are missing, or are extra."""
+    want = schemas()
+    have = {p.name: p.read_text() for p in SCHEMAS.glob(f"*{SCHEMA_SUFFIX}")}
+    return sorted(name for name in want.keys() | have.keys() if want.get(name) != have.get(name))
+
+
+def write_schemas() -> list[str]:
+    """Bring docs/schemas/ up to date; the names of the files written or removed."""
+    want = schemas()
+    SCHEMAS.mkdir(exist_ok=True)
+    changed = stale_schemas()
+    for name in changed:
+        path = SCHEMAS / name
+        if name in want:
+            path.write_text(want[name])
+        else:
+            path.unlink()
+    return changed
+
+
 def main() -> int:
     """Rewrite or check."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args()
-    stale = stale_docs()
+    stale = [str(p.relative_to(REPO)) for p in stale_docs()]
+    stale += [f"docs/schemas/{name}" for name in stale_schemas()]
     if args.check:
-        for path in stale:
-            print(f"{path.relative_to(REPO)} is out of date: run tools/gendocs.py", file=sys.stderr)
+        for name in stale:
+            print(f"{name} is out of date: run python -m tools.gendocs", file=sys.stderr)
         return 1 if stale else 0
-    for path in stale:
+    for path in stale_docs():
         path.write_text(render(path.read_text()))
         print(f"rewrote {path.relative_to(REPO)}")
+    for name in write_schemas():
+        print(f"rewrote docs/schemas/{name}")
     return 0
 
 
