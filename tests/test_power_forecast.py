@@ -56,3 +56,31 @@ async def test_predicted_ready_times_within_ten_percent(tmp_path: Path) -> None:
     print(json.dumps({"predicted_s": predicted, "actual_s": actual,  # noqa: T201
                       "median_error": statistics.median(errors.values())}))  # fmt: skip
     assert statistics.median(errors.values()) <= 0.10, errors
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_the_forecast_is_in_the_state_and_in_a_rejected_swaps_reason(tmp_path: Path) -> None:
+    from controller.sequencer import SwapRejectedError
+    from controller.statepub import station_state
+
+    packs = {1: SimPack("PK-1", soc=70.0), 2: SimPack("PK-2", soc=40.0)}
+    spec = SimRackSpec("r1", [1, 2, 3], packs=packs, poll_period_s=0.05)
+    async with running(tmp_path, None, [spec], speed=SPEED, sections=SECTIONS, robot=True,
+                       plc=True) as rig:  # fmt: skip
+        control, seq = rig.station.control, rig.station.sequencer
+        assert seq is not None
+        await until(lambda: len(control.allocation.limits_a) == 2, what="both packs charging")
+        fc = await control.update_forecast()
+        std = fc.types["STD75"]
+        assert std.ready_now == 0 and std.next_ready_slot == 1, std
+        assert std.next_ready_min is not None and std.next_ready_min > 0
+        state = station_state(seq, control, "t1")
+        assert state.forecast["STD75"] == std
+        with pytest.raises(SwapRejectedError) as refused:
+            await seq.request("start_swap", vehicle_id="EV-1", pack_type="STD75")
+        assert "the next should be ready in about" in str(refused.value)
+        assert "(slot 1)" in str(refused.value)
+        with pytest.raises(SwapRejectedError) as refused:
+            await seq.request("start_swap", vehicle_id="EV-1", pack_type="XL")
+        assert "none expected to be ready within 60 min" in str(refused.value)
