@@ -53,7 +53,7 @@ async def test_predicted_ready_times_within_ten_percent(tmp_path: Path) -> None:
         rack.on_tick.append(on_tick)
         await until(lambda: set(actual) >= set(predicted), timeout=60, what="the packs ready")
     errors = {s: abs(predicted[s] - actual[s]) / max(actual[s], 60.0) for s in predicted}
-    print(json.dumps({"predicted_s": predicted, "actual_s": actual,  # noqa: T201
+    print(json.dumps({"predicted_s": predicted, "actual_s": actual,
                       "median_error": statistics.median(errors.values())}))  # fmt: skip
     assert statistics.median(errors.values()) <= 0.10, errors
 
