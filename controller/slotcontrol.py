@@ -492,7 +492,8 @@ class SlotControl:
         """Command a charger directly (commissioning); refused with the reason when unsafe.
 
         Switching off is always attempted and stays off (until switched on again); switching
-        on is refused while anything blocks it.
+        on is refused while anything blocks it. Under a grid limit, switching on hands the slot
+        back to the power allocator (which sets its limit) rather than writing at once.
         """
         if slot not in self.book.rack_of:
             raise CommandRefusedError(f"no slot {slot}")
@@ -513,6 +514,10 @@ class SlotControl:
             if reasons:
                 raise CommandRefusedError(f"slot {slot}: cannot charge: {'; '.join(reasons)}")
             self.manual_off.discard(slot)
+            if self.allocation.budget_w is not None:
+                # Under a grid limit the allocator starts it, within the budget, next step.
+                self.changed.set()
+                return
         else:
             self.manual_off.add(slot)
             self.changed.set()
