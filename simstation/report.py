@@ -1,0 +1,131 @@
+"""The report of a simulated day (`swapctl simulate`): one typed model, written as JSON and HTML.
+
+Times are simulated seconds from the start of the simulated day (`t_s`), durations simulated
+seconds. Every car that arrived is in `cars` with its outcome, so the accounting can be
+checked: `arrivals == served + turned_away + waiting`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Model(BaseModel):
+    """Base: frozen, no unknown fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class StationSummary(Model):
+    """What was simulated."""
+
+    slots: int
+    packs: dict[str, int]  # pack type -> packs stocked at the start
+    charger_kw: float  # one charger's maximum
+    grid_limit_kw: float | None
+    policy: str  # power policy
+
+
+class Car(Model):
+    """One car and what became of it."""
+
+    vehicle_id: str
+    pack_type: str
+    soc: float  # of the pack it brought
+    arrived_s: float
+    outcome: Literal["served", "turned_away", "waiting", "failed"]
+    # failed: its swap ended aborted or failed (counted in served's complement, see Report)
+    wait_s: float | None = None  # arrival to swap start (authorised), for served/failed
+    swap_s: float | None = None  # swap start to its end
+    swap_id: str | None = None
+    reason: str | None = None  # why turned away / failed
+
+
+class Sample(Model):
+    """The station at one moment (every `sample_every_s` simulated seconds)."""
+
+    t_s: float
+    grid_kw: float  # total charging power, measured at the simulated rack(s)
+    ready: dict[str, int]  # dispensable packs per type (the station's own `packs_ready`)
+    queue: int  # cars waiting (not yet authorised)
+    phase: str  # the station's swap phase
+
+
+class AlarmEntry(Model):
+    """An alarm raised or cleared (from the station's events)."""
+
+    t_s: float
+    kind: Literal["raised", "cleared"]
+    scope: str
+    code: str
+    severity: str
+    message: str
+
+
+class FaultEntry(Model):
+    """A fault the scenario injected."""
+
+    t_s: float
+    what: str
+
+
+class Percentiles(Model):
+    """A distribution in a few numbers (simulated seconds)."""
+
+    n: int
+    mean: float
+    p50: float
+    p90: float
+    p99: float
+    max: float
+
+
+class Report(Model):
+    """Everything a simulated day came to."""
+
+    scenario: str
+    description: str = ""
+    station: StationSummary
+    speed: float  # simulated seconds per wall second
+    start_s: float = 0.0  # simulated seconds since midnight at which the run began
+    duration_s: float  # simulated seconds run
+    wall_s: float  # wall-clock seconds it took
+    arrivals: int
+    served: int  # swaps completed
+    failed: int = 0  # swaps that ended aborted or failed (the car left without a new pack)
+    turned_away: int  # gave up waiting (max wait) before a swap started
+    waiting: int  # still waiting (or in the bay) at the end
+    waits: Percentiles  # of the cars whose swap started
+    swap_times: Percentiles  # of the completed swaps
+    step_s: dict[str, Percentiles]  # per swap phase (lifting, removing, ...)
+    cars: list[Car]
+    samples: list[Sample]
+    alarms: list[AlarmEntry] = Field(default_factory=list)
+    faults: list[FaultEntry] = Field(default_factory=list)
+    energy_kwh: float = 0.0
+    peak_grid_kw: float = 0.0
+
+    def accounted(self) -> bool:
+        """Every arrival is served, failed, turned away or still waiting."""
+        return self.arrivals == self.served + self.failed + self.turned_away + self.waiting
+
+
+def percentiles(values: list[float]) -> Percentiles:
+    """Summary of `values` (all zero when empty)."""
+    if not values:
+        return Percentiles(n=0, mean=0.0, p50=0.0, p90=0.0, p99=0.0, max=0.0)
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return Percentiles(
+        n=len(ordered),
+        mean=round(sum(ordered) / len(ordered), 2),
+        p50=round(at(0.5), 2),
+        p90=round(at(0.9), 2),
+        p99=round(at(0.99), 2),
+        max=round(ordered[-1], 2),
+    )
