@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,9 +66,14 @@ async def running(
     sections: str = "",
     station_id: str = "t1",
     wait_online: bool = True,
+    mqtt: str = "",
+    environ: Mapping[str, str] | None = None,
     **sim_options: Any,
 ) -> AsyncIterator[Rig]:
     """Start the simulated station and the daemon; stop both on exit.
+
+    `mqtt`: extra TOML for the daemon's `[mqtt]` (credentials, `[mqtt.tls]`); `environ`: the
+    environment its config is loaded with (`SWAPSTATION_...` overrides).
 
     `sim_options` go to `SimStation` (robot=True, plc=True, robot_timing=..., lift_time_s=...).
     """
@@ -83,9 +88,10 @@ async def running(
             mqtt_port=broker.port if broker else 1,
             storage=tmp_path / "state",
             sections=sections,
+            mqtt=mqtt,
         )
     )
-    daemon = Daemon(load_config(path, environ={}))
+    daemon = Daemon(load_config(path, environ=dict(environ or {})))
     task = asyncio.create_task(daemon.run())
     rig = Rig(daemon, sim, task, path)
     try:

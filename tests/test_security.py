@@ -26,13 +26,11 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from controller.configload import load_config
-from controller.daemon import Daemon
 from controller.journal import FILENAME
 from controller.mqttlink import PublishRefusedError, _CheckedClient
 from simstation.broker import BrokerTls, Mosquitto
-from simstation.station import SimRackSpec, SimStation
-from tests.rig import Rig, until
+from simstation.station import SimRackSpec
+from tests.rig import Rig, running, until
 from tests.support import REPO
 
 DOC = REPO / "docs" / "security.md"
@@ -218,42 +216,15 @@ async def answer(got: list[tuple[str, bytes]], topic: str) -> dict[str, object]:
     return reply
 
 
-@contextlib.asynccontextmanager
-async def station(
+def station(
     tmp_path: Path, broker: Mosquitto, mqtt: str, environ: Mapping[str, str] | None = None
-) -> AsyncIterator[Rig]:
+) -> contextlib.AbstractAsyncContextManager[Rig]:
     """The daemon in-process, configured with `mqtt` (extra [mqtt] TOML) and `environ`."""
-    sim = SimStation(
-        tmp_path / "sim", [SimRackSpec("r1", [1, 2], poll_period_s=0.05)], speed=60.0,
-        robot=True, plc=True,
+    return running(
+        tmp_path, broker, [SimRackSpec("r1", [1, 2], poll_period_s=0.05)], speed=60.0,
+        station_id=STATION, wait_online=False, mqtt=mqtt, environ=environ, robot=True,
+        plc=True,
     )  # fmt: skip
-    (tmp_path / "sim").mkdir(exist_ok=True)
-    await sim.start()
-    try:
-        path = tmp_path / "station.toml"
-        path.write_text(
-            sim.controller_toml(
-                station_id=STATION,
-                mqtt_host=broker.host,
-                mqtt_port=broker.port,
-                storage=tmp_path / "state",
-                mqtt=mqtt,
-            )
-        )
-        daemon = Daemon(load_config(path, environ=environ or {}))
-        task = asyncio.create_task(daemon.run())
-        try:
-            await until(lambda: daemon.station is not None or task.done(), what="daemon start")
-            if task.done():
-                raise AssertionError(f"daemon exited with {task.result()}")
-            yield Rig(daemon, sim, task, path)
-        finally:
-            if not task.done():
-                daemon.request_stop("test")
-                async with asyncio.timeout(10):
-                    await task
-    finally:
-        await sim.stop()
 
 
 def station_mqtt(pki: Pki, *, password_file: Path | None, cert: bool = False) -> str:
