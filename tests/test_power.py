@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given, settings
@@ -136,11 +136,11 @@ def test_time_of_day_limits_and_the_margin() -> None:
             ],
         }
     )
-    assert budget_w(cfg, datetime(2026, 1, 1, 12, 0)) == 390_000.0
-    assert budget_w(cfg, datetime(2026, 1, 1, 18, 30)) == 240_000.0
-    assert budget_w(cfg, datetime(2026, 1, 1, 2, 0)) == 290_000.0  # wraps past midnight
-    assert budget_w(cfg, datetime(2026, 1, 1, 6, 0)) == 390_000.0
-    assert budget_w(PowerConfig(), datetime(2026, 1, 1, 6, 0)) is None
+    assert budget_w(cfg, datetime(2026, 1, 1, 12, 0, tzinfo=UTC)) == 390_000.0
+    assert budget_w(cfg, datetime(2026, 1, 1, 18, 30, tzinfo=UTC)) == 240_000.0
+    assert budget_w(cfg, datetime(2026, 1, 1, 2, 0, tzinfo=UTC)) == 290_000.0  # wraps past midnight
+    assert budget_w(cfg, datetime(2026, 1, 1, 6, 0, tzinfo=UTC)) == 390_000.0
+    assert budget_w(PowerConfig(), datetime(2026, 1, 1, 6, 0, tzinfo=UTC)) is None
 
 
 def test_temperature_derates() -> None:
