@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import tomli_w
 
-from controller.config import StationConfig
+from controller.config import SerialLine, StationConfig
 from drivers.modbus.ioprofile import load_io_profile
 from drivers.modbus.profile import find_profile, load_profile
 from simstation.charger import SimPack
@@ -47,6 +47,7 @@ class SimRackSpec:
     host: str = "127.0.0.1"
     port: int = 0  # 0: a free port
     device: Path | None = None  # rtu: where the controller's end of the pty appears
+    line: SerialLine | None = None  # rtu: a real serial port to serve on (no pty pair)
 
     @property
     def period(self) -> float:
@@ -76,6 +77,8 @@ class SimStation:
         robot_timing: Timing | None = None,
         plc: bool = False,
         plc_port: int = 0,
+        plc_host: str = "127.0.0.1",
+        plc_unit_id: int = 1,
         lift_time_s: float = 8.0,
     ) -> None:
         self.workdir = workdir
@@ -88,8 +91,14 @@ class SimStation:
         self.plc: SimPlc | None = None
         if plc:
             path = find_profile("simplc", [profiles_dir]) or PROFILES / "simplc.toml"
-            self.plc = SimPlc(load_io_profile(path), clock=self.clock, lift_time_s=lift_time_s)
+            self.plc = SimPlc(
+                load_io_profile(path),
+                clock=self.clock,
+                unit_id=plc_unit_id,
+                lift_time_s=lift_time_s,
+            )
         self.plc_port = plc_port
+        self.plc_host = plc_host
         # What the robot works on under the bay: the PLC's vehicle, or a bare stand-in.
         self.vehicle = self.plc.bay if self.plc is not None else SimBay(pack=None, locked=False)
         # The robot's serial port: a path (where the pty appears), or True for one in workdir.
@@ -108,8 +117,13 @@ class SimStation:
         fill: float = 0.75,
         seed: int = 1,
         comm_timeout_s: float | None = None,
+        bind: str | None = None,
     ) -> SimStation:
-        """The station a config describes, with packs in `fill` of its slots."""
+        """The station a config describes, with packs in `fill` of its slots.
+
+        TCP devices listen on `bind` if given, else on their configured host (the PLC on
+        loopback with `free_endpoints`).
+        """
         rng = random.Random(seed)  # noqa: S311 - simulation, not cryptography
         specs = []
         serial = 0
@@ -132,7 +146,7 @@ class SimStation:
                     units=rack.unit_ids,
                     packs=packs,
                     poll_period_s=rack.poll_period_s,
-                    host=rack.host or "127.0.0.1",
+                    host=bind or rack.host or "127.0.0.1",
                     port=0 if free_endpoints else rack.port,
                     device=device,
                 )
@@ -141,6 +155,7 @@ class SimStation:
         if config.robot is not None:
             robot = True if free_endpoints else Path(config.robot.serial.device)
         io = config.station_io
+        plc_host = "127.0.0.1" if free_endpoints or io is None else io.host or "127.0.0.1"
         return cls(
             workdir,
             specs,
@@ -150,6 +165,8 @@ class SimStation:
             robot=robot,
             plc=io is not None,
             plc_port=0 if free_endpoints or io is None else io.port,
+            plc_host=bind or plc_host,
+            plc_unit_id=io.unit_id if io is not None else 1,
         )
 
     def endpoints_for(self, config: StationConfig) -> dict[str, Any]:
@@ -160,6 +177,8 @@ class SimStation:
             spec = next(s for s in self.specs if s.name == rack["name"])
             if spec.transport == "tcp":
                 rack["host"], rack["port"] = spec.host, self.racks[spec.name].port
+            elif spec.line is not None:
+                rack["serial"]["device"] = str(spec.line.device)
             else:
                 rack["serial"]["device"] = str(self.ptys[spec.name].controller_end)
                 rack["serial"]["parity"] = "N"  # a pty refuses parity settings
@@ -180,7 +199,7 @@ class SimStation:
             for spec in self.specs:
                 await self._start_rack(spec)
             if self.plc is not None:
-                await self.plc.start_tcp("127.0.0.1", self.plc_port)
+                await self.plc.start_tcp(self.plc_host, self.plc_port)
             if self.robot_path is not None:
                 slots: dict[int, SimRack] = {
                     slot: rack for rack in self.racks.values() for slot in rack.slots
@@ -214,6 +233,9 @@ class SimStation:
         self.racks[spec.name] = rack
         if spec.transport == "tcp":
             await rack.start_tcp(spec.host, spec.port)
+        elif spec.line is not None:
+            line = spec.line
+            await rack.start_rtu(str(line.device), baudrate=line.baudrate, parity=line.parity)
         else:
             pair = PtyPair(self.workdir, f"rack-{spec.name}", controller_end=spec.device)
             pair.start()
@@ -278,6 +300,13 @@ class SimStation:
                 lines.append(f"unit_id = {spec.unit_id}")
             if spec.transport == "tcp":
                 lines += ['host = "127.0.0.1"', f"port = {rack.port}"]
+            elif spec.line is not None:
+                lines += [
+                    "[racks.serial]",
+                    f'device = "{spec.line.device}"',
+                    f"baudrate = {spec.line.baudrate}",
+                    f'parity = "{spec.line.parity}"',
+                ]
             else:
                 lines += [
                     "[racks.serial]",

@@ -17,6 +17,8 @@ that stops in fault, E-stop or recovery is reported and waited out: that is an o
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import json
 import os
 import random
@@ -26,6 +28,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import aiomqtt
@@ -123,6 +126,9 @@ class Traffic:
         self._swap_id: str | None = None  # its swap, once authorised
         self._asked_at = 0.0
         self._next_at = 0.0  # monotonic time the next vehicle may arrive
+        # Called with every event (`<root>/events`, parsed) and every new state, as they come.
+        self.on_event: list[Callable[[dict[str, Any]], None]] = []
+        self.on_state: list[Callable[[dict[str, Any]], None]] = []
 
     # --- the connection ------------------------------------------------------------------------
 
@@ -202,11 +208,16 @@ class Traffic:
                     future.set_result(body)
             elif topic == f"{self.root}/state":
                 self._state = body
-            elif topic == f"{self.root}/events" and body.get("kind") in ENDINGS:
-                data = body.get("data") or {}
-                self._ended[str(data.get("swap_id"))] = (str(body["kind"]), data)
-                while len(self._ended) > REMEMBERED_ENDINGS:
-                    self._ended.popitem(last=False)
+                for hook in self.on_state:
+                    hook(body)
+            elif topic == f"{self.root}/events":
+                for hook in self.on_event:
+                    hook(body)
+                if body.get("kind") in ENDINGS:
+                    data = body.get("data") or {}
+                    self._ended[str(data.get("swap_id"))] = (str(body["kind"]), data)
+                    while len(self._ended) > REMEMBERED_ENDINGS:
+                        self._ended.popitem(last=False)
 
     # --- the vehicles --------------------------------------------------------------------------
 
@@ -388,3 +399,235 @@ class Traffic:
             f"fleet: {vehicle.vehicle_id} swap {swap_id[:8]} {name}{packs}{reason};"
             f" left with {left}, {took:.1f} s after asking"
         )
+
+
+# --- a scenario's cars: arrivals at given times, a queue, an operator ---------------------------
+
+
+@dataclass
+class Car:
+    """A car of a simulated day: when it comes, what it brings, and what became of it.
+
+    Times are simulated seconds since the simulated day's midnight.
+    """
+
+    vehicle_id: str
+    arrive_s: float
+    pack_type: str
+    soc: float
+    outcome: str | None = None  # served, failed, turned_away; None: still waiting or in the bay
+    accepted_s: float | None = None  # start_swap accepted
+    ended_s: float | None = None  # its swap's end event
+    swap_id: str | None = None
+    reason: str | None = None  # the latest refusal, or why its swap failed
+    refusals: int = 0
+    next_ask_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class FleetOptions:
+    """How a scenario's cars and operator behave; times in simulated seconds."""
+
+    max_wait_s: float = 900.0  # a car not started by then leaves (turned away)
+    retry_s: float = 60.0  # a refused start_swap is asked again this much later
+    reset_after_s: float = 300.0  # the operator resets a stopped swap this long after it stopped
+    leave_grace_s: float = 120.0  # a vehicle still parked this long after its swap drives off
+    poll_s: float = 0.005  # real seconds: how often the bay and the queue are looked at
+
+
+class Fleet(Traffic):
+    """The cars of a scenario, FIFO to the one bay, and an operator who resets faults.
+
+    The head of the queue asks for its swap (`start_swap`) when the station is idle; accepted,
+    it drives into the bay and the real swap runs; refused, it asks again `retry_s` later. A car
+    that has waited `max_wait_s` without its swap starting gives up. A swap that stops in
+    `fault` or `estop` is reset by the operator `reset_after_s` after it stopped (the swap then
+    aborts, the car leaves with its own pack: `failed`). `begin(now)` starts the day: `now()`
+    is the simulated time of day.
+    """
+
+    def __init__(
+        self,
+        sim: SimStation,
+        cars: Iterable[Car],
+        *,
+        host: str,
+        port: int,
+        root: str,
+        say: Say,
+        fleet: FleetOptions | None = None,
+    ) -> None:
+        self.cars = sorted(cars, key=lambda c: c.arrive_s)
+        types = sorted({c.pack_type for c in self.cars}) or None
+        super().__init__(sim, host=host, port=port, root=root, say=say, pack_types=types)
+        self.fleet = fleet or FleetOptions()
+        self.client_id = f"sim-fleet-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.reply_topic = f"fleet/{self.client_id}/replies"
+        self.queue: collections.deque[Car] = collections.deque()
+        self.operator_log: list[tuple[float, str]] = []  # (time of day, what the operator did)
+        self.serving: Car | None = None
+        self._pending = list(reversed(self.cars))  # not arrived yet, next one last
+        self._vehicle_of: SimVehicle | None = None
+        self._now: Callable[[], float] | None = None
+        self._started = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._end_at: dict[str, float] = {}  # swap id -> time of day of its end event
+        self.on_event.append(self._on_fleet_event)
+        self.on_state.append(lambda _: self._changed.set())
+
+    # --- the clock ------------------------------------------------------------------------------
+
+    def begin(self, now: Callable[[], float]) -> None:
+        """The day starts: `now()` gives the simulated time of day (seconds since midnight)."""
+        self._now = now
+        self._started.set()
+
+    def now(self) -> float:
+        """Simulated seconds since midnight (0 before `begin`)."""
+        return self._now() if self._now is not None else 0.0
+
+    def time_of(self, at: object) -> float | None:
+        """The simulated time of day of a station timestamp (ISO 8601), or None."""
+        if not isinstance(at, str):
+            return None
+        try:
+            stamp = datetime.fromisoformat(at).timestamp()
+        except ValueError:
+            return None
+        return self.now() - (time.time() - stamp) * self.sim.clock.speed
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Cars per outcome so far (`waiting`: in the queue or in the bay)."""
+        out = {"arrived": len(self.cars) - len(self._pending)}
+        for name in ("served", "failed", "turned_away"):
+            out[name] = sum(1 for c in self.cars if c.outcome == name)
+        out["waiting"] = out["arrived"] - out["served"] - out["failed"] - out["turned_away"]
+        return out
+
+    def _on_fleet_event(self, event: dict[str, Any]) -> None:
+        if event.get("kind") in ENDINGS:
+            swap_id = str((event.get("data") or {}).get("swap_id"))
+            at = self.time_of(event.get("at"))
+            if at is not None:
+                self._end_at.setdefault(swap_id, at)
+        self._changed.set()
+
+    async def _pause(self, seconds: float | None = None) -> None:
+        """Until something changes on the station, or `seconds` (default: one poll) pass."""
+        self._changed.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.fleet.poll_s if seconds is None else seconds):
+                await self._changed.wait()
+
+    # --- the queue ------------------------------------------------------------------------------
+
+    def _admit(self) -> None:
+        """Cars that have arrived join the queue; those that waited too long leave it."""
+        now = self.now()
+        while self._pending and self._pending[-1].arrive_s <= now:
+            self.queue.append(self._pending.pop())
+        for car in list(self.queue):
+            if now - car.arrive_s > self.fleet.max_wait_s:
+                self.queue.remove(car)
+                car.outcome = "turned_away"
+                car.reason = car.reason or "the station was busy"
+                self.say(f"fleet: {car.vehicle_id} gave up after {now - car.arrive_s:.0f} s")
+
+    def _idle(self) -> bool:
+        state = self._state or {}
+        return (
+            self._status == "online" and state.get("phase") == "idle" and self.plc.vehicle is None
+        )
+
+    async def _drive(self, client: aiomqtt.Client) -> None:
+        await self._started.wait()
+        while True:
+            if self.serving is not None:
+                await self._serve(client, self.serving)
+                self.serving = self._vehicle_of = None
+                continue
+            self._admit()
+            head = self.queue[0] if self.queue else None
+            if head is None or not self._idle() or self.now() < head.next_ask_s:
+                await self._pause()
+                continue
+            await self._ask(client, head)
+
+    async def _ask(self, client: aiomqtt.Client, car: Car) -> None:
+        request_id = f"{car.vehicle_id}-{car.refusals + 1}-{uuid.uuid4().hex[:8]}"
+        reply = await self._request(
+            client,
+            "start_swap",
+            {"id": request_id, "vehicle_id": car.vehicle_id, "pack_type": car.pack_type},
+        )
+        if reply is None:
+            self.stats.unanswered += 1
+            return
+        result = reply.get("result")
+        if reply.get("ok") and isinstance(result, dict) and "swap_id" in result:
+            car.accepted_s = self.now()
+            car.swap_id = str(result["swap_id"])
+            self.queue.remove(car)
+            self.stats.vehicles += 1
+            n = self.stats.vehicles
+            self._vehicle_of = self.sim.arrive(
+                car.vehicle_id, serial=f"VP-{n:05d}", pack_type=car.pack_type, soc=car.soc
+            )
+            self.serving = car
+            return
+        self.stats.refused += 1
+        car.refusals += 1
+        car.reason = str(reply.get("message") or reply.get("code"))
+        # Busy: the last swap is ending; anything else (no pack, blocked): a minute later.
+        car.next_ask_s = self.now() + (0.0 if reply.get("code") == "busy" else self.fleet.retry_s)
+
+    async def _serve(self, client: aiomqtt.Client, car: Car) -> None:
+        """Until the car's swap has ended and the car has left; the operator acts meanwhile."""
+        vehicle = self._vehicle_of
+        assert car.swap_id is not None
+        stopped_since: float | None = None
+        next_try = 0.0
+        ended_at: float | None = None
+        while True:
+            self._admit()
+            now = self.now()
+            swap = (self._state or {}).get("swap")
+            phase = swap.get("phase") if isinstance(swap, dict) else None
+            ours = isinstance(swap, dict) and swap.get("swap_id") == car.swap_id
+            if ours and phase in STOPPED:
+                stopped_since = now if stopped_since is None else stopped_since
+                if now - stopped_since >= self.fleet.reset_after_s and now >= next_try:
+                    next_try = now + 60.0
+                    await self._operate(client, str(phase))
+            else:
+                stopped_since = None
+            outcome = self._ended.get(car.swap_id)
+            gone = vehicle is None or self.plc.vehicle is not vehicle
+            if outcome is not None:
+                ended_at = now if ended_at is None else ended_at
+                if gone:
+                    self._finish(car, outcome)
+                    return
+                if now - ended_at > self.fleet.leave_grace_s and self.plc.lift.down:
+                    self.say(f"fleet: {car.vehicle_id} was not released; the driver leaves")
+                    self.plc.leave_early()
+            await self._pause()
+
+    async def _operate(self, client: aiomqtt.Client, phase: str) -> None:
+        name, body = ("recover", {"decision": "abort"}) if phase == "recovery_required" else (
+            "reset_fault", {})  # fmt: skip
+        request = {"id": f"op-{uuid.uuid4().hex[:12]}", "by": "simulated operator", **body}
+        reply = await self._request(client, name, request)
+        what = "no answer" if reply is None else f"{reply.get('code')}: {reply.get('message')}"
+        self.operator_log.append((self.now(), f"operator: {name} ({phase}): {what}"))
+        self.say(f"fleet: operator {name} ({phase}): {what}")
+
+    def _finish(self, car: Car, outcome: tuple[str, dict[str, Any]]) -> None:
+        kind, data = outcome
+        name = kind.removeprefix("swap_")
+        self.stats.outcomes[name] = self.stats.outcomes.get(name, 0) + 1
+        car.outcome = "served" if kind == "swap_completed" else "failed"
+        car.ended_s = self._end_at.get(str(car.swap_id), self.now())
+        if car.outcome == "failed":
+            car.reason = str(data.get("reason") or name)

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import UTC, datetime
 
 import pytest
 
+from simstation.cli import STEPS, Tally, _step_cells, summary
 from tests.support import run_swapctl
 
 
-@pytest.mark.timeout(45)
-def test_demo_swaps_a_vehicle_and_stops_in_order() -> None:
+@pytest.mark.timeout(75)
+def test_demo_three_swaps_then_the_summary() -> None:
     started = time.monotonic()
-    # Stops as soon as the demo has seen a swap_completed event on the events topic; exit 1
-    # if none came within --duration.
-    result = run_swapctl("demo", "--stop-after-swaps", "1", "--duration", "25", timeout=40)
+    # The acceptance: stops as soon as three swap_completed events came on the events topic.
+    result = run_swapctl("demo", "--swaps", "3", timeout=70)
     took = time.monotonic() - started
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
@@ -26,24 +27,47 @@ def test_demo_swaps_a_vehicle_and_stops_in_order() -> None:
     # The fleet drove a vehicle in and its start_swap (MQTT v5, response topic) was accepted.
     assert "fleet: EV-0001 drives into the bay" in out
     assert "fleet: start_swap EV-0001 (STD75): accepted: swap " in out, out
-    # The station state (retained <root>/state) showed the swap under way ...
+    # The station state (retained <root>/state) showed the swap under way, the robot its
+    # moves ...
     assert re.search(r"^state: auto phase lifting vehicle EV-0001 ", out, re.MULTILINE), out
-    # ... and the events topic its completion: the vehicle left with a charged pack.
-    assert re.search(
-        r"^#\d+ +swap_completed +EV-0001 \w+ out VP-00001, in PK-\d{5}$", out, re.MULTILINE
-    ), out
-    assert "1 swap(s) completed: stopping" in out
+    assert re.search(r"^robot: link ready, \w+ at slot \d+, holding PK-\d{5}$", out, re.MULTILINE)
+    # ... and the events topic each completion: the vehicle left with a charged pack.
+    for n in (1, 2, 3):
+        assert re.search(
+            rf"^#\d+ +swap_completed +EV-000{n} \w+ out VP-0000{n}, in PK-\d{{5}}$",
+            out,
+            re.MULTILINE,
+        ), out
+    assert "3 swap(s) completed: stopping" in out
     assert "swapstation/demo/status  offline" in out
     assert "daemon stopped with exit code 0" in out
+    # The summary, after everything has stopped.
+    summary = out[out.index("\nsummary\n") :]
+    assert re.search(r"^  swaps completed +3$", summary, re.MULTILINE), summary
+    assert re.search(r"^  swaps aborted +0$", summary, re.MULTILINE), summary
+    assert re.search(r"^  swaps failed +0$", summary, re.MULTILINE), summary
+    times = re.search(r"^  swap time +mean ([\d.]+) s, max ([\d.]+) s$", summary, re.MULTILINE)
+    assert times is not None, summary
+    assert 0 < float(times[1]) <= float(times[2]) < 30, summary
+    # Every step of the sequence was timed, in order.
+    steps = re.findall(r"^    (\w+) +([\d.]+) s$", summary, re.MULTILINE)
+    assert [s for s, _ in steps] == list(STEPS), summary
+    assert re.search(r"^  vehicles sent +[34]$", summary, re.MULTILINE), summary
+    assert re.search(r"^  requests refused +\d+ \(\d+ unanswered\)$", summary, re.MULTILINE)
+    assert re.search(r"^  alarms seen +\d+", summary, re.MULTILINE), summary
+    assert re.search(r"^  run time +[\d.]+ s$", summary, re.MULTILINE), summary
     assert "Traceback" not in out, out
-    assert took < 30, f"the demo took {took:.1f} s to complete a swap and stop"
+    assert took < 60, f"the demo took {took:.1f} s for three swaps"
 
 
 @pytest.mark.timeout(30)
-def test_demo_without_traffic_runs_and_stops_in_order() -> None:
-    result = run_swapctl("demo", "--no-traffic", "--duration", "3", timeout=25)
+def test_demo_without_traffic_misses_its_target_and_stops_in_order() -> None:
+    # --stop-after-swaps is the old name of --swaps; without vehicles the target is missed.
+    result = run_swapctl(
+        "demo", "--no-traffic", "--stop-after-swaps", "1", "--duration", "3", timeout=25
+    )
     out = result.stdout + result.stderr
-    assert result.returncode == 0, out
+    assert result.returncode == 1, out
     assert "traffic: off (--no-traffic)" in out
     assert "swapstation/demo/status  online" in out
     assert "rack rack-a online (8 slots)" in out
@@ -51,5 +75,55 @@ def test_demo_without_traffic_runs_and_stops_in_order() -> None:
     assert "state: auto phase idle" in out
     assert "start_swap" not in out
     assert "swap_started" not in out
+    assert "0 of 1 swap(s) completed in 3 s" in out
     assert "swapstation/demo/status  offline" in out
     assert "daemon stopped with exit code 0" in out
+    assert re.search(r"^  swaps completed +0$", out, re.MULTILINE), out
+    assert "  vehicles sent        0 (no traffic)" in out
+
+
+def _event(seq: int, at: float, kind: str, **data: object) -> dict[str, object]:
+    stamp = datetime.fromtimestamp(1_800_000_000 + at, UTC).isoformat()
+    return {"seq": seq, "at": stamp, "station": "t", "kind": kind, "data": data}
+
+
+def _phase(seq: int, at: float, before: str, after: str) -> dict[str, object]:
+    return _event(
+        seq, at, "swap_phase", swap_id="s1", vehicle_id="EV-1", to=after, **{"from": before}
+    )
+
+
+@pytest.mark.timeout(5)
+def test_the_tally_times_swaps_and_steps_from_events_once() -> None:
+    tally = Tally()
+    events = [
+        _event(1, 0.0, "swap_started", swap_id="s1", vehicle_id="EV-1"),
+        _phase(2, 0.0, "idle", "authorised"),
+        _phase(3, 0.5, "authorised", "waiting_for_vehicle"),
+        _phase(4, 2.0, "waiting_for_vehicle", "positioned"),
+        _event(5, 2.5, "alarm_raised", scope="slot:3", code="over_temperature"),
+    ]
+    for event in events:
+        assert tally.take(event)
+    assert not tally.take(events[2])  # a repeat (at least once delivery) is not counted again
+    run = tally.runs["s1"]
+    assert run.steps == {"authorised": 0.5, "waiting_for_vehicle": 1.5}
+    cells = _step_cells("positioned", "0.3 s", run)
+    assert cells[:4] == [
+        "[x] authorised 0.50 s",
+        "[x] waiting_for_vehicle 1.50 s",
+        "[>] positioned 0.3 s",
+        "[ ] lifting",
+    ]
+    # Aborted before anything moved: the rest of the sequence was skipped.
+    tally.take(_phase(6, 3.0, "positioned", "releasing"))
+    assert _step_cells("releasing", "0.1 s", tally.runs["s1"])[3] == "[-] lifting"
+    tally.take(_phase(7, 4.0, "releasing", "complete"))
+    tally.take(_event(8, 4.0, "swap_aborted", swap_id="s1", vehicle_id="EV-1", reason="x"))
+    tally.take(_phase(9, 4.0, "complete", "idle"))
+    assert (tally.count("completed"), tally.count("aborted")) == (0, 1)
+    assert tally.swap_times == [] and tally.step_times == {}  # times are of completed swaps
+    assert "s1" not in tally.runs
+    lines = summary(tally, None, 12.0)
+    assert "  swaps aborted        1" in lines
+    assert "  alarms seen          1: over_temperature x1" in lines

@@ -1,0 +1,750 @@
+"""`swapctl simulate SCENARIO.toml`: a day at a station, time-accelerated, with a report.
+
+The real daemon (its own process: the simulator and the daemon each get a core) runs against
+the simulated station at the scenario's speed, with a private broker. The cars of the scenario
+(`simstation.traffic.Fleet`) queue for the bay and are swapped by the real sequence; faults
+are injected at their times and the simulated operator resets what stops a swap. The report
+(`simstation.report.Report`) is written as JSON and, when the renderer is there, as HTML.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import os
+import random
+import signal
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from controller.configload import ConfigError
+from drivers.robot.protocol import MsgType
+from simstation.broker import Mosquitto
+from simstation.charger import SimPack
+from simstation.report import (
+    AlarmEntry,
+    FaultEntry,
+    Report,
+    Sample,
+    StationSummary,
+    percentiles,
+)
+from simstation.report import Car as CarEntry
+from simstation.scenario import (
+    PACK_KWH,
+    ChargerFault,
+    FaultBase,
+    FaultRate,
+    LoadedScenario,
+    RackOffline,
+    RobotJam,
+    arrival_times,
+    car_soc,
+    duration_s,
+    fault_schedule,
+    load_scenario,
+)
+from simstation.station import SimRackSpec, SimStation
+from simstation.traffic import Car, Fleet, FleetOptions
+
+STATION_ID = "sim"
+SAMPLE_EVERY_S = 60.0  # simulated
+PROGRESS_EVERY_S = 0.25  # wall
+READY_TIMEOUT_S = 60.0  # wall: the daemon up, the racks read, the packs seen
+DAEMON_STOP_TIMEOUT_S = 10.0
+# Poll periods (wall seconds) for the daemon in a simulation: at 720x a 0.05 s poll is 36
+# simulated seconds, and every handover in a swap waits for one.
+STATION_IO_POLL_S = 0.01
+RACK_POLL_S = 0.05
+# The simulated PLC's cycle (real seconds; `simstation.plc.TICK_S`, 20 ms): every handover
+# waits for one or two cycles, 14 simulated seconds each at 720x. 5 ms brings a swap from about
+# 4.8 to 3.7 simulated minutes at 720x. A module constant for now (see `_plc_cycle`).
+PLC_TICK_S = 0.005
+NOMINAL_V = 360.0  # a pack's nominal voltage (96 cells x 3.75 V): kWh -> Ah
+CHARGE_V = 403.2  # a full pack's charge voltage (96 x 4.2 V): a charger's kW from its amps
+
+Write = Callable[[str], None]
+
+
+def simulate_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `swapctl simulate`."""
+    p = sub.add_parser(
+        "simulate",
+        help="run a simulated day (scenario file) against the real daemon and write a report",
+    )
+    p.add_argument("scenario", type=Path, help="scenario file (config/scenarios/*.toml)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="report folder (default ./simulate-NAME-TIME/)"
+    )
+    p.add_argument("--speed", type=float, default=None, help="override the scenario's speed")
+    p.add_argument("--start-h", type=float, default=None, help="override the start hour")
+    p.add_argument(
+        "--duration-h", type=float, default=None, help="override how many hours are simulated"
+    )
+    p.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
+    p.add_argument("--no-html", action="store_true", help="write report.json only")
+    p.set_defaults(func=run_simulate)
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    """Load the scenario (exit 2 if it is bad), run it, write the report, print a summary."""
+    try:
+        loaded = apply_overrides(
+            load_scenario(args.scenario),
+            speed=args.speed,
+            start_h=args.start_h,
+            duration_h=args.duration_h,
+            seed=args.seed,
+        )
+    except ConfigError as exc:
+        sys.stderr.write("\n".join(exc.lines()) + "\n")
+        return 2
+    sc = loaded.scenario
+    stamp = datetime.now().astimezone().strftime("%Y%m%d-%H%M%S")
+    out: Path = args.out or Path(f"simulate-{sc.name}-{stamp}")
+    out.mkdir(parents=True, exist_ok=True)
+    report = asyncio.run(simulate(loaded, out, progress=Progress(sys.stderr)))
+    paths = write_report(report, out, html=not args.no_html, warn=_err)
+    sys.stdout.write(summary(report) + "\n" + "".join(f"  {p}\n" for p in paths))
+    return 0
+
+
+def apply_overrides(
+    loaded: LoadedScenario,
+    *,
+    speed: float | None = None,
+    start_h: float | None = None,
+    duration_h: float | None = None,
+    seed: int | None = None,
+) -> LoadedScenario:
+    """The scenario with command-line overrides, validated again."""
+    update: dict[str, Any] = {}
+    if speed is not None:
+        update["speed"] = speed
+    if start_h is not None:
+        update["start_h"] = start_h
+    if duration_h is not None:
+        update.update(duration_h=duration_h, end_h=None)
+    if seed is not None:
+        update["seed"] = seed
+    if not update:
+        return loaded
+    data = {**loaded.scenario.model_dump(mode="json", exclude_none=True), **update}
+    data = {k: v for k, v in data.items() if v is not None}
+    end_h = (data.get("start_h") or 0.0) + (data.get("duration_h") or 24.0)
+    if "end_h" in data:
+        end_h = data["end_h"]
+    # Faults outside a shortened window are left out, not an error.
+    data["faults"] = [f for f in data.get("faults", []) if f["at_h"] < end_h]
+    from pydantic import ValidationError
+
+    from simstation.scenario import Scenario, _issue
+
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("command line", [_issue(e) for e in exc.errors()]) from None
+    return LoadedScenario(scenario, loaded.path)
+
+
+def _err(line: str) -> None:
+    sys.stderr.write(line + "\n")
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Recorder:
+    """What the run observes: events (deduplicated), power at the racks, samples."""
+
+    fleet: Fleet
+    seen: set[int] = field(default_factory=set)
+    alarms: list[AlarmEntry] = field(default_factory=list)
+    phases: dict[str, list[tuple[float, str]]] = field(default_factory=dict)  # swap -> (t, to)
+    faults: list[FaultEntry] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
+    rack_w: dict[str, float] = field(default_factory=dict)
+    rack_t: dict[str, float] = field(default_factory=dict)
+    energy_kwh: float = 0.0
+    peak_w: float = 0.0
+    counting: bool = False
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        """Alarms and swap phases from `<root>/events` (at least once: by `seq`)."""
+        seq = event.get("seq")
+        if isinstance(seq, int):
+            if seq in self.seen:
+                return
+            self.seen.add(seq)
+        kind = event.get("kind")
+        data = event.get("data") or {}
+        t = self.fleet.time_of(event.get("at"))
+        if t is None or not self.counting:
+            return
+        if kind in {"alarm_raised", "alarm_cleared"}:
+            self.alarms.append(
+                AlarmEntry(
+                    t_s=round(t, 1),
+                    kind="raised" if kind == "alarm_raised" else "cleared",
+                    scope=str(data.get("scope")),
+                    code=str(data.get("code")),
+                    severity=str(data.get("severity")),
+                    message=str(data.get("message")),
+                )
+            )
+        elif kind == "swap_phase":
+            self.phases.setdefault(str(data.get("swap_id")), []).append((t, str(data.get("to"))))
+
+    def on_tick(self, rack: str, sim_now: float, power_w: float) -> None:
+        """After a physics step of a rack: power and energy."""
+        last = self.rack_t.get(rack)
+        self.rack_t[rack] = sim_now
+        if self.counting and last is not None:
+            self.energy_kwh += self.rack_w.get(rack, 0.0) * (sim_now - last) / 3.6e6
+        self.rack_w[rack] = power_w
+        if self.counting:
+            self.peak_w = max(self.peak_w, sum(self.rack_w.values()))
+
+    def step_times(self) -> dict[str, list[float]]:
+        """Simulated seconds spent in each phase, over every swap."""
+        out: dict[str, list[float]] = {}
+        for transitions in self.phases.values():
+            ordered = sorted(transitions)
+            for (t0, phase), (t1, _) in itertools.pairwise(ordered):
+                if phase not in {"idle", "complete"}:
+                    out.setdefault(phase, []).append(max(0.0, t1 - t0))
+        return out
+
+
+async def simulate(
+    loaded: LoadedScenario, workdir: Path, *, progress: Progress | None = None
+) -> Report:
+    """Run the scenario against the real daemon; the report."""
+    workdir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before the run
+    with Mosquitto(workdir / "broker") as broker, _plc_cycle(PLC_TICK_S):
+        return await _run(loaded, workdir, broker, progress)
+
+
+@contextlib.contextmanager
+def _plc_cycle(seconds: float) -> Iterator[None]:
+    """The simulated PLC's cycle for the run, restored after it.
+
+    `SimPlc` reads its cycle from the module constant on every cycle; a `tick_s` parameter of
+    `SimPlc` / `SimStation` would be better (asked for: see docs/simulator.md).
+    """
+    from simstation import plc
+
+    before = plc.TICK_S
+    plc.TICK_S = seconds
+    try:
+        yield
+    finally:
+        plc.TICK_S = before
+
+
+def rack_specs(loaded: LoadedScenario, rng: random.Random) -> list[SimRackSpec]:
+    """The station's racks, its packs in the first slots (shuffled types), the rest free."""
+    st = loaded.scenario.station
+    types = [t for t, n in sorted(st.packs.items()) for _ in range(n)]
+    rng.shuffle(types)
+    packs: dict[int, SimPack] = {}
+    for i, pack_type in enumerate(types, 1):
+        soc = round(rng.uniform(*st.initial_soc), 1)
+        kwh = PACK_KWH.get(pack_type, 75.0)
+        packs[i] = SimPack(f"PK-{i:05d}", pack_type=pack_type, soc=soc, capacity_kwh=kwh)
+    slots = list(range(1, st.slots + 1))
+    specs = []
+    for n, first in enumerate(range(0, len(slots), st.rack_slots), 1):
+        mine = slots[first : first + st.rack_slots]
+        specs.append(
+            SimRackSpec(
+                f"rack-{n}",
+                mine,
+                packs={s: p for s, p in packs.items() if s in mine},
+                charger_max_a=st.charger_max_a,
+                poll_period_s=RACK_POLL_S,
+            )
+        )
+    return specs
+
+
+def daemon_config(loaded: LoadedScenario, sim: SimStation, broker: Mosquitto, work: Path) -> str:
+    """The daemon's config: the simulated devices, the scenario's power settings, fast polls."""
+    sc = loaded.scenario
+    st = sc.station
+    power = [
+        f"policy = {_toml(st.policy)}",
+        f"charger_max_kw = {st.charger_max_a * CHARGE_V / 1000:.1f}",
+    ]
+    if st.grid_limit_kw is not None:
+        power.append(f"grid_limit_kw = {st.grid_limit_kw}")
+    power.append(f"safety_margin_kw = {st.safety_margin_kw}")
+    if st.min_ready:
+        power.append(
+            "min_ready = {" + ", ".join(f"{k} = {v}" for k, v in st.min_ready.items()) + "}"
+        )
+    pack_types = "".join(
+        f"[power.pack_types.{t}]\ncapacity_ah = {PACK_KWH.get(t, 75.0) * 1000 / NOMINAL_V:.0f}\n"
+        for t in sorted(st.packs)
+    )
+    sections = (
+        f'[logging]\nlevel = "warning"\n'
+        f"[swap]\nmin_dispense_soc = {st.min_dispense_soc}\n"
+        # A rate measured in wall seconds sees simulated rates times the speed.
+        f"[supervision]\nfast_rise_c_per_min = {min(100_000.0, 2.0 * sc.speed)}\n"
+        f"[charging]\nmax_current_a = {st.charger_max_a}\n"
+        "[power]\n" + "\n".join(power) + "\n" + pack_types
+    )
+    text = sim.controller_toml(
+        station_id=STATION_ID,
+        mqtt_host=broker.host,
+        mqtt_port=broker.port,
+        storage=work / "state",
+        sections=sections,
+    )
+    data = tomllib.loads(text)
+    io = data["station_io"]
+    # Every handover of the swap (vehicle in position, lift up, lift down) waits for a poll.
+    io.update(poll_period_s=STATION_IO_POLL_S, timeout_max_s=0.05, heartbeat_timeout_s=0.5)
+    sim.write_toml(data, work / "station.toml")
+    return str(work / "station.toml")
+
+
+def _toml(value: str) -> str:
+    return '"' + value.replace('"', '\\"') + '"'
+
+
+async def _run(
+    loaded: LoadedScenario, work: Path, broker: Mosquitto, progress: Progress | None
+) -> Report:
+    sc = loaded.scenario
+    rng = random.Random(sc.seed)  # noqa: S311 - simulation
+    specs = rack_specs(loaded, rng)
+    (work / "sim").mkdir(exist_ok=True)
+    # Real time until the day starts: the packs do not charge while the daemon starts up.
+    sim = SimStation(work / "sim", specs, speed=1.0, robot=True, plc=True)
+    await sim.start()
+    daemon: asyncio.subprocess.Process | None = None
+    tasks: list[asyncio.Task[Any]] = []
+    try:
+        config_path = daemon_config(loaded, sim, broker, work)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SWAPSTATION_")}
+        with (work / "daemon.log").open("wb") as log:
+            daemon = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "controller", "run", "--config", config_path,
+                env=env, stdout=log, stderr=log, start_new_session=True,
+            )  # fmt: skip
+        cars = plan_cars(loaded, rng)
+        root = f"swapstation/{STATION_ID}"
+        log_lines: list[str] = []
+        fleet = Fleet(
+            sim,
+            cars,
+            host=broker.host,
+            port=broker.port,
+            root=root,
+            say=log_lines.append,
+            fleet=FleetOptions(
+                max_wait_s=sc.max_wait_min * 60.0,
+                reset_after_s=sc.operator.reset_after_min * 60.0,
+            ),
+        )
+        rec = Recorder(fleet)
+        fleet.on_event.append(rec.on_event)
+        for name, rack in sim.racks.items():
+            rack.on_tick.append(_tick_hook(rec, name, rack))
+        tasks.append(asyncio.create_task(fleet.run(), name="fleet"))
+        await _until_ready(fleet, sim, loaded, daemon)
+        # The day starts now, at the scenario's speed.
+        sim.clock.speed = sc.speed
+        t0 = sim.clock.now()
+        start_s, end_s = sc.start_s, sc.start_s + sc.run_s
+
+        def now() -> float:
+            return start_s + (sim.clock.now() - t0)
+
+        tasks += [
+            asyncio.create_task(_sample(rec, fleet, sim, end_s), name="sampler"),
+            asyncio.create_task(_inject(loaded, rec, fleet, sim, rng), name="faults"),
+        ]
+        rec.counting = True
+        fleet.begin(now)
+        wall_s = await _play(
+            fleet, daemon=daemon, tasks=tasks, progress=progress, work=work, window=(start_s, end_s)
+        )
+        rec.counting = False
+        (work / "fleet.log").write_text("\n".join(log_lines) + "\n")
+        for t, what in fleet.operator_log:
+            rec.faults.append(FaultEntry(t_s=round(t, 1), what=what))
+        return build_report(loaded, fleet, rec, wall_s)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if daemon is not None:
+            await _stop_daemon(daemon)
+        await sim.stop()
+
+
+async def _play(
+    fleet: Fleet,
+    *,
+    daemon: asyncio.subprocess.Process,
+    tasks: list[asyncio.Task[Any]],
+    progress: Progress | None,
+    work: Path,
+    window: tuple[float, float],
+) -> float:
+    """Until the end of the day, watching the daemon and the tasks; the wall time it took."""
+    start_s, end_s = window
+    run_s = end_s - start_s
+    wall0 = time.monotonic()
+    while (now := fleet.now()) < end_s:
+        if daemon.returncode is not None:
+            raise RuntimeError(
+                f"the daemon exited with code {daemon.returncode}; see {work / 'daemon.log'}"
+            )
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise RuntimeError(f"{task.get_name()} failed") from task.exception()
+        if progress is not None:
+            progress.update(fleet, now - start_s, run_s, time.monotonic() - wall0)
+        await asyncio.sleep(min(PROGRESS_EVERY_S, max(0.0, fleet.sim.clock.real(end_s - now))))
+    wall_s = time.monotonic() - wall0
+    if progress is not None:
+        progress.update(fleet, run_s, run_s, wall_s)
+        progress.done()
+    return wall_s
+
+
+def _tick_hook(rec: Recorder, name: str, rack: Any) -> Callable[[float], None]:
+    def hook(sim_now: float) -> None:
+        rec.on_tick(name, sim_now, sum(c.power_w for c in rack.chargers.values()))
+
+    return hook
+
+
+def plan_cars(loaded: LoadedScenario, rng: random.Random) -> list[Car]:
+    """The scenario's cars: arrival times, pack types by the mix, SoC by the distribution."""
+    sc = loaded.scenario
+    mix = sc.mix()
+    types, weights = list(mix), list(mix.values())
+    return [
+        Car(
+            vehicle_id=f"EV-{n:04d}",
+            arrive_s=t,
+            pack_type=rng.choices(types, weights)[0],
+            soc=car_soc(sc, rng),
+        )
+        for n, t in enumerate(arrival_times(loaded, rng), 1)
+    ]
+
+
+async def _until_ready(
+    fleet: Fleet, sim: SimStation, loaded: LoadedScenario, daemon: asyncio.subprocess.Process
+) -> None:
+    """Until the station is online, idle and unblocked with every charged pack seen ready."""
+    st = loaded.scenario.station
+    want = sum(
+        1
+        for rack in sim.racks.values()
+        for slot in rack.slots
+        if (pack := rack.pack_in(slot)) is not None and pack.soc >= st.min_dispense_soc
+    )
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        state = fleet._state or {}  # noqa: SLF001 - the fleet's view of the station
+        ready = sum((state.get("packs_ready") or {}).values())
+        if (
+            fleet._status == "online"  # noqa: SLF001
+            and state.get("phase") == "idle"
+            and not state.get("blocking")
+            and ready >= want
+        ):
+            return
+        if daemon.returncode is not None:
+            raise RuntimeError(f"the daemon exited with code {daemon.returncode} at start")
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"the station was not ready in {READY_TIMEOUT_S:g} s: status"
+                f" {fleet._status}, state {state}"  # noqa: SLF001
+            )
+        await asyncio.sleep(0.05)
+
+
+async def _stop_daemon(daemon: asyncio.subprocess.Process) -> None:
+    if daemon.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            daemon.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(DAEMON_STOP_TIMEOUT_S):
+                await daemon.wait()
+        except TimeoutError:
+            daemon.kill()
+            await daemon.wait()
+
+
+async def _sample(rec: Recorder, fleet: Fleet, sim: SimStation, end_s: float) -> None:
+    """The station every simulated minute."""
+    t = fleet.now()
+    while t < end_s:
+        state = fleet._state or {}  # noqa: SLF001
+        ready = state.get("packs_ready") or {}
+        rec.samples.append(
+            Sample(
+                t_s=round(t, 1),
+                grid_kw=round(sum(rec.rack_w.values()) / 1000.0, 2),
+                ready={str(k): int(v) for k, v in ready.items()},
+                queue=len(fleet.queue),
+                phase=str(state.get("phase", "?")),
+            )
+        )
+        t += SAMPLE_EVERY_S
+        await asyncio.sleep(max(0.0, sim.clock.real(t - fleet.now())))
+
+
+# --- faults --------------------------------------------------------------------------------------
+
+
+async def _inject(
+    loaded: LoadedScenario, rec: Recorder, fleet: Fleet, sim: SimStation, rng: random.Random
+) -> None:
+    """Every fault of the scenario at its time; each cleared after its duration."""
+    sc = loaded.scenario
+    clearing: list[asyncio.Task[None]] = []
+    try:
+        for at, fault in fault_schedule(sc, rng):
+            await asyncio.sleep(max(0.0, sim.clock.real(at - fleet.now())))
+            clearing.append(
+                asyncio.create_task(_one_fault(fault, rec, fleet, sim, rng), name=fault.kind)
+            )
+        await asyncio.gather(*clearing)
+    finally:
+        for task in clearing:
+            task.cancel()
+        await asyncio.gather(*clearing, return_exceptions=True)
+
+
+async def _one_fault(
+    fault: FaultBase | FaultRate, rec: Recorder, fleet: Fleet, sim: SimStation, rng: random.Random
+) -> None:
+    """Inject one fault, wait its duration (simulated), clear it; note both."""
+    plc, robot = sim.plc, sim.robot
+    assert plc is not None
+    assert robot is not None
+    racks = list(sim.racks.values())
+    lasts = duration_s(fault)
+
+    def note(what: str) -> None:
+        rec.faults.append(FaultEntry(t_s=round(fleet.now(), 1), what=what))
+
+    async def hold() -> None:
+        await asyncio.sleep(sim.clock.real(lasts))
+
+    if fault.kind == "robot_jam":
+        command = fault.command if isinstance(fault, RobotJam) else "REMOVE"
+        robot.faults.jam_on = MsgType[command]
+        note(f"robot jam: the next {command} jams half-way")
+    elif fault.kind == "rack_offline":
+        n = fault.rack if isinstance(fault, RackOffline) else rng.randint(1, len(racks))
+        name = list(sim.racks)[n - 1]
+        await sim.racks[name].go_offline()
+        note(f"rack {name} offline for {lasts / 60:g} min")
+        await hold()
+        await sim.racks[name].come_back()
+        note(f"rack {name} back")
+    elif fault.kind == "charger_fault":
+        slots = [s for r in racks for s in r.slots]
+        slot = fault.slot if isinstance(fault, ChargerFault) else rng.choice(slots)
+        code = fault.code if isinstance(fault, ChargerFault) else 7
+        rack = next(r for r in racks if slot in r.slots)
+        rack.set_fault(slot, code)
+        note(f"slot {slot}: charger fault {code} for {lasts / 60:g} min")
+        await hold()
+        rack.set_fault(slot, 0)
+        note(f"slot {slot}: charger fault cleared")
+    elif fault.kind == "estop":
+        plc.estop_ok = False
+        note(f"E-stop pressed for {lasts / 60:g} min")
+        await hold()
+        plc.estop_ok = True
+        note("E-stop released")
+    elif fault.kind == "door_open":
+        # Mid-swap: the next car in the bay once it is lifted.
+        while plc.vehicle is None or not plc.lift.up:  # noqa: ASYNC110 - simulated state
+            await asyncio.sleep(0.002)
+        vehicle = plc.vehicle
+        plc.open_door()
+        note(f"{vehicle.vehicle_id}: a door opened mid-swap for {lasts / 60:g} min")
+        await hold()
+        if plc.vehicle is vehicle:
+            plc.close_door()
+        note(f"{vehicle.vehicle_id}: door closed")
+
+
+# --- the report ----------------------------------------------------------------------------------
+
+
+def build_report(loaded: LoadedScenario, fleet: Fleet, rec: Recorder, wall_s: float) -> Report:
+    """The report of a run."""
+    sc = loaded.scenario
+    st = sc.station
+    end_s = sc.start_s + sc.run_s
+    cars = []
+    for car in fleet.cars:
+        if car.arrive_s >= end_s:
+            continue
+        outcome = car.outcome or "waiting"
+        wait = None if car.accepted_s is None else round(car.accepted_s - car.arrive_s, 1)
+        swap = None
+        if car.accepted_s is not None and car.ended_s is not None:
+            swap = round(car.ended_s - car.accepted_s, 1)
+        cars.append(
+            CarEntry(
+                vehicle_id=car.vehicle_id,
+                pack_type=car.pack_type,
+                soc=car.soc,
+                arrived_s=round(car.arrive_s, 1),
+                outcome=outcome,
+                wait_s=wait,
+                swap_s=swap,
+                swap_id=car.swap_id,
+                reason=car.reason if outcome in {"turned_away", "failed"} else None,
+            )
+        )
+    count = {
+        k: sum(1 for c in cars if c.outcome == k)
+        for k in ("served", "failed", "turned_away", "waiting")
+    }
+    return Report(
+        scenario=sc.name,
+        description=sc.description,
+        station=StationSummary(
+            slots=st.slots,
+            packs=dict(st.packs),
+            charger_kw=round(st.charger_max_a * CHARGE_V / 1000.0, 1),
+            grid_limit_kw=st.grid_limit_kw,
+            policy=st.policy,
+        ),
+        speed=sc.speed,
+        start_s=sc.start_s,
+        duration_s=sc.run_s,
+        wall_s=round(wall_s, 1),
+        arrivals=len(cars),
+        served=count["served"],
+        failed=count["failed"],
+        turned_away=count["turned_away"],
+        waiting=count["waiting"],
+        waits=percentiles([c.wait_s for c in cars if c.wait_s is not None]),
+        swap_times=percentiles(
+            [c.swap_s for c in cars if c.outcome == "served" and c.swap_s is not None]
+        ),
+        step_s={k: percentiles(v) for k, v in sorted(rec.step_times().items())},
+        cars=cars,
+        samples=rec.samples,
+        alarms=rec.alarms,
+        faults=sorted(rec.faults, key=lambda f: f.t_s),
+        energy_kwh=round(rec.energy_kwh, 1),
+        peak_grid_kw=round(rec.peak_w / 1000.0, 1),
+    )
+
+
+def write_report(report: Report, out: Path, *, html: bool = True, warn: Write = _err) -> list[Path]:
+    """report.json, and report.html when the renderer is there; the paths written."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "report.json"]
+    paths[0].write_text(report.model_dump_json(indent=1) + "\n")
+    if html:
+        try:
+            from simstation import reporthtml
+        except ImportError as exc:
+            warn(f"warning: no HTML report ({exc}); report.json only")
+        else:
+            path = out / "report.html"
+            path.write_text(reporthtml.render(report))
+            paths.append(path)
+    return paths
+
+
+def summary(report: Report) -> str:
+    """The figures in a few lines."""
+    w, s = report.waits, report.swap_times
+    raised = sum(1 for a in report.alarms if a.kind == "raised")
+    lines = [
+        (
+            f"{report.scenario}: {report.duration_s / 3600:g} h simulated in"
+            f" {report.wall_s:.0f} s ({report.speed:g}x)"
+        ),
+        (
+            f"  cars {report.arrivals}: served {report.served}, turned away"
+            f" {report.turned_away}, failed {report.failed}, still waiting {report.waiting}"
+        ),
+        (
+            f"  wait p50 {w.p50 / 60:.1f} min, p90 {w.p90 / 60:.1f} min; swap p50"
+            f" {s.p50 / 60:.1f} min; peak grid {report.peak_grid_kw:.0f} kW,"
+            f" {report.energy_kwh:.0f} kWh"
+        ),
+        f"  alarms raised {raised}, fault entries {len(report.faults)}",
+    ]
+    return "\n".join(lines)
+
+
+# --- progress ------------------------------------------------------------------------------------
+
+
+class Progress:
+    """One line on a terminal, redrawn; without a terminal, a line every tenth of the run."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+        self._tenth = -1
+
+    def update(self, fleet: Fleet, done_s: float, total_s: float, wall_s: float) -> None:
+        """Show where the run is."""
+        frac = min(1.0, done_s / total_s) if total_s > 0 else 1.0
+        c = fleet.counts
+        t = fleet.now()
+        eta = wall_s / frac - wall_s if frac > 0 else 0.0
+        bar = "#" * int(frac * 20) + "." * (20 - int(frac * 20))
+        line = (
+            f"[{bar}] {int(t // 3600) % 24:02d}:{int(t % 3600 // 60):02d} {frac:4.0%}"
+            f"  served {c['served']}  away {c['turned_away']}  failed {c['failed']}"
+            f"  waiting {c['waiting']}  ETA {eta:.0f} s"
+        )
+        if self.tty:
+            self.stream.write("\r" + line + "\x1b[K")
+            self.stream.flush()
+        elif int(frac * 10) != self._tenth:
+            self._tenth = int(frac * 10)
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+    def done(self) -> None:
+        """End the line."""
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m simstation.simulate SCENARIO.toml ...`."""
+    parser = argparse.ArgumentParser(prog="swapctl")
+    sub = parser.add_subparsers(dest="command", required=True)
+    simulate_command(sub)
+    args = parser.parse_args(["simulate", *(sys.argv[1:] if argv is None else argv)])
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
