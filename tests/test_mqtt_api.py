@@ -194,6 +194,10 @@ async def ready(rig: Rig) -> Sequencer:
     assert seq is not None and rig.station.commands is not None
     await until(lambda: not seq.blocking and bool(seq.packs_ready()), what="station ready")
     await until(rig.daemon.link.connected.is_set, what="broker connection")
+    # Every slot's retained state reached the broker (the publisher sends them all within a
+    # tick of connecting), so that a subscriber starting now sees the whole tree.
+    slots = len(rig.station.control.book.slots)
+    await until(lambda: rig.station.slot_publisher.published >= slots, what="the slots published")
     return seq
 
 
