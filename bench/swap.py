@@ -112,12 +112,15 @@ async def measure(config_path: Path, swaps: int) -> dict[str, object]:
         rejected: list[str] = []
         for n in range(1, swaps + 1):
             await until(lambda: bool(seq.packs_ready().get("STD75")), "a charged pack")
-            for _ in range(100):  # a back end asks again when the station says why not
+            deadline = time.monotonic() + 30.0
+            while True:  # a back end asks again when the station says why not
                 try:
                     await seq.request("start_swap", vehicle_id=f"EV-{n}", pack_type="STD75")
                     break
                 except SwapRejectedError as exc:
                     rejected.append(str(exc))
+                    if time.monotonic() > deadline:
+                        raise SystemExit(f"swap {n} refused for 30 s: {exc}") from exc
                     await asyncio.sleep(0.05)
             await until(lambda: not seq.ctx.active, functools.partial(stuck, seq, n))
         elapsed = time.monotonic() - started

@@ -81,8 +81,11 @@ class EventLog:
         batch.event(kind, data)
         return (await self.commit(batch))[0]
 
-    async def commit(self, batch: JournalBatch) -> list[int]:
-        """Commit a batch atomically; return the events' sequence numbers."""
+    async def commit(self, batch: JournalBatch, *, urgent: bool = False) -> list[int]:
+        """Commit a batch atomically; return the events' sequence numbers.
+
+        `urgent`: a physical command waits on this commit (the journal runs it first).
+        """
         at = time.time()
         rows = [
             (at, kind, json.dumps(body, separators=(",", ":"), sort_keys=True))
@@ -101,7 +104,7 @@ class EventLog:
                     seqs.append(int(cur.lastrowid or 0))
             return seqs
 
-        seqs = await self._journal.call(insert)
+        seqs = await self._journal.call(insert, urgent=urgent)
         if seqs:
             self.wake.set()
         return seqs
@@ -135,7 +138,9 @@ class EventLog:
                     (up_to_seq,),
                 )
 
-        await self._journal.call(update)
+        # Lost in a power cut, the mark only makes the outbox publish those events again (at
+        # least once; subscribers drop a `seq` they have seen).
+        await self._journal.call(update, durable=False)
 
 
 class Outbox:

@@ -1,18 +1,25 @@
 """The station's durable store: one SQLite file, WAL, fsync on every commit.
 
-All database work runs on one dedicated thread, in submission order, so the event loop never
-waits on disk and writes keep their order. The schema is migrated forward by `user_version`.
+All database work runs on one dedicated thread, so the event loop never waits on disk. Jobs
+run in submission order within three lanes: the write-ahead commits a physical command waits
+on first, then ordinary work, then bookkeeping that may be lost in a power cut (committed
+without waiting for the disk). Every caller awaits its job, so one task's jobs keep their
+order. The schema is migrated forward by `user_version`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
+import itertools
 import logging
+import queue
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TypeVar
 
@@ -151,15 +158,58 @@ class JournalTooNewError(JournalError):
     """The journal was written by a newer release: a restart cannot fix it, a person must."""
 
 
+class Lane(enum.IntEnum):
+    """Which queued journal jobs run first (a job already running is never interrupted)."""
+
+    URGENT = 0  # a write-ahead commit that a physical command waits on
+    NORMAL = 1
+    LAZY = 2  # bookkeeping, committed without waiting for the disk
+
+
+_Job = tuple[Lane, int, Callable[[], object] | None, Future[object] | None]
+
+
+class _Worker:
+    """One thread running jobs by lane, then in submission order."""
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.PriorityQueue[_Job] = queue.PriorityQueue()
+        self._order = itertools.count()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[], T], lane: Lane) -> Future[T]:
+        future: Future[T] = Future()
+        self._jobs.put((lane, next(self._order), fn, future))  # type: ignore[arg-type]
+        return future
+
+    def shutdown(self) -> None:
+        """Run what is queued, then stop the thread (blocking)."""
+        self._jobs.put((Lane.LAZY, next(self._order), None, None))
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            _, _, fn, future = self._jobs.get()
+            if fn is None or future is None:
+                return
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn()
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+
 class Journal:
     """Owns the SQLite connection and the thread it lives on."""
 
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
         self.read_only = read_only
-        self._executor: ThreadPoolExecutor | None = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="journal"
-        )
+        self._worker: _Worker | None = _Worker("journal")
         self._conn: sqlite3.Connection | None = None
         self.boot_count = 0
 
@@ -181,22 +231,49 @@ class Journal:
             raise
         return journal
 
-    async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn(conn)` on the journal thread and return its result."""
-        return await self._submit(lambda: fn(self._require_conn()))
+    async def call(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        *,
+        durable: bool = True,
+        urgent: bool = False,
+    ) -> T:
+        """Run `fn(conn)` on the journal thread and return its result.
 
-    async def _submit(self, fn: Callable[[], T]) -> T:
-        if self._executor is None:
+        `urgent=True` is for the write-ahead commit that a physical command waits on: it runs
+        before any job queued in the other lanes. `durable=False` is for bookkeeping that is
+        redone if a power cut loses it (an event marked published, the copy of the retained
+        state): it runs after the others, and its commit does not wait for the disk
+        (`synchronous=NORMAL`); the next durable commit's sync covers it, since the WAL is
+        written in order.
+        """
+        if durable:
+            lane = Lane.URGENT if urgent else Lane.NORMAL
+            return await self._submit(lambda: fn(self._require_conn()), lane)
+        return await self._submit(lambda: self._lazily(fn), Lane.LAZY)
+
+    def _lazily(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._require_conn()
+        conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            return fn(conn)
+        finally:
+            conn.execute("PRAGMA synchronous=FULL")
+
+    async def _submit(self, fn: Callable[[], T], lane: Lane = Lane.NORMAL) -> T:
+        if self._worker is None:
             raise JournalError("journal is closed")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        return await asyncio.wrap_future(self._worker.submit(fn, lane))
 
     async def close(self) -> None:
         """Checkpoint and close; idempotent."""
-        if self._executor is None:
+        if self._worker is None:
             return
-        executor, self._executor = self._executor, None
-        await asyncio.get_running_loop().run_in_executor(executor, self._close_sync)
-        executor.shutdown(wait=True)
+        worker, self._worker = self._worker, None
+        try:
+            await asyncio.wrap_future(worker.submit(self._close_sync, Lane.LAZY))
+        finally:
+            await asyncio.to_thread(worker.shutdown)
 
     def _require_conn(self) -> sqlite3.Connection:
         if self._conn is None:

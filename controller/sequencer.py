@@ -639,7 +639,7 @@ class Sequencer:
         self._release_emptied(now)
         batch = self._reconcile_racks(now)
         if batch:
-            await self.events.commit(batch)
+            await self.events.commit(batch, urgent=True)
         facts = self.facts(now)
         if self._recovering:
             await self._apply_outputs(now, {})
@@ -1201,7 +1201,7 @@ class Sequencer:
     async def _persist(self, batch: JournalBatch | None = None) -> None:
         batch = self._with_deferred(batch or JournalBatch())
         self._write(self.ctx, batch)
-        await self.events.commit(batch)
+        await self.events.commit(batch, urgent=True)  # write-ahead: a command waits on it
         self.changed.set()
 
     async def _flush(self) -> None:

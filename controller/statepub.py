@@ -176,7 +176,8 @@ class StatePublisher:
                     (body,),
                 )
 
-        await self.journal.call(write)
+        # A copy of what the station shows, rebuilt at every start: no need to wait for the disk.
+        await self.journal.call(write, durable=False)
 
     async def _publish(self, body: str) -> None:
         try:
@@ -194,7 +195,7 @@ class StatePublisher:
                 with transaction(conn):
                     conn.execute("UPDATE station_state SET published = 1 WHERE body = ?", (body,))
 
-            await self.journal.call(mark)
+            await self.journal.call(mark, durable=False)
 
 
 def _content(state: StationState) -> dict[str, object]:

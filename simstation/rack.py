@@ -84,6 +84,10 @@ class SimRack:
         self._index = {slot: i for i, slot in enumerate(self.slots)}
         self._server: ModbusTcpServer | ModbusSerialServer | None = None
         self._physics: asyncio.Task[None] | None = None
+        # Set by a handover or a setpoint write: the physics steps at once rather than at the
+        # next tick, as a real charger applies a setpoint and reports a pack within
+        # milliseconds (at 600x a 50 ms tick would be 30 simulated seconds late).
+        self._nudge = asyncio.Event()
         self._last_request = time.monotonic()
         self._rack_heartbeat = 0
         self._host = "127.0.0.1"
@@ -147,10 +151,13 @@ class SimRack:
     def insert_pack(self, slot: int, pack: SimPack) -> None:
         """A pack is put into `slot`."""
         self.chargers[slot].insert(pack)
+        self._nudge.set()
 
     def remove_pack(self, slot: int) -> SimPack:
         """The pack in `slot` is taken out."""
-        return self.chargers[slot].remove()
+        pack = self.chargers[slot].remove()
+        self._nudge.set()
+        return pack
 
     def pack_in(self, slot: int) -> SimPack | None:
         """The pack in `slot`, if any."""
@@ -261,6 +268,7 @@ class SimRack:
         """A real charger clamps a current limit above its rating (non-blocking hook)."""
         if not set_values or function_code not in {6, 16}:
             return
+        self._nudge.set()  # the physics applies the write as soon as it has landed
         limit = self.profile.slot_registers["current_limit"]
         for n in range(len(set_values)):
             if (unit, address + n) in self._limit_addresses:
@@ -271,7 +279,10 @@ class SimRack:
     async def _run_physics(self) -> None:
         last = self.clock.now()
         while True:
-            await asyncio.sleep(TICK_S)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(TICK_S):
+                    await self._nudge.wait()
+            self._nudge.clear()
             now = self.clock.now()
             dt, last = now - last, now
             # An unreachable rack keeps charging at its last setpoints: physics never pauses.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -51,3 +53,42 @@ async def test_daemon_exits_78_on_a_too_new_journal(
     code = await asyncio.wait_for(Daemon(load_config(path, environ={})).run(), 10)
     assert code == EXIT_CONFIG
     assert "journal schema version 999 is newer than this software" in caplog.text
+
+
+async def test_write_ahead_commits_jump_the_queue_and_bookkeeping_waits(tmp_path: Path) -> None:
+    journal = await Journal.open(tmp_path)
+    try:
+        ran: list[str] = []
+        loop = asyncio.get_running_loop()
+        busy_now: asyncio.Future[None] = loop.create_future()
+        release = threading.Event()
+
+        def blocker(_conn: sqlite3.Connection) -> None:
+            loop.call_soon_threadsafe(busy_now.set_result, None)
+            release.wait(5)
+
+        def job(name: str) -> Callable[[sqlite3.Connection], None]:
+            return lambda _conn: ran.append(name)
+
+        busy = asyncio.ensure_future(journal.call(blocker))
+        await busy_now  # the thread is busy: what follows queues
+        jobs = [
+            asyncio.ensure_future(journal.call(job("lazy"), durable=False)),
+            asyncio.ensure_future(journal.call(job("normal-1"))),
+            asyncio.ensure_future(journal.call(job("urgent"), urgent=True)),
+            asyncio.ensure_future(journal.call(job("normal-2"))),
+        ]
+        await asyncio.sleep(0)  # every job submitted
+        release.set()
+        await asyncio.gather(busy, *jobs)
+        assert ran == ["urgent", "normal-1", "normal-2", "lazy"]
+        # Bookkeeping commits without waiting for the disk; the connection is back at FULL.
+        await journal.call(
+            lambda c: c.execute("INSERT INTO meta(key, value) VALUES ('k', 'v')"), durable=False
+        )
+        assert await journal.call(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]) == 2
+    finally:
+        await journal.close()
+    reread = sqlite3.connect(tmp_path / FILENAME)
+    assert reread.execute("SELECT value FROM meta WHERE key = 'k'").fetchone() == ("v",)
+    reread.close()
