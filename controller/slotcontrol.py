@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import sqlite3
@@ -117,6 +118,9 @@ class SlotControl:
         self.ready_counts: Callable[[], dict[str, int]] = dict
         self._queue: asyncio.Queue[RackSnapshot] = asyncio.Queue(maxsize=1000)
         self._writes: dict[int, _Writing] = {}
+        # The setpoints last written and verified per slot (enable, limit or None when only
+        # the enable was written), with the monotonic time of the read-back.
+        self._applied: dict[int, tuple[bool, float | None, float]] = {}
 
     # --- inputs ------------------------------------------------------------------------------
 
@@ -200,7 +204,7 @@ class SlotControl:
             self._report(*self.alarms.reconcile(rack_scope(rack), causes, rack=rack), batch)
         stops: list[tuple[SlotView, tuple[bool, float]]] = []
         starts: list[tuple[SlotView, tuple[bool, float]]] = []
-        views = self.book.views(now)
+        views = [self._as_commanded(v) for v in self.book.views(now)]
         for view in views:
             check = self.rules.check(view)
             self.checks[view.slot] = check
@@ -411,7 +415,7 @@ class SlotControl:
 
     def _still_wanted(self, slot: int, want: tuple[bool, float]) -> bool:
         """Re-check an enable just before writing it: the data may have moved on."""
-        view = self.book.view(slot, time.monotonic())
+        view = self._as_commanded(self.book.view(slot, time.monotonic()))
         check = self.rules.check(view)
         self.checks[slot] = check
         return not check.causes and self._target(view, time.monotonic()) == want
@@ -437,11 +441,9 @@ class SlotControl:
         writing = self._writes.get(view.slot)
         try:
             async with asyncio.timeout(WRITE_TIMEOUT_S):
-                await rack.driver.write_setpoints(
-                    view.slot,
-                    # Limit first, so the charger never runs at a stale, higher limit.
-                    current_limit=limit if enable else None,
-                    charge_enable=enable,
+                # Limit first, so the charger never runs at a stale, higher limit.
+                await self._write_verified(
+                    rack, view.slot, enable=enable, limit=limit if enable else None
                 )
         except (DriverError, TimeoutError) as exc:
             message = str(exc) or f"no answer within {WRITE_TIMEOUT_S:g} s"
@@ -466,6 +468,35 @@ class SlotControl:
         rack.poller.poll_soon()
         return True
 
+    async def _write_verified(
+        self, rack: Rack, slot: int, *, enable: bool, limit: float | None
+    ) -> None:
+        """Write a slot's setpoints (the driver verifies them) and remember them as applied."""
+        await rack.driver.write_setpoints(slot, current_limit=limit, charge_enable=enable)
+        self._applied[slot] = (enable, limit, time.monotonic())
+
+    def _as_commanded(self, view: SlotView) -> SlotView:
+        """The view with the setpoints last written, when its reading is older than the write.
+
+        A poll whose reads were sent before a write landed (the link serialises them, so such
+        a poll can complete just after the write) shows the setpoints from before it. Taken
+        for the truth, it would make the controller believe a charger still at a limit it has
+        just raised, "already there" at the old one, and give the difference to another slot:
+        over the budget. The verified write is the truth until a poll sent after it.
+        """
+        applied = self._applied.get(view.slot)
+        r = view.reading
+        if applied is None or r is None:
+            return view
+        enable, limit, at = applied
+        if r.at >= at:
+            del self._applied[view.slot]  # the reading is newer: it tells
+            return view
+        commanded = dataclasses.replace(
+            r, charge_enable=enable, current_limit=r.current_limit if limit is None else limit
+        )
+        return dataclasses.replace(view, reading=commanded)
+
     async def stop_all(self) -> None:
         """Switch every reachable charger off, racks in parallel; nothing switches on again."""
         self.stopping = True
@@ -474,7 +505,7 @@ class SlotControl:
             for slot in rack.driver.slots:
                 try:
                     async with asyncio.timeout(WRITE_TIMEOUT_S):
-                        await rack.driver.write_setpoints(slot, charge_enable=False)
+                        await self._write_verified(rack, slot, enable=False, limit=None)
                 except (DriverError, TimeoutError) as exc:
                     _log.warning("rack %s slot %d: could not stop charging: %s", name, slot, exc)
 
@@ -523,8 +554,8 @@ class SlotControl:
             self.changed.set()
         try:
             async with asyncio.timeout(WRITE_TIMEOUT_S):
-                await self.racks[view.rack].driver.write_setpoints(
-                    slot, current_limit=limit if enable else None, charge_enable=enable
+                await self._write_verified(
+                    self.racks[view.rack], slot, enable=enable, limit=limit if enable else None
                 )
         except (DriverError, TimeoutError) as exc:
             raise CommandRefusedError(f"slot {slot}: {exc or 'no answer'}") from exc

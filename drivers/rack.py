@@ -63,7 +63,7 @@ class SlotReading:
     """What one slot's charger reported in one poll; None means unknown."""
 
     slot: int
-    at: float  # monotonic time the rack's poll completed
+    at: float  # monotonic time its first read was sent in the poll: the data is at least that old
     wall: float  # the same moment, wall clock
     status: str
     pack_present: bool | None
