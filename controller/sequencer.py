@@ -201,6 +201,7 @@ class Sequencer:
         self._step_ended_at: float | None = None  # the device event that ended the last step
         self._reconciled_at: dict[int, float] = {}  # slot -> time of the reading reconciled
         self._handover_at: dict[int, float] = {}  # slot -> when a pack last moved there or out
+        self._entered_at = 0.0  # monotonic time the current phase was entered
 
     @property
     def recovering(self) -> bool:
@@ -764,7 +765,14 @@ class Sequencer:
 
     async def _lift(self, state: str, facts: Mapping[str, bool | None]) -> list[str]:
         up = state == "lifting"
-        if facts.get("lift_up" if up else "lift_down") is True:
+        end = "lift_up" if up else "lift_down"
+        if facts.get(end) is True:
+            # Only a reading sent after this phase began tells where the lift is now: one
+            # from before may show the lift down from before it moved (a fault a moment
+            # after the raise, then lowering on the abort path).
+            reading, _ = self.io_reading(time.monotonic())
+            if reading is None or reading.at < self._entered_at:
+                return [f"waiting for a fresh reading of {end.replace('_', ' ')}"]
             self._lift_moving = False
             await self._go("lifted" if up else "lowered")
             return []
@@ -1189,6 +1197,7 @@ class Sequencer:
         # Journalled as it will be in the new phase, with the first command of that phase if
         # it follows at once, or at the end of this step: before anything physical either way.
         self.machine.send(event)
+        self._entered_at = time.monotonic()
         self._write(ctx, batch)
         self._deferred = batch
         if self._step_ended_at is None:
