@@ -1,7 +1,7 @@
 """The simulated station PLC: the bay's vehicle, lift, gate and safety chain behind Modbus TCP.
 
 It is the station I/O driver run in reverse: the I/O map comes from the same profile file and
-the registers go through the same codec. A physics task, every `TICK_S` of real time (one PLC
+the registers go through the same codec. A physics task, every `tick_s` of real time (one PLC
 cycle), reads the coils the controller wrote, steps the lift, the gate and the vehicle on
 simulated time, and publishes every input and register; the heartbeat counts the cycles.
 
@@ -137,10 +137,14 @@ class SimPlc:
         clock: SimClock | None = None,
         unit_id: int = 1,
         lift_time_s: float = 8.0,
+        tick_s: float = TICK_S,
     ) -> None:
+        if tick_s <= 0:
+            raise ValueError("tick_s must be > 0")
         self.profile = profile
         self.clock = clock or SimClock()
         self.unit_id = unit_id
+        self.tick_s = tick_s  # one PLC cycle, real seconds
         self.lift = SimLift(lift_time_s)
         self.estop_ok = True
         self.light_curtain_clear = True
@@ -164,6 +168,12 @@ class SimPlc:
         self._stuck: dict[int, bool] = {}  # coil address -> the value writes are held at
         self._server: ModbusTcpServer | None = None
         self._physics: asyncio.Task[None] | None = None
+        # Set once an output write has been answered: the next cycle runs at once (the outputs
+        # act now, not up to a cycle later, which at 600x would be seconds of simulated time).
+        # Not from inside the request: physics touching the datastore while pymodbus handles a
+        # request can get replies stamped with the wrong transaction id.
+        self._nudge = asyncio.Event()
+        self._written = False
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -393,6 +403,9 @@ class SimPlc:
         if not sending:
             self.requests += 1
             return data
+        if self._written:  # the write is answered: the cycle may run
+            self._written = False
+            self._nudge.set()
         return b"" if self.silent else data
 
     def _device(self) -> SimDevice:
@@ -427,17 +440,49 @@ class SimPlc:
         set_values: list[int] | list[bool] | None,
     ) -> None:
         """A stuck output ignores writes (non-blocking pymodbus hook)."""
-        if not set_values or not self._stuck or function_code not in {5, 15}:
+        if not set_values or function_code not in {5, 15}:
+            return
+        self._written = True
+        if not self._stuck:
             return
         for n in range(len(set_values)):
             stuck = self._stuck.get(address + n)
             if stuck is not None:
                 set_values[n] = stuck
 
+    def _next_event_s(self, now: float) -> float | None:
+        """Simulated seconds until the lift reaches an end or the vehicle's phase ends."""
+        times = []
+        raising = self.coils.get("lift_raise", False) and self.estop_ok
+        lowering = self.coils.get("lift_lower", False) and self.estop_ok
+        if raising != lowering:
+            left = 1.0 - self.lift.position if raising else self.lift.position
+            if left > 0:
+                times.append(left * self.lift.lift_time_s)
+        v = self.vehicle
+        if v is not None:
+            length = {
+                _Phase.POSITIONING: v.positioning_s,
+                _Phase.POWERING_DOWN: v.power_down_s,
+                _Phase.LEAVING: v.leave_s,
+            }.get(self._phase)
+            if length is not None:
+                times.append(max(0.0, self._phase_at + length - now))
+        return min(times, default=None)
+
     async def _run_physics(self) -> None:
         last = self.clock.now()
         while True:
-            await asyncio.sleep(TICK_S)
+            # A cycle every tick, and one at the moment something is due to happen (a limit
+            # switch, the vehicle in position), so that events are not quantised to cycles.
+            wait = self.tick_s
+            due = self._next_event_s(last)
+            if due is not None:
+                wait = min(wait, self.clock.real(due))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._nudge.wait()
+            self._nudge.clear()
             now = self.clock.now()
             dt, last = now - last, now
             # The outputs set at the last scan drove the machinery since: step, then scan.

@@ -88,6 +88,9 @@ class SimRack:
         # next tick, as a real charger applies a setpoint and reports a pack within
         # milliseconds (at 600x a 50 ms tick would be 30 simulated seconds late).
         self._nudge = asyncio.Event()
+        # A setpoint write is being handled: nudge once it is answered, not from inside the
+        # request (physics touching the datastore mid-request can garble transaction ids).
+        self._written = False
         self._last_request = time.monotonic()
         self._rack_heartbeat = 0
         self._host = "127.0.0.1"
@@ -223,6 +226,9 @@ class SimRack:
                     data[0] if self._serial_port is not None else (data[6] if len(data) > 6 else 0)
                 )
             return data
+        if self._written:  # a setpoint write is answered: the physics may apply it
+            self._written = False
+            self._nudge.set()
         if self.silent or self._last_unit in self.silent_units:
             return b""
         if self.drop_rate and self._rng.random() < self.drop_rate:
@@ -268,7 +274,7 @@ class SimRack:
         """A real charger clamps a current limit above its rating (non-blocking hook)."""
         if not set_values or function_code not in {6, 16}:
             return
-        self._nudge.set()  # the physics applies the write as soon as it has landed
+        self._written = True  # the physics applies it once the write is answered (`_trace`)
         limit = self.profile.slot_registers["current_limit"]
         for n in range(len(set_values)):
             if (unit, address + n) in self._limit_addresses:

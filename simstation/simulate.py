@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -64,9 +64,9 @@ DAEMON_STOP_TIMEOUT_S = 10.0
 # simulated seconds, and every handover in a swap waits for one.
 STATION_IO_POLL_S = 0.01
 RACK_POLL_S = 0.05
-# The simulated PLC's cycle (real seconds; `simstation.plc.TICK_S`, 20 ms): every handover
-# waits for one or two cycles, 14 simulated seconds each at 720x. 5 ms brings a swap from about
-# 4.8 to 3.7 simulated minutes at 720x. A module constant for now (see `_plc_cycle`).
+# The simulated PLC's cycle (real seconds; 20 ms by default, 12 simulated seconds at 600x).
+# Its limit switches and the vehicle's moves land at their own time and an output write acts at
+# once whatever the cycle, but each cycle is a scan the controller's poll may wait for.
 PLC_TICK_S = 0.005
 NOMINAL_V = 360.0  # a pack's nominal voltage (96 cells x 3.75 V): kWh -> Ah
 CHARGE_V = 403.2  # a full pack's charge voltage (96 x 4.2 V): a charger's kW from its amps
@@ -230,25 +230,8 @@ async def simulate(
 ) -> Report:
     """Run the scenario against the real daemon; the report."""
     workdir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before the run
-    with Mosquitto(workdir / "broker") as broker, _plc_cycle(PLC_TICK_S):
+    with Mosquitto(workdir / "broker") as broker:
         return await _run(loaded, workdir, broker, progress)
-
-
-@contextlib.contextmanager
-def _plc_cycle(seconds: float) -> Iterator[None]:
-    """The simulated PLC's cycle for the run, restored after it.
-
-    `SimPlc` reads its cycle from the module constant on every cycle; a `tick_s` parameter of
-    `SimPlc` / `SimStation` would be better (asked for: see docs/simulator.md).
-    """
-    from simstation import plc
-
-    before = plc.TICK_S
-    plc.TICK_S = seconds
-    try:
-        yield
-    finally:
-        plc.TICK_S = before
 
 
 def rack_specs(loaded: LoadedScenario, rng: random.Random) -> list[SimRackSpec]:
@@ -331,7 +314,7 @@ async def _run(
     specs = rack_specs(loaded, rng)
     (work / "sim").mkdir(exist_ok=True)
     # Real time until the day starts: the packs do not charge while the daemon starts up.
-    sim = SimStation(work / "sim", specs, speed=1.0, robot=True, plc=True)
+    sim = SimStation(work / "sim", specs, speed=1.0, robot=True, plc=True, plc_tick_s=PLC_TICK_S)
     await sim.start()
     daemon: asyncio.subprocess.Process | None = None
     tasks: list[asyncio.Task[Any]] = []

@@ -79,6 +79,7 @@ class SimStation:
         plc_port: int = 0,
         plc_host: str = "127.0.0.1",
         plc_unit_id: int = 1,
+        plc_tick_s: float | None = None,
         lift_time_s: float = 8.0,
     ) -> None:
         self.workdir = workdir
@@ -96,6 +97,7 @@ class SimStation:
                 clock=self.clock,
                 unit_id=plc_unit_id,
                 lift_time_s=lift_time_s,
+                **({} if plc_tick_s is None else {"tick_s": plc_tick_s}),
             )
         self.plc_port = plc_port
         self.plc_host = plc_host
