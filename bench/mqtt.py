@@ -138,7 +138,9 @@ def main() -> None:
     parser.add_argument("--mqtt-port", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve is not None:
-        asyncio.run(serve(args.serve, args.mqtt_port))
+        from controller import eventloop  # the daemon's loop
+
+        eventloop.run(serve(args.serve, args.mqtt_port))
         return
     logging.basicConfig(level=logging.WARNING)
     from simstation.broker import Mosquitto

@@ -23,6 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from controller import eventloop
 from drivers.modbus.link import LinkParams, ModbusLink, TcpParams
 from drivers.modbus.plan import Read, min_reads
 from drivers.modbus.profile import load_profile
@@ -123,7 +124,7 @@ def main() -> int:
     try:
         assert child.stdout is not None
         port = int(child.stdout.readline())
-        result = asyncio.run(measure(port, args.slots, args.cycles))
+        result = eventloop.run(measure(port, args.slots, args.cycles))
     finally:
         child.terminate()
         child.wait(timeout=10)

@@ -25,6 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from controller import eventloop
 from drivers.robot.link import RobotLink, RobotParams
 from drivers.robot.protocol import MoveArgs, MsgType, Target
 
@@ -104,7 +105,7 @@ def main() -> int:
         try:
             assert child.stdout is not None
             child.stdout.readline()
-            result = asyncio.run(measure(path, args.commands))
+            result = eventloop.run(measure(path, args.commands))
         finally:
             child.terminate()
             child.wait(timeout=10)

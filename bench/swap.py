@@ -166,7 +166,9 @@ def main() -> None:
             assert child.stdout is not None
             if child.stdout.readline().strip() != "ready":
                 raise SystemExit("the simulated station did not start")
-            result = asyncio.run(measure(workdir / "station.toml", args.swaps))
+            from controller import eventloop  # the daemon's loop
+
+            result = eventloop.run(measure(workdir / "station.toml", args.swaps))
         finally:
             child.terminate()
             child.wait(10)

@@ -171,6 +171,7 @@ def load_or_report(path: Path) -> StationConfig | None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from controller import eventloop
     from controller.daemon import EXIT_CONFIG, Daemon
     from controller.logsetup import setup_logging
 
@@ -179,7 +180,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     secrets = [config.mqtt.password.get_secret_value()] if config.mqtt.password else []
     setup_logging(config.logging.format, config.logging.level, secrets)
-    return asyncio.run(Daemon(config).run())
+    return eventloop.run(Daemon(config).run())
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -124,6 +125,10 @@ class Daemon:
                 }
                 self.notifier.ready(self._status_line())
                 _log.info("ready: %s", self._status_line())
+                # What start-up built (modules, config, profiles, models) lives as long as the
+                # process: out of the collector's way, a full collection takes about a
+                # millisecond instead of 17 (a pause every step of a swap would feel).
+                gc.freeze()
                 await self._stop.wait()
                 await self._shutdown(tasks)
         except* Exception as group:  # noqa: BLE001 - any task failure ends the daemon, logged

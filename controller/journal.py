@@ -29,6 +29,7 @@ _log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 FILENAME = "journal.sqlite3"
+CHECKPOINT_EVERY_S = 2.0  # the WAL is copied into the database this often, off the write path
 
 # Append-only list: migration N brings user_version from N to N+1.
 MIGRATIONS: tuple[str, ...] = (
@@ -203,6 +204,43 @@ class _Worker:
                 future.set_result(result)
 
 
+class _Checkpointer:
+    """Copies the WAL into the database on a thread and a connection of its own.
+
+    SQLite's automatic checkpoint runs inside the commit that takes the WAL past 1000 pages,
+    fsync of the database file included: that commit, a write-ahead one as likely as any, took
+    100-250 ms (`bench/swap.py`). A passive checkpoint from another connection runs beside the
+    writer in WAL mode and never makes it wait.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="journal-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            conn = sqlite3.connect(self._path, isolation_level=None, timeout=1.0)
+        except sqlite3.Error as exc:
+            _log.warning("journal checkpoints off: %s", exc)
+            return
+        try:
+            conn.execute("PRAGMA synchronous=FULL")
+            while not self._stop.wait(CHECKPOINT_EVERY_S):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error as exc:  # busy or I/O: the next one catches up
+                    _log.warning("journal checkpoint failed: %s", exc)
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        """Stop (blocking until a checkpoint under way has finished)."""
+        self._stop.set()
+        self._thread.join()
+
+
 class Journal:
     """Owns the SQLite connection and the thread it lives on."""
 
@@ -211,6 +249,7 @@ class Journal:
         self.read_only = read_only
         self._worker: _Worker | None = _Worker("journal")
         self._conn: sqlite3.Connection | None = None
+        self._checkpointer: _Checkpointer | None = None
         self.boot_count = 0
 
     @classmethod
@@ -229,6 +268,8 @@ class Journal:
         except BaseException:
             await journal.close()
             raise
+        if not read_only:
+            journal._checkpointer = _Checkpointer(journal.path)
         return journal
 
     async def call(
@@ -270,6 +311,9 @@ class Journal:
         if self._worker is None:
             return
         worker, self._worker = self._worker, None
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            await asyncio.to_thread(checkpointer.stop)
         try:
             await asyncio.wrap_future(worker.submit(self._close_sync, Lane.LAZY))
         finally:
@@ -289,6 +333,7 @@ class Journal:
             conn = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # `_Checkpointer` does it, off this thread
             conn.execute("PRAGMA foreign_keys=ON")
             self._conn = conn
             self._migrate(conn)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from controller import journal as journal_module
 from controller.configload import load_config
 from controller.daemon import EXIT_CONFIG, Daemon
 from controller.journal import FILENAME, MIGRATIONS, Journal, JournalTooNewError
@@ -92,3 +93,29 @@ async def test_write_ahead_commits_jump_the_queue_and_bookkeeping_waits(tmp_path
     reread = sqlite3.connect(tmp_path / FILENAME)
     assert reread.execute("SELECT value FROM meta WHERE key = 'k'").fetchone() == ("v",)
     reread.close()
+
+
+async def test_the_wal_is_checkpointed_off_the_write_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal_module, "CHECKPOINT_EVERY_S", 0.05)
+    journal = await Journal.open(tmp_path)
+    try:
+        # No commit checkpoints by itself: that is the checkpointer's job, on its own thread.
+        assert await journal.call(lambda c: c.execute("PRAGMA wal_autocheckpoint").fetchone()) == (
+            0,
+        )
+        blob = "x" * 4000
+
+        def fill(conn: sqlite3.Connection) -> None:
+            for n in range(200):
+                conn.execute("INSERT INTO meta(key, value) VALUES (?, ?)", (f"k{n}", blob))
+
+        await journal.call(fill)
+        database = tmp_path / FILENAME
+        deadline = asyncio.get_running_loop().time() + 10
+        while database.stat().st_size < 200 * 4000:  # the rows reached the database file
+            assert asyncio.get_running_loop().time() < deadline, "no checkpoint within 10 s"
+            await asyncio.sleep(0.02)
+    finally:
+        await journal.close()
