@@ -87,7 +87,7 @@ def demo_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     p.add_argument(
         "--traffic-retry",
-        type=_pause,
+        type=positive_number,
         default=TrafficOptions.retry_s,
         metavar="S",
         help="real seconds before a refused start_swap is asked again (default: %(default)g)",
@@ -111,7 +111,8 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _pause(text: str) -> float:
+def positive_number(text: str) -> float:
+    """An argparse type: a number above 0."""
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text}: must be > 0")
@@ -183,7 +184,7 @@ async def _demo(config: Any, work: Path, broker: Mosquitto, args: argparse.Names
                     fleet.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await fleet
-                await _stop_daemon(daemon)
+                await stop_daemon(daemon)
             if view.tty and daemon.returncode not in (0, None):
                 _print_tail(log_path)
         stats = traffic.stats if traffic is not None else None
@@ -702,9 +703,11 @@ def _event_line(event: dict[str, Any]) -> str:
     return f"#{seq:<5} {kind:<16} {where:<10} {data.get('code', '')} {what}"
 
 
-async def _stop_daemon(daemon: asyncio.subprocess.Process) -> None:
+async def stop_daemon(daemon: asyncio.subprocess.Process) -> None:
+    """SIGTERM the daemon's process and wait for it; SIGKILL it if it does not stop in time."""
     if daemon.returncode is None:
-        daemon.send_signal(signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            daemon.send_signal(signal.SIGTERM)
         try:
             async with asyncio.timeout(DAEMON_STOP_TIMEOUT_S):
                 await daemon.wait()

@@ -29,6 +29,7 @@ from pathlib import Path
 from controller.config import SerialLine, StationConfig
 from controller.configload import ConfigError, load_config
 from drivers.robot.protocol import FaultCode, MsgType
+from simstation.cli import positive_number
 from simstation.plc import SimPlc
 from simstation.ptypair import PtyPairError
 from simstation.rack import SimRack
@@ -50,7 +51,9 @@ def sim_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         " stdin inject faults ('help' lists them).",
     )
     p.add_argument("--config", type=Path, required=True, help="the station config (station.toml)")
-    p.add_argument("--speed", type=_positive, default=1.0, help="simulated time per real second")
+    p.add_argument(
+        "--speed", type=positive_number, default=1.0, help="simulated time per real second"
+    )
     p.add_argument(
         "--bind",
         metavar="HOST",
@@ -92,13 +95,6 @@ def _say(text: str, *, err: bool = False) -> None:
     stream = sys.stderr if err else sys.stdout
     stream.write(f"{text}\n")
     stream.flush()
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text}: must be > 0")
-    return value
 
 
 def _share(text: str) -> float:

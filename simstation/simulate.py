@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import os
 import random
-import signal
 import sys
 import time
 import tomllib
@@ -29,6 +27,7 @@ from controller.configload import ConfigError
 from drivers.robot.protocol import MsgType
 from simstation.broker import Mosquitto
 from simstation.charger import SimPack
+from simstation.cli import stop_daemon
 from simstation.report import (
     AlarmEntry,
     FaultEntry,
@@ -59,7 +58,6 @@ STATION_ID = "sim"
 SAMPLE_EVERY_S = 60.0  # simulated
 PROGRESS_EVERY_S = 0.25  # wall
 READY_TIMEOUT_S = 60.0  # wall: the daemon up, the racks read, the packs seen
-DAEMON_STOP_TIMEOUT_S = 10.0
 # Poll periods (wall seconds) for the daemon in a simulation: at 720x a 0.05 s poll is 36
 # simulated seconds, and every handover in a swap waits for one.
 STATION_IO_POLL_S = 0.01
@@ -374,7 +372,7 @@ async def _run(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if daemon is not None:
-            await _stop_daemon(daemon)
+            await stop_daemon(daemon)
         await sim.stop()
 
 
@@ -462,18 +460,6 @@ async def _until_ready(
                 f" {fleet._status}, state {state}"  # noqa: SLF001
             )
         await asyncio.sleep(0.05)
-
-
-async def _stop_daemon(daemon: asyncio.subprocess.Process) -> None:
-    if daemon.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            daemon.send_signal(signal.SIGTERM)
-        try:
-            async with asyncio.timeout(DAEMON_STOP_TIMEOUT_S):
-                await daemon.wait()
-        except TimeoutError:
-            daemon.kill()
-            await daemon.wait()
 
 
 async def _sample(rec: Recorder, fleet: Fleet, sim: SimStation, end_s: float) -> None:
