@@ -220,19 +220,29 @@ class _Checkpointer:
         self._thread.start()
 
     def _run(self) -> None:
-        try:
-            conn = sqlite3.connect(self._path, isolation_level=None, timeout=1.0)
-        except sqlite3.Error as exc:
-            _log.warning("journal checkpoints off: %s", exc)
-            return
-        try:
-            conn.execute("PRAGMA synchronous=FULL")
-            while not self._stop.wait(CHECKPOINT_EVERY_S):
-                try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                except sqlite3.Error as exc:  # busy or I/O: the next one catches up
-                    _log.warning("journal checkpoint failed: %s", exc)
-        finally:
+        # It must not die: with the automatic checkpoint off, the WAL would grow until the
+        # disk is full. A failure is logged and the next period tries again, connection and all.
+        conn: sqlite3.Connection | None = None
+        failing = False
+        while not self._stop.wait(CHECKPOINT_EVERY_S):
+            try:
+                if conn is None:
+                    conn = sqlite3.connect(self._path, isolation_level=None, timeout=1.0)
+                    conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                if failing:
+                    _log.info("journal checkpoints work again")
+                failing = False
+            except Exception as exc:  # noqa: BLE001 - logged; retried every period, never fatal
+                if not failing:
+                    _log.warning("journal checkpoint failed (retrying every %g s): %s",
+                                 CHECKPOINT_EVERY_S, exc)  # fmt: skip
+                failing = True
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                    conn = None
+        if conn is not None:
             conn.close()
 
     def stop(self) -> None:
@@ -299,6 +309,8 @@ class Journal:
         try:
             return fn(conn)
         finally:
+            if conn.in_transaction:  # the level cannot change inside one
+                conn.execute("ROLLBACK")
             conn.execute("PRAGMA synchronous=FULL")
 
     async def _submit(self, fn: Callable[[], T], lane: Lane = Lane.NORMAL) -> T:
@@ -413,4 +425,9 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
+    try:
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:  # a failed COMMIT (busy, I/O) leaves it open
+            conn.execute("ROLLBACK")
+        raise

@@ -769,13 +769,13 @@ class Sequencer:
         if facts.get(end) is True:
             # Only a reading sent after this phase began tells where the lift is now: one
             # from before may show the lift down from before it moved (a fault a moment
-            # after the raise, then lowering on the abort path).
+            # after the raise, then lowering on the abort path). Until then it goes on as if
+            # not there yet: interlocks checked, the lift driven toward its end.
             reading, _ = self.io_reading(time.monotonic())
-            if reading is None or reading.at < self._entered_at:
-                return [f"waiting for a fresh reading of {end.replace('_', ' ')}"]
-            self._lift_moving = False
-            await self._go("lifted" if up else "lowered")
-            return []
+            if reading is not None and reading.at >= self._entered_at:
+                self._lift_moving = False
+                await self._go("lifted" if up else "lowered")
+                return []
         failing = self._failing(state, facts)
         if failing:
             if self._lift_moving:

@@ -204,8 +204,11 @@ class SlotControl:
             self._report(*self.alarms.reconcile(rack_scope(rack), causes, rack=rack), batch)
         stops: list[tuple[SlotView, tuple[bool, float]]] = []
         starts: list[tuple[SlotView, tuple[bool, float]]] = []
-        views = [self._as_commanded(v) for v in self.book.views(now)]
-        for view in views:
+        # Supervision judges what the chargers reported; the setpoint decisions take the
+        # setpoints last written where the reading is older (`_as_commanded`).
+        measured = self.book.views(now)
+        views = [self._as_commanded(v) for v in measured]
+        for view in measured:
             check = self.rules.check(view)
             self.checks[view.slot] = check
             causes = dict(check.causes)
@@ -218,7 +221,7 @@ class SlotControl:
             self._report(raised, cleared, batch)
             if check.trips:
                 self._latch(view, check, batch)
-        self._allocate(views, now)
+        self._allocate(views, measured, now)
         for view in views:
             want = self._wanted(view, now)
             if want is not None:
@@ -244,11 +247,15 @@ class SlotControl:
             await self._write_all([(v, w) for v, w in starts if self._still_wanted(v.slot, w)])
         self.last_step = time.monotonic()
 
-    def _allocate(self, views: list[SlotView], now: float) -> None:
-        """Share the power budget among the slots that may charge (controller/power.py)."""
+    def _allocate(self, views: list[SlotView], measured: list[SlotView], now: float) -> None:
+        """Share the power budget among the slots that may charge (controller/power.py).
+
+        `views` carry the setpoints as commanded, `measured` what the chargers reported (the
+        taper is learnt from measurements only).
+        """
         cfg = self.config.power
         budget = budget_w(cfg, datetime.now().astimezone())
-        self.power.learn(views)
+        self.power.learn(measured)
         self.demands = demands = [
             self.power.demand(v, wants=self._may_charge(v, now), taper=budget is not None)
             for v in views
@@ -415,10 +422,13 @@ class SlotControl:
 
     def _still_wanted(self, slot: int, want: tuple[bool, float]) -> bool:
         """Re-check an enable just before writing it: the data may have moved on."""
-        view = self._as_commanded(self.book.view(slot, time.monotonic()))
-        check = self.rules.check(view)
+        measured = self.book.view(slot, time.monotonic())
+        check = self.rules.check(measured)
         self.checks[slot] = check
-        return not check.causes and self._target(view, time.monotonic()) == want
+        return (
+            not check.causes
+            and self._target(self._as_commanded(measured), time.monotonic()) == want
+        )
 
     async def _write_all(self, plans: Iterable[tuple[SlotView, tuple[bool, float]]]) -> set[int]:
         """Write setpoints, racks in parallel (a slow rack delays only itself); return failures."""
@@ -492,8 +502,13 @@ class SlotControl:
         if r.at >= at:
             del self._applied[view.slot]  # the reading is newer: it tells
             return view
+        # Its current was measured before the write: not a measure of the new setpoint (the
+        # allocator's taper logic must not compare the two).
         commanded = dataclasses.replace(
-            r, charge_enable=enable, current_limit=r.current_limit if limit is None else limit
+            r,
+            charge_enable=enable,
+            current_limit=r.current_limit if limit is None else limit,
+            current=None,
         )
         return dataclasses.replace(view, reading=commanded)
 

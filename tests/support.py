@@ -108,9 +108,11 @@ class Subscriber:
                 raise AssertionError(f"mosquitto_sub ended; saw {self.lines}")
             self._buf += chunk
             *complete, self._buf = self._buf.split(b"\n")
-            for raw in complete:
-                line = raw.decode(errors="replace")
-                self.lines.append(line)
+            # Every line of the chunk is kept, also those after a match (the next wait_for
+            # looks for them among the lines already seen).
+            lines = [raw.decode(errors="replace") for raw in complete]
+            self.lines.extend(lines)
+            for line in lines:
                 if predicate(line):
                     return line
 
