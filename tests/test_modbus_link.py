@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from drivers.errors import DeviceConnectionError, DeviceRejectedError, DeviceTimeoutError
 from drivers.modbus.link import LinkParams, ModbusLink, RttEstimator, TcpParams
@@ -28,6 +30,28 @@ def test_timeout_follows_measured_latency_within_bounds() -> None:
     assert rtt.timeout == 1.0  # backed off, clamped to the upper bound
     rtt.sample(0.2)
     assert rtt.timeout < 1.0
+
+
+@given(
+    fast=st.lists(st.floats(0.0005, 0.01), min_size=1, max_size=50),
+    slow=st.floats(0.0, 0.99),
+    lo=st.sampled_from([0.01, 0.02, 0.05]),
+)
+def test_a_device_that_slows_down_is_waited_for_within_the_bound(
+    fast: list[float], slow: float, lo: float
+) -> None:
+    """However fast it was, a device now answering within timeout_max_s is waited for."""
+    rtt = RttEstimator(min_s=lo, max_s=1.0)
+    for sample in fast:
+        rtt.sample(sample)
+    timeouts = 0
+    while rtt.timeout < slow:  # each attempt until one outlasts the reply
+        rtt.timed_out()
+        timeouts += 1
+        assert timeouts <= 8, f"never waits {slow:.3f} s: timeout {rtt.timeout:.3f} s"
+    rtt.sample(slow)
+    # Re-seeded by the reply: the next request waits for the device's new speed at once.
+    assert rtt.timeout >= min(1.0, slow)
 
 
 async def test_errors_by_kind(tmp_path: Path) -> None:

@@ -80,34 +80,42 @@ class LinkParams:
 
 @dataclass
 class RttEstimator:
-    """Smoothed round trip and its variation; the timeout is srtt + 4 * rttvar, clamped."""
+    """Smoothed round trip and its variation; the timeout is srtt + 4 * rttvar, clamped.
+
+    After a timeout the next one is twice the last, up to `max_s`, until a reply comes (as
+    TCP's retransmission timer): a device that slowed down is waited for, within the bound,
+    however fast it was before. The first reply after timeouts re-seeds the estimate (the
+    device's speed changed: the old history says nothing about it), so the timeout does not
+    creep up from the old, fast round trip for dozens of requests.
+    """
 
     min_s: float
     max_s: float
     srtt: float | None = None
     rttvar: float = 0.0
-    _backoff: float = 1.0
+    _backed_off: float | None = None  # the timeout while backing off, until a reply comes
 
     def sample(self, rtt: float) -> None:
         """Fold in one measured round trip."""
-        if self.srtt is None:
+        if self.srtt is None or self._backed_off is not None:
             self.srtt, self.rttvar = rtt, rtt / 2
         else:
             self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
             self.srtt = 0.875 * self.srtt + 0.125 * rtt
-        self._backoff = 1.0
+        self._backed_off = None
 
     def timed_out(self) -> None:
-        """A request timed out: double the timeout until the next success."""
-        self._backoff = min(self._backoff * 2, 64.0)
+        """A request timed out: double the timeout (up to `max_s`) until the next reply."""
+        self._backed_off = min(self.max_s, 2 * self.timeout)
 
     @property
     def timeout(self) -> float:
         """The timeout for the next attempt."""
+        if self._backed_off is not None:
+            return self._backed_off
         if self.srtt is None:
             return self.max_s
-        base = self.srtt + 4 * self.rttvar
-        return min(self.max_s, max(self.min_s, base * self._backoff))
+        return min(self.max_s, max(self.min_s, self.srtt + 4 * self.rttvar))
 
 
 class LinkState(enum.Enum):
@@ -194,8 +202,13 @@ class ModbusLink:
             if reply.isError():
                 self.stats.rejected += 1
                 code = getattr(reply, "exception_code", None)
-                what = MODBUS_EXCEPTIONS.get(code or 0, f"exception {code}")
-                raise DeviceRejectedError(f"{self.params.name} {req}: {what}", code)
+                what = MODBUS_EXCEPTIONS.get(code or 0, "unknown exception")
+                raise DeviceRejectedError(
+                    f"{self.params.name} {req}: {what} (exception {code:02d})"
+                    if isinstance(code, int)
+                    else f"{self.params.name} {req}: {what}",
+                    code,
+                )
             if not _answers(reply, req):
                 # On RTU nothing but the unit id ties a reply to its request: a late reply to
                 # an abandoned request lands here. Drop it, keep quiet, ask again.
