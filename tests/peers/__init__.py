@@ -1,0 +1,1 @@
+"""Independent test peers, written from the published contracts (docs/) only."""
