@@ -200,7 +200,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     results = asyncio.run(probe_station(config, args.timeout))
     print(render(results))
-    return 0 if all(r.reachable is not False for r in results) else 1
+    return 0 if all(r.ok for r in results) else 1
 
 
 def _cmd_robot(args: argparse.Namespace) -> int:

@@ -1,15 +1,21 @@
-"""`swapctl probe`: does every configured device answer, and how fast.
+"""`swapctl probe`: does every configured device answer as the daemon will ask it, and how fast.
 
 The hardware check before a station enters service. Each rack is asked for its
-identification or heartbeat register, the station I/O (PLC) for its whole I/O map (inputs,
-coils, vehicle id, heartbeat), the robot for its status; the latency is the median of a few
-single-request round trips after the connection is up.
+identification or heartbeat register and then for every block the poller will read (so a rack
+with fewer slots than configured, or a unit that refuses a block, shows here and not as a
+rack the daemon takes offline); the slot count it reports is compared with the config. The
+station I/O (PLC) is read whole (inputs, coils, vehicle id, heartbeat), the robot asked for its
+status; the latency is the median of a few single-request round trips after the connection
+is up. A device that answers with a Modbus exception is reported with it (it answers: it is
+not "unreachable").
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import logging
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -17,7 +23,8 @@ from dataclasses import dataclass
 
 from controller.config import StationConfig
 from controller.devices import Links, build_rack, build_robot, build_station_io_driver
-from drivers.errors import DriverError
+from drivers.errors import DeviceRejectedError, DriverError
+from drivers.modbus.plan import Read
 from drivers.rack import RackDriver
 from drivers.robot.protocol import MsgType, RobotState, Target
 from drivers.stationio import IoReading, StationIoDriver
@@ -34,10 +41,18 @@ class ProbeResult:
     reachable: bool | None  # None: not probed
     latency_ms: float | None
     detail: str
+    problems: tuple[str, ...] = ()  # it answers, but not as the daemon needs (exit 1)
+
+    @property
+    def ok(self) -> bool:
+        """The device is ready for the daemon (or was not probed)."""
+        return self.reachable is not False and not self.problems
 
 
 async def probe_station(config: StationConfig, timeout_s: float = 3.0) -> list[ProbeResult]:
     """Probe every configured device, one after another (lines may be shared)."""
+    # pymodbus logs every failed request itself, with hex dumps: the table says it better.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     links = Links()
     results: list[ProbeResult] = []
     try:
@@ -98,28 +113,74 @@ async def _probe_rack(
 ) -> list[ProbeResult]:
     address = driver.link.params.describe
     if driver.profile.layout == "unit" and unit_ids:
-        # One charger per unit: each must answer.
+        # One charger per unit: each must answer, and every block of it be readable.
         out = []
         for slot, unit in zip(driver.slots, unit_ids, strict=True):
 
             def heartbeat(s: int = slot) -> Awaitable[str]:
                 return _slot_heartbeat(driver, s)
 
-            out.append(
-                await _ask(
-                    f"rack {driver.name} slot {slot}",
-                    f"{address} unit {unit}",
-                    heartbeat,
-                    heartbeat,
-                    timeout_s,
-                )
+            result = await _ask(
+                f"rack {driver.name} slot {slot}",
+                f"{address} unit {unit}",
+                heartbeat,
+                heartbeat,
+                timeout_s,
             )
+            mine = [r for r in driver.reads if r.unit == unit]
+            out.append(await _with_blocks(result, driver, mine, timeout_s))
         return out
 
     async def ping() -> str:
         return str(await driver.read_heartbeat())
 
-    return [await _ask(f"rack {driver.name}", address, lambda: _identity(driver), ping, timeout_s)]
+    result = await _ask(f"rack {driver.name}", address, lambda: _identity(driver), ping, timeout_s)
+    result = await _with_blocks(result, driver, driver.reads, timeout_s)
+    counted = _reported_slots(result.detail)
+    if result.reachable and counted is not None and counted < len(driver.slots):
+        problem = f"the rack reports {counted} slots, {len(driver.slots)} are configured"
+        result = dataclasses.replace(result, problems=(problem, *result.problems))
+    return [result]
+
+
+async def _with_blocks(
+    result: ProbeResult, driver: RackDriver, reads: list[Read], timeout_s: float
+) -> ProbeResult:
+    """Read every block the poller will read; add what fails to the result's problems."""
+    if not result.reachable:
+        return result
+    problems: list[str] = []
+    for read in reads:
+        slots = sorted({item.key[0] for item in read.items})
+        what = (
+            f"{read.table} {read.address}..{read.address + read.count - 1}"
+            f" (slot{'s' if len(slots) > 1 else ''} {_span(slots)})"
+        )
+        try:
+            async with asyncio.timeout(timeout_s):
+                await driver.link.read_registers(read.table, read.unit, read.address, read.count)
+        except DeviceRejectedError as exc:
+            problems.append(f"{what}: the device answers {_exception(exc)}")
+        except (DriverError, TimeoutError) as exc:
+            problems.append(f"{what}: {exc or 'no answer'}")
+    return dataclasses.replace(result, problems=(*result.problems, *problems))
+
+
+def _span(slots: list[int]) -> str:
+    return str(slots[0]) if len(slots) == 1 else f"{slots[0]}-{slots[-1]}"
+
+
+def _exception(exc: DeviceRejectedError) -> str:
+    """'device failure (exception 04)', from the link's message."""
+    return str(exc).rsplit(": ", 1)[-1]
+
+
+def _reported_slots(detail: str) -> int | None:
+    marker = " slots (configured "
+    if marker not in detail:
+        return None
+    head = detail.split(marker, 1)[0].rsplit(" ", 1)[-1]
+    return int(head) if head.isdigit() else None
 
 
 async def _probe_station_io(driver: StationIoDriver, timeout_s: float) -> ProbeResult:
@@ -181,6 +242,9 @@ async def _ask(
             async with asyncio.timeout(timeout_s):
                 await ping()
             latencies.append((time.perf_counter() - started) * 1000)
+    except DeviceRejectedError as exc:
+        # It answers, with a Modbus exception: reachable, and not fit for service.
+        return ProbeResult(device, address, True, None, "", (f"answers {_exception(exc)}",))
     except (DriverError, TimeoutError) as exc:
         return ProbeResult(device, address, False, None, str(exc) or "no answer")
     return ProbeResult(device, address, True, statistics.median(latencies), str(detail))
@@ -191,8 +255,11 @@ def render(results: list[ProbeResult]) -> str:
     rows = [("device", "address", "result", "latency", "detail")]
     for r in results:
         state = {True: "reachable", False: "UNREACHABLE", None: "-"}[r.reachable]
+        if r.reachable and r.problems:
+            state = "NOT READY"
         latency = "-" if r.latency_ms is None else f"{r.latency_ms:.1f} ms"
-        rows.append((r.device, r.address, state, latency, r.detail))
+        detail = "; ".join(x for x in (r.detail, *r.problems) if x)
+        rows.append((r.device, r.address, state, latency, detail))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True)) + "  " + row[4]

@@ -12,6 +12,7 @@ from simstation.charger import SimPack
 from simstation.clock import SimClock
 from simstation.plc import SimPlc, SimVehicle
 from simstation.station import SimRackSpec, SimStation
+from tests.peers.rack import PeerRack
 from tests.support import REPO
 
 PROFILES = REPO / "config" / "profiles"
@@ -107,3 +108,48 @@ async def test_probe_reads_the_station_io(tmp_path: Path) -> None:
         assert "Traceback" not in out
     finally:
         await plc.stop()
+
+
+# --- against the independent peer rack (tests/peers/rack.py) -------------------------------------
+
+
+def _peer_config(tmp_path: Path, port: int, slots: int) -> Path:
+    config = tmp_path / "station.toml"
+    config.write_text(
+        f'station_id = "p3"\nprofiles_dir = "{PROFILES}"\n[storage]\ndir = "{tmp_path}"\n'
+        f'[[racks]]\nname = "p"\ntransport = "tcp"\nhost = "127.0.0.1"\nport = {port}\n'
+        f"unit_id = 1\nslots = {list(range(1, slots + 1))}\n"
+    )
+    return config
+
+
+async def test_probe_reads_every_block_the_poller_will_read(tmp_path: Path) -> None:
+    """A rack with 8 slots configured as 10: not ready, and no pymodbus chatter."""
+    with PeerRack(8) as rack:
+        code, out = await _probe(_peer_config(tmp_path, rack.start(), 10))
+    assert code == 1, out
+    line = next(line for line in out.splitlines() if line.startswith("rack p "))
+    assert "NOT READY" in line and "PEERRACK P4 fw 101 8 slots (configured 10)" in line
+    assert "the rack reports 8 slots, 10 are configured" in line
+    assert "(slots 9-10): the device answers illegal data address (exception 02)" in line, line
+    assert "0x" not in out and ">>>" not in out and "Traceback" not in out, out
+
+
+async def test_a_rack_answering_an_exception_is_not_unreachable(tmp_path: Path) -> None:
+    with PeerRack(2) as rack:
+        port = rack.start()
+        rack.refuse_reads = 4
+        code, out = await _probe(_peer_config(tmp_path, port, 2))
+    assert code == 1, out
+    line = next(line for line in out.splitlines() if line.startswith("rack p "))
+    assert "NOT READY" in line and "UNREACHABLE" not in line, line
+    assert "answers device failure (exception 04)" in line, line
+    assert "not answering" not in line and "0x" not in out, out
+
+
+async def test_probe_is_ready_when_every_block_answers(tmp_path: Path) -> None:
+    with PeerRack(10) as rack:
+        code, out = await _probe(_peer_config(tmp_path, rack.start(), 10))
+    assert code == 0, out
+    line = next(line for line in out.splitlines() if line.startswith("rack p "))
+    assert "reachable" in line and "10 slots (configured 10)" in line
