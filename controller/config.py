@@ -325,6 +325,20 @@ class ChargingConfig(Section):
     """What the controller asks of the chargers."""
 
     max_current_a: float = Field(default=150.0, gt=0, le=600)
+    min_on_s: float = Field(
+        default=30.0,
+        ge=0.01,
+        le=3600,
+        description="the chargers' contactors: once switched on, a charger is not switched off"
+        " to share power before this (a stop for a cause is never delayed)",
+    )
+    min_off_s: float = Field(
+        default=30.0,
+        ge=0.01,
+        le=3600,
+        description="the chargers' contactors: once off, a charger is not switched on again"
+        " before this (the safety supervisor refuses it; also after a restart)",
+    )
 
 
 class TimeLimit(Section):

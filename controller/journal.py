@@ -148,6 +148,34 @@ MIGRATIONS: tuple[str, ...] = (
         since REAL NOT NULL
     ) STRICT;
     """,
+    """
+    -- Every command to machinery as the safety supervisor judged it (controller/motionlog.py):
+    -- append-only and hash-chained like swap_records. body is the entry's canonical JSON
+    -- without its hash; hash = sha256(body).
+    CREATE TABLE motion_log (
+        seq       INTEGER PRIMARY KEY,
+        swap_id   TEXT,
+        body      TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash      TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX motion_log_swap ON motion_log(swap_id) WHERE swap_id IS NOT NULL;
+    CREATE TRIGGER motion_log_append_only_insert BEFORE INSERT ON motion_log
+    WHEN NEW.seq IS NOT COALESCE((SELECT max(seq) FROM motion_log), 0) + 1
+      OR NEW.prev_hash IS NOT COALESCE(
+           (SELECT hash FROM motion_log ORDER BY seq DESC LIMIT 1), hex(zeroblob(32)))
+    BEGIN
+        SELECT RAISE(ABORT, 'motion_log is append-only: insert the next entry of the chain');
+    END;
+    CREATE TRIGGER motion_log_no_update BEFORE UPDATE ON motion_log
+    BEGIN
+        SELECT RAISE(ABORT, 'motion_log is append-only: UPDATE refused');
+    END;
+    CREATE TRIGGER motion_log_no_delete BEFORE DELETE ON motion_log
+    BEGIN
+        SELECT RAISE(ABORT, 'motion_log is append-only: DELETE refused');
+    END;
+    """,
 )
 
 

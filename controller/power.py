@@ -25,6 +25,7 @@ measured against). Everything here is pure and synchronous; no I/O.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ class Demand:
     soc: float | None = None
     present_limit_a: float | None = None  # the charger's limit now, if on
     capacity_ah: float = 200.0  # the pack's, for the forecast (its type's, scaled by health)
+    floor_a: float = 0.0  # kept on at least this much (its contactor's minimum on-time)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +175,8 @@ class PowerModel:
                 committed = max(committed, min(bound, self.charger_max_w))
             return Demand(view.slot, False, 0.0, volt_bound, committed, r.pack_type, r.soc,
                           None, capacity)  # fmt: skip
-        cap = min(self.max_current_a, r.bms_current_max or self.max_current_a)
+        # 0 means 0 and unknown means 0 (the slot control does not let such a pack want).
+        cap = min(self.max_current_a, r.bms_current_max or 0.0)
         sup = self.config.supervision
         cap *= derate(self.cfg, r.temp_min, r.temp_max, sup.charge_temp_min_c,
                       sup.charge_temp_max_c)  # fmt: skip
@@ -237,14 +240,30 @@ def allocate(
         allocated = sum(limits[d.slot] * d.volt_bound_v for d in wanting)
         return Allocation(limits, None, committed, allocated, _waiting_cap(wanting, limits))
     left = budget - committed
-    if policy == "equal":
-        limits = _equal(wanting, left, min_current_a)
-    else:
-        limits = {}
-        for d in priority_order(wanting, ready_soc, ready_now, min_ready):
-            amps = _quantise(min(d.cap_a, max(0.0, left) / d.volt_bound_v), min_current_a)
-            limits[d.slot] = amps
+    order = priority_order(wanting, ready_soc, ready_now, min_ready)
+    # Chargers held on (their contactor's minimum on-time) get their floor first, in priority
+    # order while the budget lasts; the policy then shares what is left on top of it.
+    floors: dict[int, float] = {}
+    for d in order if policy == "demand" else sorted(wanting, key=lambda d: d.slot):
+        amps = _quantise(min(d.floor_a, d.cap_a), min_current_a) if d.floor_a > 0 else 0.0
+        if amps > 0 and amps * d.volt_bound_v <= left:
+            floors[d.slot] = amps
             left -= amps * d.volt_bound_v
+    rest = [
+        dataclasses.replace(d, cap_a=d.cap_a - floors[d.slot]) if d.slot in floors else d
+        for d in wanting
+    ]
+    if policy == "equal":
+        extra = _equal(rest, left, min_current_a)
+    else:
+        extra = {}
+        by_slot = {d.slot: d for d in rest}
+        for d in (by_slot[o.slot] for o in order):
+            least = 1.0 if d.slot in floors else min_current_a  # on top of a floor: any amp
+            amps = _quantise(min(d.cap_a, max(0.0, left) / d.volt_bound_v), least)
+            extra[d.slot] = amps
+            left -= amps * d.volt_bound_v
+    limits = {d.slot: floors.get(d.slot, 0.0) + extra.get(d.slot, 0.0) for d in wanting}
     allocated = sum(limits[d.slot] * d.volt_bound_v for d in wanting)
     waiting = _waiting_cap(wanting, limits)
     for d in wanting:

@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from controller import interlocks
+from controller.actuators import Actuators
 from controller.config import StationConfig
 from controller.dispense import (
     NoPackError,
@@ -47,6 +48,7 @@ from controller.inventory import Inventory, InventoryError, Place
 from controller.journal import Journal
 from controller.power import ready_text
 from controller.records import NewSwapRecord, OperatorAction, PackRef, StepTiming, insert_sync
+from controller.safety import SafetyRefusedError, Verdict
 from controller.slotcontrol import CommandRefusedError, SlotControl
 from controller.slots import SlotView
 from controller.swapmachine import SwapMachine, event_to
@@ -119,7 +121,7 @@ class _Io:
 class _RobotDone:
     token: int
     action: RobotAction
-    result: RobotStatus | DriverError
+    result: RobotStatus | DriverError | SafetyRefusedError
     at: float
 
 
@@ -159,6 +161,7 @@ class Sequencer:
         control: SlotControl,
         robot: RobotLink,
         io: StationIoDriver,
+        actuators: Actuators,
         *,
         poll_slot: Callable[[int], None] | None = None,
     ) -> None:
@@ -169,6 +172,7 @@ class Sequencer:
         self.control = control
         self.robot = robot
         self.io = io
+        self.actuators = actuators  # every command to machinery goes through it
         self.io_stale_after_s = config.station_io.stale_after
         self.io_heartbeat_timeout_s = config.station_io.heartbeat_timeout_s
         self.poll_slot = poll_slot or (lambda _slot: None)
@@ -183,11 +187,9 @@ class Sequencer:
         self.overheads_ms: deque[float] = deque(maxlen=OVERHEAD_SAMPLES)
         # Called (synchronously) on every transition with (from, to): for tests and tools.
         self.on_phase: list[Callable[[str, str], None]] = []
-        # ... and on every command sent to the machinery, with (phase, what).
+        # ... and on every command sent to the machinery, with (phase, what). What went out,
+        # with the facts it was sent under, is in the journal's motion log.
         self.on_command: list[Callable[[str, str], None]] = []
-        # Every command sent to the machinery, with the facts it was sent under (tests check
-        # the interlocks held); bounded.
-        self.commands: deque[tuple[float, str, str, dict[str, bool | None]]] = deque(maxlen=5000)
         self._queue: asyncio.Queue[_Event] = asyncio.Queue(maxsize=10_000)
         self._robot_task: asyncio.Task[None] | None = None
         self._robot_token = 0
@@ -330,7 +332,7 @@ class Sequencer:
         reading = snap.reading
         if now - reading.at > self.io_stale_after_s:
             return None, "station I/O data too old"
-        if now - reading.heartbeat_since > self.io_heartbeat_timeout_s:
+        if reading.at - reading.heartbeat_since > self.io_heartbeat_timeout_s:
             return None, "station PLC heartbeat stopped"
         return reading, ""
 
@@ -560,7 +562,7 @@ class Sequencer:
         status = self.robot.status
         if status is not None and status.state in {RobotState.FAULT, RobotState.STOPPED}:
             try:
-                status = await self.robot.command(MsgType.RESET)
+                status = await self.actuators.robot_command(MsgType.RESET)
             except DriverError as exc:
                 raise SwapRejectedError(f"robot reset failed: {exc}") from exc
         return status
@@ -786,7 +788,7 @@ class Sequencer:
             return failing
         if not self._lift_moving:
             self._lift_moving = True
-            self._sent("lift", "raise" if up else "lower", facts)
+            self._sent("lift", "raise" if up else "lower")
         return []
 
     async def _releasing(self, facts: Mapping[str, bool | None]) -> list[str]:
@@ -844,9 +846,20 @@ class Sequencer:
             reading is None or (out.error is not None and now - out.at < OUTPUT_RETRY_S)
         ):
             return
+        verdict = None
         try:
+            if not stopping and any(changed.values()):
+                # Judged now and entered in the motion log before it goes out (write-ahead);
+                # a stop goes out first and is entered after.
+                verdict = self.actuators.judge_outputs(changed)
+                await self._persist()
             async with asyncio.timeout(OUTPUT_TIMEOUT_S):
-                await self.io.set_coils(**changed)
+                await self.actuators.outputs(changed, verdict=verdict)
+        except SafetyRefusedError as exc:
+            out.at, out.error = time.monotonic(), str(exc)
+            out.written = {**out.written, **{k: not v for k, v in changed.items()}}
+            _log.error("station I/O: %s", exc)
+            return
         except (DriverError, TimeoutError) as exc:
             out.at, out.error = time.monotonic(), str(exc) or "no answer"
             out.written = {**out.written, **{k: not v for k, v in changed.items()}}
@@ -919,8 +932,7 @@ class Sequencer:
             causes.append(f"robot link {self.robot.state.value}")
         if causes:
             return causes
-        await self._send_robot(action, facts)
-        return []
+        return await self._send_robot(action)
 
     def _action_causes(  # noqa: PLR0911 - one return per check, in order
         self, action: RobotAction, now: float
@@ -1013,8 +1025,13 @@ class Sequencer:
         self.control.release_from_swap(slot)
         return None
 
-    async def _send_robot(self, action: RobotAction, facts: Mapping[str, bool | None]) -> None:
+    async def _send_robot(self, action: RobotAction) -> list[str]:
+        """Send a robot command (write-ahead); the safety supervisor's refusal if refused."""
         ctx = self.ctx
+        verdict = self.actuators.judge_robot(action.kind, action.body)
+        if not verdict.allowed:
+            await self._persist()  # the refusal: motion log, event
+            return [f"safety supervisor: {verdict.why}"]
         # Write-ahead: the journal says the command is out before it is.
         action.remember(ctx)
         if action.kind is MsgType.UNLOCK:
@@ -1028,21 +1045,26 @@ class Sequencer:
         await self._persist(batch)
         self._robot_token += 1
         token = self._robot_token
-        self._sent("robot", action.kind.name, facts)
+        self._sent("robot", action.kind.name)
         self._robot_task = asyncio.create_task(
-            self._robot_call(token, action), name=f"swap-robot-{action.kind.name.lower()}"
+            self._robot_call(token, action, verdict),
+            name=f"swap-robot-{action.kind.name.lower()}",
         )
+        return []
 
-    async def _robot_call(self, token: int, action: RobotAction) -> None:
+    async def _robot_call(self, token: int, action: RobotAction, verdict: Verdict) -> None:
+        result: RobotStatus | DriverError | SafetyRefusedError
         try:
-            result: RobotStatus | DriverError = await self.robot.command(action.kind, action.body)
-        except DriverError as exc:
+            result = await self.actuators.robot_command(action.kind, action.body, verdict=verdict)
+        except (DriverError, SafetyRefusedError) as exc:
             result = exc
         self._put(_RobotDone(token, action, result, time.monotonic()))
 
-    async def _robot_finished(self, action: RobotAction, result: RobotStatus | DriverError) -> None:
+    async def _robot_finished(
+        self, action: RobotAction, result: RobotStatus | DriverError | SafetyRefusedError
+    ) -> None:
         ctx = self.ctx
-        if isinstance(result, DriverError):
+        if isinstance(result, (DriverError, SafetyRefusedError)):
             await self._fault(f"robot could not {action.label}: {result}")
             return
         batch = JournalBatch()
@@ -1212,6 +1234,7 @@ class Sequencer:
 
     async def _persist(self, batch: JournalBatch | None = None) -> None:
         batch = self._with_deferred(batch or JournalBatch())
+        self.actuators.take_journal(batch)  # the motion log: judged commands, refusals
         self._write(self.ctx, batch)
         await self.events.commit(batch, urgent=True)  # write-ahead: a command waits on it
         self.changed.set()
@@ -1274,19 +1297,21 @@ class Sequencer:
         await asyncio.gather(*stops)
 
     async def _stop_robot(self) -> None:
-        self._sent("robot", "STOP", self.facts())
+        self._sent("robot", "STOP")
         try:
-            await self.robot.stop()
+            await self.actuators.robot_stop()
         except DriverError as exc:
             _log.error("robot STOP failed: %s", exc)
 
-    def _sent(self, device: str, what: str, facts: Mapping[str, bool | None]) -> None:
-        """Book a command sent to the machinery (and the controller's overhead before it)."""
+    def _sent(self, device: str, what: str) -> None:
+        """Book a command sent to the machinery (and the controller's overhead before it).
+
+        What it was sent under is in the motion log (the actuators enter it).
+        """
         now = time.monotonic()
         if self._step_ended_at is not None:
             self.overheads_ms.append((now - self._step_ended_at) * 1000)
             self._step_ended_at = None
-        self.commands.append((now, self.ctx.state, f"{device} {what}", dict(facts)))
         for listener in self.on_command:
             listener(self.ctx.state, f"{device} {what}")
 

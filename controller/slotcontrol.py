@@ -26,16 +26,18 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from controller.actuators import Actuators
 from controller.alarms import Alarm, AlarmBook, Cause, Severity, rack_scope, slot_scope
 from controller.config import StationConfig
 from controller.errors import SwapstationError
 from controller.events import EventLog, JournalBatch
 from controller.journal import Journal, transaction
 from controller.power import Allocation, Demand, Forecast, PowerModel, allocate, budget_w, forecast
+from controller.safety import STATION, SafetyRefusedError, SafetySupervisor
 from controller.slots import SlotBook, SlotView
 from controller.supervision import SlotCheck, SlotRules
 from drivers.errors import DriverError
-from drivers.rack import RackDriver, RackPoller, RackSnapshot
+from drivers.rack import RackDriver, RackPoller, RackSnapshot, SlotReading
 
 _log = logging.getLogger(__name__)
 
@@ -78,7 +80,8 @@ class _Writing:
     error: str | None = None
 
     def due(self, now: float) -> bool:
-        pause = min(WRITE_RETRY_MAX_S, WRITE_RETRY_S * 2.0 ** min(self.failures, 6))
+        """A retry is due: 1 s after the first try and the first failure, then 2, 4 ... 60 s."""
+        pause = min(WRITE_RETRY_MAX_S, WRITE_RETRY_S * 2.0 ** min(max(self.failures - 1, 0), 6))
         return now - self.at >= pause
 
 
@@ -92,10 +95,16 @@ class SlotControl:
         racks: Mapping[str, Rack],
         journal: Journal,
         events: EventLog,
+        *,
+        actuators: Actuators,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.book = book
         self.racks = dict(racks)
+        self.actuators = actuators
+        self.safety: SafetySupervisor = actuators.safety
+        self.clock = clock
         self.journal = journal
         self.events = events
         self.alarms = AlarmBook()
@@ -108,7 +117,7 @@ class SlotControl:
         self.checks: dict[int, SlotCheck] = {}
         self.changed = asyncio.Event()  # set whenever something publishable changed
         self.stopping = False  # once set, nothing is switched on again
-        self.last_step = time.monotonic()
+        self.last_step = time.monotonic()  # wall time: the watchdog's
         self.power = PowerModel(config)
         self.allocation = Allocation({}, None, 0.0, 0.0)
         self.demands: list[Demand] = []
@@ -119,8 +128,14 @@ class SlotControl:
         self._queue: asyncio.Queue[RackSnapshot] = asyncio.Queue(maxsize=1000)
         self._writes: dict[int, _Writing] = {}
         # The setpoints last written and verified per slot (enable, limit or None when only
-        # the enable was written), with the monotonic time of the read-back.
+        # the enable was written), with the clock's time of the read-back.
         self._applied: dict[int, tuple[bool, float | None, float]] = {}
+
+    def allocation_of(self, slot: int) -> float | None:
+        """The power allocation of a slot in A (None: no grid limit bounds it)."""
+        if self.allocation.budget_w is None:
+            return None
+        return self.allocation.limits_a.get(slot, 0.0)
 
     # --- inputs ------------------------------------------------------------------------------
 
@@ -186,7 +201,7 @@ class SlotControl:
                     snapshot = await self._queue.get()
                 self.book.update(snapshot)
             self._drain()
-            await self.step(time.monotonic())
+            await self.step(self.clock())
 
     # --- the control step ----------------------------------------------------------------------
 
@@ -208,19 +223,23 @@ class SlotControl:
         # setpoints last written where the reading is older (`_as_commanded`).
         measured = self.book.views(now)
         views = [self._as_commanded(v) for v in measured]
+        refusals = self.safety.causes(now)
         for view in measured:
+            self.safety.observe(view.slot, now)
             check = self.rules.check(view)
             self.checks[view.slot] = check
             causes = dict(check.causes)
             writing = self._writes.get(view.slot)
             if writing is not None and writing.error is not None:
                 causes[NOT_APPLIED] = Cause(Severity.WARNING, writing.error)
+            causes.update(refusals.get(slot_scope(view.slot), {}))
             raised, cleared = self.alarms.reconcile(
                 slot_scope(view.slot), causes, slot=view.slot, rack=view.rack
             )
             self._report(raised, cleared, batch)
             if check.trips:
                 self._latch(view, check, batch)
+        self._report(*self.alarms.reconcile(STATION, refusals.get(STATION, {})), batch)
         self._allocate(views, measured, now)
         for view in views:
             want = self._wanted(view, now)
@@ -236,6 +255,7 @@ class SlotControl:
         finally:
             # Recorded even when the daemon stops during the writes: a trip or a quarantine
             # decided here must survive the restart (the commit runs on the journal's thread).
+            self.actuators.take_journal(batch)  # the motion log of these writes, refusals
             if batch:
                 await asyncio.shield(self.events.commit(batch))
                 self.changed.set()
@@ -257,7 +277,10 @@ class SlotControl:
         budget = budget_w(cfg, datetime.now().astimezone())
         self.power.learn(measured)
         self.demands = demands = [
-            self.power.demand(v, wants=self._may_charge(v, now), taper=budget is not None)
+            self._held_on(
+                self.power.demand(v, wants=self._may_charge(v, now), taper=budget is not None),
+                now,
+            )
             for v in views
         ]
         before = self.allocation.waiting
@@ -285,6 +308,18 @@ class SlotControl:
         self.forecast = await asyncio.to_thread(forecast, self.power, demands, budget, ready)
         self.on_forecast()
         return self.forecast
+
+    def _held_on(self, demand: Demand, now: float) -> Demand:
+        """A charger switched on less than `min_on_s` ago keeps at least the minimum current.
+
+        Its contactor is not opened to share power before then (a cause stops it at once; a
+        budget too small even for the held chargers stops them too: the grid limit comes
+        first).
+        """
+        since = self.safety.on_since(demand.slot)
+        if not demand.wants or since is None or now - since >= self.config.charging.min_on_s:
+            return demand
+        return dataclasses.replace(demand, floor_a=self.config.power.min_current_a)
 
     def _may_charge(self, view: SlotView, now: float) -> bool:
         r = view.fresh
@@ -356,9 +391,11 @@ class SlotControl:
     def blockers(self, slot: int, now: float | None = None, *, power: bool = True) -> list[str]:
         """Every reason charging must be off in `slot` now (empty: it may charge).
 
-        `power`: include waiting for the power budget (the allocator's, not a safety reason).
+        `power`: include waiting for the power budget and for the charger's minimum off-time
+        (not safety reasons: the slot charges once they pass).
         """
-        view = self.book.view(slot, time.monotonic() if now is None else now)
+        now = self.clock() if now is None else now
+        view = self.book.view(slot, now)
         reasons: list[str] = []
         if self.stopping:
             reasons.append("the controller is stopping")
@@ -382,17 +419,40 @@ class SlotControl:
             )
         if r is not None and r.status in {"fault", "disabled"}:
             reasons.append(f"charger status {r.status}")
-        if power and not reasons and slot in self.allocation.waiting:
-            reasons.append(self.allocation.waiting[slot])
+        if r is not None and r.pack_present:
+            reasons += _bms_reasons(r)
+        if power and not reasons:
+            reasons += self._waiting(slot, now)
         return reasons
 
+    def _waiting(self, slot: int, now: float) -> list[str]:
+        """What charging waits for that is not a safety reason: the contactor, the power."""
+        wait = self.safety.on_allowed_in(slot, now)
+        if wait > 0:
+            return [f"the charger's minimum off-time: on again in {wait:.0f} s"]
+        if slot in self.allocation.waiting:
+            return [self.allocation.waiting[slot]]
+        return []
+
     def _target(self, view: SlotView, now: float) -> tuple[bool, float] | None:
-        """The setpoint the charger should have, or None when nothing can be known."""
+        """The setpoint the charger should have, or None when nothing can be written."""
+        target = self._own_target(view, now)
+        required = self.safety.must_be_off(view.slot, now)
+        if required is not None and target != (False, 0.0):
+            # The second line caught what the first missed: off, and said so.
+            if target is not None and target[0]:
+                self.safety.overrule(slot_scope(view.slot), *required, now=now)
+            return False, 0.0
+        return target
+
+    def _own_target(self, view: SlotView, now: float) -> tuple[bool, float] | None:
         r = view.fresh
         if r is None:
-            # Unreachable or stale: nothing can be known, nothing is written; the charger's
-            # own communication watchdog is the guard until the data is back.
-            return None
+            # Unknown beyond its timeout (a heartbeat that stopped) while its rack and the
+            # charger still answer: off. Where they do not answer (a failed poll, a rack
+            # offline), nothing can be written: the charger's own communication watchdog is
+            # the guard until the data is back.
+            return (False, 0.0) if view.answers else None
         if not r.pack_present or self.blockers(view.slot, now, power=False):
             return False, 0.0
         limit = self.allocation.limits_a.get(view.slot, 0.0)
@@ -401,10 +461,12 @@ class SlotControl:
     def _wanted(self, view: SlotView, now: float) -> tuple[bool, float] | None:
         """The setpoint to write now, or None (already there, unknowable, or paused)."""
         target = self._target(view, now)
-        r = view.fresh
+        r = view.reading
         if target is None or r is None:
             return None
         want_on, want_limit = target
+        if want_on and not r.charge_enable and self.safety.on_allowed_in(view.slot, now) > 0:
+            return None  # the contactor's minimum off-time first (shown in `blockers`)
         if r.charge_enable == want_on and (
             not want_on or abs((r.current_limit or 0.0) - want_limit) <= LIMIT_TOLERANCE_A
         ):
@@ -422,13 +484,11 @@ class SlotControl:
 
     def _still_wanted(self, slot: int, want: tuple[bool, float]) -> bool:
         """Re-check an enable just before writing it: the data may have moved on."""
-        measured = self.book.view(slot, time.monotonic())
+        now = self.clock()
+        measured = self.book.view(slot, now)
         check = self.rules.check(measured)
         self.checks[slot] = check
-        return (
-            not check.causes
-            and self._target(self._as_commanded(measured), time.monotonic()) == want
-        )
+        return not check.causes and self._target(self._as_commanded(measured), now) == want
 
     async def _write_all(self, plans: Iterable[tuple[SlotView, tuple[bool, float]]]) -> set[int]:
         """Write setpoints, racks in parallel (a slow rack delays only itself); return failures."""
@@ -449,12 +509,16 @@ class SlotControl:
     async def _write(self, view: SlotView, *, enable: bool, limit: float) -> bool:
         rack = self.racks[view.rack]
         writing = self._writes.get(view.slot)
+        already_on = view.reading is not None and view.reading.charge_enable is True
         try:
             async with asyncio.timeout(WRITE_TIMEOUT_S):
-                # Limit first, so the charger never runs at a stale, higher limit.
-                await self._write_verified(
-                    rack, view.slot, enable=enable, limit=limit if enable else None
-                )
+                await self._send(view.slot, enable=enable, limit=limit, already_on=already_on)
+        except SafetyRefusedError as exc:
+            # The supervisor named it (alarm, event, motion log): retried with the same pause.
+            _log.warning("slot %d: %s", view.slot, exc)
+            if writing is not None:
+                writing.failures += 1
+            return False
         except (DriverError, TimeoutError) as exc:
             message = str(exc) or f"no answer within {WRITE_TIMEOUT_S:g} s"
             _log.warning(
@@ -478,12 +542,21 @@ class SlotControl:
         rack.poller.poll_soon()
         return True
 
-    async def _write_verified(
-        self, rack: Rack, slot: int, *, enable: bool, limit: float | None
-    ) -> None:
-        """Write a slot's setpoints (the driver verifies them) and remember them as applied."""
-        await rack.driver.write_setpoints(slot, current_limit=limit, charge_enable=enable)
-        self._applied[slot] = (enable, limit, time.monotonic())
+    async def _send(self, slot: int, *, enable: bool, limit: float, already_on: bool) -> None:
+        """Setpoints through the safety supervisor: a limit is read back before the enable.
+
+        On: the limit is written and verified first, then the enable (a charger that did not
+        take its limit is never switched on). Off: only the enable.
+        """
+        if enable:
+            back = await self.actuators.charger_limit(slot, limit)
+            self._applied[slot] = (already_on, back, self.clock())
+            if not already_on:
+                await self.actuators.charger_enable(slot, on=True)
+            self._applied[slot] = (True, back, self.clock())
+        else:
+            await self.actuators.charger_enable(slot, on=False)
+            self._applied[slot] = (False, None, self.clock())
 
     def _as_commanded(self, view: SlotView) -> SlotView:
         """The view with the setpoints last written, when its reading is older than the write.
@@ -520,7 +593,7 @@ class SlotControl:
             for slot in rack.driver.slots:
                 try:
                     async with asyncio.timeout(WRITE_TIMEOUT_S):
-                        await self._write_verified(rack, slot, enable=False, limit=None)
+                        await self._send(slot, enable=False, limit=0.0, already_on=True)
                 except (DriverError, TimeoutError) as exc:
                     _log.warning("rack %s slot %d: could not stop charging: %s", name, slot, exc)
 
@@ -543,7 +616,7 @@ class SlotControl:
         """
         if slot not in self.book.rack_of:
             raise CommandRefusedError(f"no slot {slot}")
-        view = self.book.view(slot, time.monotonic())
+        view = self.book.view(slot, self.clock())
         maximum = self.config.charging.max_current_a
         limit = maximum if limit_a is None else limit_a
         if enable:
@@ -567,17 +640,18 @@ class SlotControl:
         else:
             self.manual_off.add(slot)
             self.changed.set()
+        on = view.reading is not None and view.reading.charge_enable is True
         try:
             async with asyncio.timeout(WRITE_TIMEOUT_S):
-                await self._write_verified(
-                    self.racks[view.rack], slot, enable=enable, limit=limit if enable else None
-                )
+                await self._send(slot, enable=enable, limit=limit, already_on=on and enable)
+        except SafetyRefusedError as exc:
+            raise CommandRefusedError(f"slot {slot}: {exc}") from exc
         except (DriverError, TimeoutError) as exc:
             raise CommandRefusedError(f"slot {slot}: {exc or 'no answer'}") from exc
 
     async def reset_trip(self, slot: int) -> None:
         """An operator releases a slot's trip (its causes must be gone, on fresh data)."""
-        view = self.book.view(slot, time.monotonic())
+        view = self.book.view(slot, self.clock())
         if view.stale:
             raise CommandRefusedError(
                 f"slot {slot}: data stale ({view.stale_reason}): cannot"
@@ -641,3 +715,17 @@ def _raises(view: SlotView, want: tuple[bool, float]) -> bool:
     if r is None or not r.charge_enable or r.current_limit is None:
         return True
     return limit > r.current_limit + LIMIT_TOLERANCE_A
+
+
+def _bms_reasons(r: SlotReading) -> list[str]:
+    """What the pack's BMS and the charger say against charging (0 means 0; unknown: no)."""
+    reasons = []
+    if r.bms_current_max is None or r.bms_current_max <= 0:
+        shown = "unknown" if r.bms_current_max is None else f"{r.bms_current_max:g} A"
+        reasons.append(f"the BMS allows no charge current (limit {shown})")
+    if r.bms_voltage_max is None or r.bms_voltage_max <= 0:
+        shown = "unknown" if r.bms_voltage_max is None else f"{r.bms_voltage_max:g} V"
+        reasons.append(f"the BMS gives no charge voltage limit ({shown})")
+    if r.status == "full":
+        reasons.append("charge complete (the charger reports the pack full)")
+    return reasons

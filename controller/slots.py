@@ -34,6 +34,7 @@ class SlotView:
     age_s: float | None  # the age of the data; the reason text is fixed (no live counters)
     stale_reason: str | None
     charger_silent: bool = False  # the rack answers, but this charger does not
+    answers: bool = False  # the rack's last poll succeeded and this charger answered in it
 
     @property
     def stale(self) -> bool:
@@ -84,6 +85,13 @@ class SlotBook:
         snap = self._snapshots.get(rack)
         reading = snap.readings.get(slot) if snap is not None else None
         online = snap is not None and snap.online
+        answers = (
+            snap is not None
+            and online
+            and not snap.consecutive_failures
+            and slot not in snap.failed
+            and reading is not None
+        )
         age = None if reading is None else max(0.0, now - reading.at)
         reason: str | None = None
         if reading is None:
@@ -98,10 +106,14 @@ class SlotBook:
             reason = "last poll failed"
         elif age is not None and age > info.stale_after_s:
             reason = "data too old"
-        elif now - reading.heartbeat_since > info.heartbeat_timeout_s:
+        elif reading.at - reading.heartbeat_since > info.heartbeat_timeout_s:
+            # Judged across readings, not against now: a slow rack's data is old (the age
+            # check above), not a stopped heartbeat.
             reason = "charger heartbeat stopped"
-            return SlotView(slot, rack, reading, online, age, reason, charger_silent=True)
-        return SlotView(slot, rack, reading, online, age, reason)
+            return SlotView(
+                slot, rack, reading, online, age, reason, charger_silent=True, answers=answers
+            )
+        return SlotView(slot, rack, reading, online, age, reason, answers=answers)
 
     def views(self, now: float) -> list[SlotView]:
         """Every slot's view."""

@@ -7,22 +7,25 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
+from controller.actuators import Actuators
 from controller.commands import CommandServer
 from controller.config import StationConfig
 from controller.devices import Links, build_pollers, build_robot, build_station_io
 from controller.dispense import ready_counts
-from controller.events import EventLog, Outbox
+from controller.events import EventLog, JournalBatch, Outbox
 from controller.infopub import InfoPublisher
 from controller.journal import Journal
 from controller.mqttlink import MqttLink
 from controller.robotpub import RobotPublisher
+from controller.safety import Plant, SafetySupervisor
 from controller.sequencer import Sequencer
 from controller.slotcontrol import Rack, SlotControl
 from controller.slotpub import SlotPublisher
 from controller.slots import RackInfo, SlotBook
 from controller.statepub import StatePublisher
 from drivers.errors import DriverError
-from drivers.robot.protocol import RobotState
+from drivers.robot.protocol import RobotState, Target
+from drivers.stationio import IoSnapshot
 
 _log = logging.getLogger(__name__)
 
@@ -41,20 +44,43 @@ class Station:
             RackInfo(r.name, tuple(r.slots), r.stale_after, r.heartbeat_timeout_s)
             for r in config.racks
         )
+        self._last_io: IoSnapshot | None = None
         self.pollers = build_pollers(config, self.links, self._on_snapshot)
+        self.robot = build_robot(config, on_status=self._on_robot_status)
+        self.io = build_station_io(config, self.links, self._on_io)
+        io_cfg = config.station_io
+        self.safety = SafetySupervisor(
+            Plant(
+                book=self.book,
+                charger_max_a=config.charging.max_current_a,
+                min_off_s=config.charging.min_off_s,
+                io_stale_after_s=io_cfg.stale_after if io_cfg is not None else 0.0,
+                io_heartbeat_timeout_s=io_cfg.heartbeat_timeout_s if io_cfg is not None else 0.0,
+                io=self._io_snapshot,
+                robot_clear=self._robot_clear,
+                pack_locked=self._pack_locked,
+                allocation=lambda slot: self.control.allocation_of(slot),  # noqa: PLW0108 - bound late: the control is built below
+            )
+        )
+        self.actuators = Actuators(
+            self.safety,
+            {name: p.driver for name, p in self.pollers.items()},
+            self.book.rack_of,
+            io=self.io.driver if self.io is not None else None,
+            robot=self.robot,
+        )
         self.control = SlotControl(
             config,
             self.book,
             {name: Rack(p.driver, p) for name, p in self.pollers.items()},
             journal,
             self.events,
+            actuators=self.actuators,
         )
         self.control.ready_counts = lambda: ready_counts(config, self.control)
         self.slot_publisher = SlotPublisher(self.control, link, config.publish)
-        self.robot = build_robot(config, on_status=self._on_robot_status)
         self.robot_publisher = None if self.robot is None else RobotPublisher(self.robot, link)
         self.info = InfoPublisher(config, link, journal.boot_count)
-        self.io = build_station_io(config, self.links, self._on_io)
         # The swap sequence needs the robot and the station I/O; without them (a charging-only
         # commissioning config) the station runs its racks alone.
         self.sequencer: Sequencer | None = None
@@ -68,7 +94,12 @@ class Station:
                 self.control,
                 self.robot,
                 self.io.driver,
+                self.actuators,
                 poll_slot=self._poll_slot,
+            )
+            seq = self.sequencer
+            self.actuators.context = lambda: (
+                (seq.ctx.swap_id, seq.ctx.state) if seq.ctx.active else (None, None)
             )
             self.control.ready_counts = self.sequencer.packs_ready
             self.state_publisher = StatePublisher(self.sequencer, self.control, journal, link)
@@ -76,13 +107,32 @@ class Station:
                 link, self.sequencer, journal, config.commands, republish=link.republish
             )
 
+    def _io_snapshot(self) -> IoSnapshot | None:
+        return self._last_io
+
+    def _robot_clear(self) -> bool | None:
+        """The robot is parked clear of the bay, idle (None: not known)."""
+        robot = self.robot
+        status = robot.status if robot is not None else None
+        if robot is None or status is None or not robot.ready.is_set():
+            return None
+        return (
+            status.state == RobotState.IDLE
+            and not robot.busy
+            and status.position in {Target.HOME, Target.SLOT}
+        )
+
+    def _pack_locked(self) -> bool | None:
+        return self.sequencer.ctx.pack_locked if self.sequencer is not None else None
+
     def _on_robot_status(self, status: Any) -> None:
         if self.robot_publisher is not None:
             self.robot_publisher.changed.set()
         if self.sequencer is not None:
             self.sequencer.on_robot_status(status)
 
-    def _on_io(self, snapshot: Any) -> None:
+    def _on_io(self, snapshot: IoSnapshot) -> None:
+        self._last_io = snapshot
         if self.sequencer is not None:
             self.sequencer.on_io(snapshot)
 
@@ -123,14 +173,24 @@ class Station:
         return jobs
 
     async def safe_state(self) -> None:
-        """Stop the robot, the lift and every charger we can reach: nobody watches them after us."""
+        """Stop the robot, the lift and every charger we can reach: nobody watches them after us.
+
+        What the stops were is entered in the motion log afterwards (stops go out first).
+        """
         await asyncio.gather(self._stop_robot(), self.control.stop_all(), self._outputs_off())
+        batch = JournalBatch()
+        self.actuators.take_journal(batch)
+        if batch:
+            try:
+                await self.events.commit(batch)
+            except Exception:  # noqa: BLE001 - the machinery is safe; the log is best effort
+                _log.exception("motion log: the stops of the safe state were not journalled")
 
     async def _outputs_off(self) -> None:
         if self.io is None:
             return
         try:
-            await self.io.driver.set_coils(**dict.fromkeys(self.io.driver.profile.coils, False))
+            await self.actuators.outputs(dict.fromkeys(self.io.driver.profile.coils, False))
         except DriverError as exc:
             _log.warning("station I/O: could not switch the outputs off: %s", exc)
 
@@ -145,7 +205,7 @@ class Station:
         if idle and not robot.busy:
             return
         try:
-            await robot.stop()  # shielded: a STOP runs to completion
+            await self.actuators.robot_stop()  # shielded: a STOP runs to completion
         except DriverError as exc:
             _log.warning("robot: STOP on shutdown failed: %s", exc)
 

@@ -25,7 +25,7 @@ from drivers.errors import (
 from drivers.modbus.codec import Decoder, Value, compile_decoder, decode, encode
 from drivers.modbus.link import ModbusLink
 from drivers.modbus.plan import Item, Read, bridge_limit_rtu, bridge_limit_tcp, plan_reads
-from drivers.modbus.profile import RackProfile, RegisterSpec
+from drivers.modbus.profile import RackProfile
 
 _log = logging.getLogger(__name__)
 
@@ -129,6 +129,7 @@ class RackDriver:
         *,
         unit_id: int | None = None,
         unit_ids: Sequence[int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if profile.layout == "block" and unit_id is None:
             raise ValueError(f"rack {name}: profile {profile.name} needs unit_id")
@@ -137,6 +138,7 @@ class RackDriver:
         self.name = name
         self.profile = profile
         self.link = link
+        self.clock = clock  # stamps readings; the link's timeouts stay on wall time
         self.slots = tuple(slots)
         self._units = (
             tuple(unit_ids)
@@ -166,7 +168,7 @@ class RackDriver:
             )
         )
         self._heartbeats: dict[int, tuple[int | None, float]] = {}
-        self._unit_rest: dict[int, tuple[float, float]] = {}  # unit -> (until, pause)
+        self._unit_rest: dict[int, tuple[float, float, str]] = {}  # unit -> (until, pause, why)
 
     def set_plan(self, reads: list[Read]) -> None:
         """Use these reads for polling (the planner's, or another plan to compare with)."""
@@ -203,13 +205,13 @@ class RackDriver:
         the first error is raised. A reading is stamped with the time its first read was
         sent: the data is at least that old.
         """
-        now = time.monotonic()
-        wall = time.time() - now  # wall clock = monotonic + this
+        now = self.clock()
+        wall = time.time() - now  # wall clock = the stamp + this
         values: dict[int, dict[str, Value | None]] = {slot: {} for slot in self.slots}
         stamps: dict[int, float] = {}
         failed_units: dict[int, str] = {}
         many = len(set(self._units)) > 1
-        resting = {u for u, (until, _) in self._unit_rest.items() if many and until > now}
+        resting = {u for u, (until, _, _) in self._unit_rest.items() if many and until > now}
         plan = list(zip(self.reads, self._extract, strict=True))
         # Healthy units first; units due for a re-probe last; resting units not at all.
         plan.sort(key=lambda pair: pair[0].unit in self._unit_rest)
@@ -217,7 +219,7 @@ class RackDriver:
         for read, extract in plan:
             if read.unit in failed_units or read.unit in resting:
                 continue
-            sent = time.monotonic()
+            sent = self.clock()
             probe = read.unit in self._unit_rest and many
             try:
                 words = await self.link.read_registers(
@@ -232,7 +234,7 @@ class RackDriver:
             except DriverError as exc:
                 failed_units[read.unit] = str(exc)
                 first_error = first_error or exc
-                self._rest(read.unit)
+                self._rest(read.unit, str(exc))
                 continue
             for slot, name, start, decoder in extract:
                 values[slot][name] = decoder(words, start)
@@ -244,8 +246,8 @@ class RackDriver:
             if unit in failed_units:
                 failed[slot] = failed_units[unit]
             elif unit in resting:
-                wait = self._unit_rest[unit][0] - now
-                failed[slot] = f"unit {unit} not answering (next try in {wait:.0f} s)"
+                until, _, why = self._unit_rest[unit]
+                failed[slot] = f"unit {unit}: {why} (next try in {until - now:.0f} s)"
         if len(failed) == len(self.slots):
             raise first_error or DeviceRejectedError(next(iter(failed.values())))
         readings = {
@@ -255,11 +257,11 @@ class RackDriver:
         }
         return PollResult(readings, failed)
 
-    def _rest(self, unit: int) -> None:
+    def _rest(self, unit: int, why: str) -> None:
         """A unit failed: leave it out of polls for a while, longer each time."""
-        _, pause = self._unit_rest.get(unit, (0.0, UNIT_REST_MIN_S / 2))
+        _, pause, _ = self._unit_rest.get(unit, (0.0, UNIT_REST_MIN_S / 2, why))
         pause = min(pause * 2, UNIT_REST_MAX_S)
-        self._unit_rest[unit] = (time.monotonic() + pause, pause)
+        self._unit_rest[unit] = (self.clock() + pause, pause, why)
 
     async def read_identity(self) -> RackIdentity:
         """Read the rack-level registers (identity, rack heartbeat) from the first unit."""
@@ -293,35 +295,34 @@ class RackDriver:
         )
         return int(words[0])
 
-    async def write_setpoints(
-        self, slot: int, *, charge_enable: bool | None = None, current_limit: float | None = None
-    ) -> None:
-        """Write a slot's setpoints and verify them by reading them back."""
+    async def write_limit(self, slot: int, amps: float) -> float:
+        """Write a slot's current limit and read it back; return what the charger holds (A).
+
+        `CommandNotAppliedError` when the read-back differs (a charger that clamps a limit or
+        ignores the write).
+        """
+        return float(await self._write_verified(slot, "current_limit", amps))
+
+    async def write_enable(self, slot: int, *, on: bool) -> bool:
+        """Switch a slot's charger on or off and read it back (`CommandNotAppliedError`)."""
+        return bool(await self._write_verified(slot, "charge_enable", int(on)))
+
+    async def _write_verified(self, slot: int, name: str, value: float) -> Value:
         i = self._index[slot]
         unit = self._units[i]
-        wanted: list[tuple[RegisterSpec, list[int]]] = []
-        regs = self.profile.slot_registers
+        spec = self.profile.slot_registers[name]
         try:
-            if current_limit is not None:
-                spec = regs["current_limit"]
-                wanted.append((spec, encode(spec, current_limit, self.profile.word_order)))
-            if charge_enable is not None:
-                spec = regs["charge_enable"]
-                wanted.append((spec, encode(spec, int(charge_enable), self.profile.word_order)))
+            words = encode(spec, value, self.profile.word_order)
         except (ValueError, TypeError) as exc:
             raise CommandNotAppliedError(f"rack {self.name} slot {slot}: {exc}") from exc
-        # Disable last-to-first order does not matter for safety: each write is its own request,
-        # and when lowering power the limit is written before enabling.
-        for spec, words in wanted:
-            await self.link.write_registers(unit, self.profile.slot_address(spec, i), words)
-        for spec, words in wanted:
-            back = await self.link.read_registers(
-                spec.table, unit, self.profile.slot_address(spec, i), spec.words
+        address = self.profile.slot_address(spec, i)
+        await self.link.write_registers(unit, address, words)
+        back = await self.link.read_registers(spec.table, unit, address, spec.words)
+        if back != words:
+            raise CommandNotAppliedError(
+                f"rack {self.name} slot {slot}: wrote {name}={words}, read back {back}"
             )
-            if back != words:
-                raise CommandNotAppliedError(
-                    f"rack {self.name} slot {slot}: wrote {spec.name}={words}, read back {back}"
-                )
+        return decode(spec, back, self.profile.word_order)
 
     def _reading(
         self, slot: int, values: dict[str, Value | None], now: float, wall: float
@@ -433,55 +434,13 @@ class RackPoller:
 
     async def run(self) -> None:
         """Poll forever."""
-        name = self.driver.name
         backoff = self.period
         while True:
             started = time.monotonic()
             self._wake.clear()  # a poll_soon() from now on asks for the poll after this one
-            failed: dict[int, str] = {}
-            try:
-                result = await self.driver.poll()
-            except DriverError as exc:
-                self.failures += 1
-                self.stats.failures += 1
-                self.last_error = str(exc)
-                if self.failures == self.offline_after:
-                    self.online = False
-                    _log.warning(
-                        "rack %s offline after %d failed polls: %s", name, self.failures, exc
-                    )
-                elif self.failures == 1:
-                    _log.info("rack %s: poll failed: %s", name, exc)
-            else:
-                if not self.online:
-                    _log.info("rack %s online (%d slots)", name, len(self.driver.slots))
-                self.online = True
-                self.failures = 0
-                self.last_error = None
-                self.readings.update(result.readings)
-                failed = result.failed
-                for slot in failed.keys() - self._silent:
-                    _log.warning("rack %s slot %d not answering: %s", name, slot, failed[slot])
-                self._silent = set(failed)
-                backoff = self.period
-            cycle = time.monotonic() - started
-            self.stats.cycles += 1
-            if self._keep:
-                self.stats.cycle_times.append(cycle)
-            self._on_snapshot(
-                RackSnapshot(
-                    name,
-                    time.monotonic(),
-                    self.online,
-                    dict(self.readings),
-                    self.failures,
-                    self.last_error,
-                    cycle,
-                    offline=self.failures >= self.offline_after,
-                    failed=failed,
-                )
-            )
+            await self.poll_once()
             if self.online or self.failures < self.offline_after:
+                backoff = self.period
                 # One period after this poll began (an early poll, after a command, moves the
                 # schedule rather than stretching it).
                 next_at = started + self.period
@@ -490,6 +449,51 @@ class RackPoller:
                 next_at = time.monotonic() + backoff * self._rng.uniform(0.75, 1.0)
                 backoff = min(backoff * 2, self.backoff_max_s)
             await self._sleep_until(next_at)
+
+    async def poll_once(self) -> RackSnapshot:
+        """One poll: count it, hand its snapshot to `on_snapshot`, and return it."""
+        name = self.driver.name
+        started = time.monotonic()
+        failed: dict[int, str] = {}
+        try:
+            result = await self.driver.poll()
+        except DriverError as exc:
+            self.failures += 1
+            self.stats.failures += 1
+            self.last_error = str(exc)
+            if self.failures == self.offline_after:
+                self.online = False
+                _log.warning("rack %s offline after %d failed polls: %s", name, self.failures, exc)
+            elif self.failures == 1:
+                _log.info("rack %s: poll failed: %s", name, exc)
+        else:
+            if not self.online:
+                _log.info("rack %s online (%d slots)", name, len(self.driver.slots))
+            self.online = True
+            self.failures = 0
+            self.last_error = None
+            self.readings.update(result.readings)
+            failed = result.failed
+            for slot in failed.keys() - self._silent:
+                _log.warning("rack %s slot %d not answering: %s", name, slot, failed[slot])
+            self._silent = set(failed)
+        cycle = time.monotonic() - started
+        self.stats.cycles += 1
+        if self._keep:
+            self.stats.cycle_times.append(cycle)
+        snapshot = RackSnapshot(
+            name,
+            self.driver.clock(),
+            self.online,
+            dict(self.readings),
+            self.failures,
+            self.last_error,
+            cycle,
+            offline=self.failures >= self.offline_after,
+            failed=failed,
+        )
+        self._on_snapshot(snapshot)
+        return snapshot
 
     async def _sleep_until(self, when: float) -> None:
         delay = when - time.monotonic()

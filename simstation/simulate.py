@@ -51,7 +51,7 @@ from simstation.scenario import (
     fault_schedule,
     load_scenario,
 )
-from simstation.station import SimRackSpec, SimStation
+from simstation.station import CONTACTOR_S, SimRackSpec, SimStation
 from simstation.traffic import Car, Fleet, FleetOptions
 
 STATION_ID = "sim"
@@ -283,6 +283,9 @@ def daemon_config(loaded: LoadedScenario, sim: SimStation, broker: Mosquitto, wo
         # A rate measured in wall seconds sees simulated rates times the speed.
         f"[supervision]\nfast_rise_c_per_min = {min(100_000.0, 2.0 * sc.speed)}\n"
         f"[charging]\nmax_current_a = {st.charger_max_a}\n"
+        # The contactors' 30 s minimum on and off times are simulated seconds.
+        f"min_on_s = {max(0.01, round(CONTACTOR_S / sc.speed, 3))}\n"
+        f"min_off_s = {max(0.01, round(CONTACTOR_S / sc.speed, 3))}\n"
         "[power]\n" + "\n".join(power) + "\n" + pack_types
     )
     text = sim.controller_toml(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from simstation.robot import SimBay, SimRobot, Timing
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILES = REPO / "config" / "profiles"
+CONTACTOR_S = 30.0  # the simulated chargers' minimum on and off times (simulated seconds)
 
 
 @dataclass
@@ -328,7 +330,14 @@ class SimStation:
                 f"port = {self.plc.port}\npoll_period_s = 0.05\ntimeout_min_s = 0.02\n"
                 "timeout_max_s = 0.1\nheartbeat_timeout_s = 0.5\n"
             )
-        return "\n".join(out)
+        text = "\n".join(out)
+        # The contactors' minimum on and off times are simulated time: at speed S a wall
+        # second is S simulated seconds (unless the caller set them).
+        data = tomllib.loads(text)
+        charging = data.setdefault("charging", {})
+        for key in ("min_on_s", "min_off_s"):
+            charging.setdefault(key, max(0.01, round(CONTACTOR_S / self.clock.speed, 3)))
+        return tomli_w.dumps(data)
 
     # --- the vehicle side -------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ import os
 import select
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -14,6 +15,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from controller import interlocks
+from controller.journal import FILENAME
+from controller.motionlog import MotionEntry, select_sync
 from simstation.broker import Mosquitto
 
 REPO = Path(__file__).resolve().parent.parent
@@ -201,3 +205,29 @@ def run_swapctl(
         cwd=REPO,
         check=False,
     )
+
+
+def motion_log(storage: Path) -> list[MotionEntry]:
+    """The journal's motion log, read-only (the daemon may be running)."""
+    path = storage / FILENAME
+    conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    try:
+        return select_sync(conn)
+    finally:
+        conn.close()
+
+
+def assert_motion_within_interlocks(entries: list[MotionEntry]) -> int:
+    """Every motion the supervisor let out of a swap's phase had that phase's interlocks true.
+
+    Returns how many motions were checked.
+    """
+    checked = 0
+    for e in entries:
+        if not e.motions or e.verdict != "allowed" or e.phase is None:
+            continue
+        facts = {k: v for k, v in e.facts.items() if v is None or isinstance(v, bool)}
+        failing = [c.name for c in interlocks.failing(e.phase, facts)]
+        assert not failing, f"{e.command} sent in {e.phase} with {failing} false"
+        checked += 1
+    return checked

@@ -222,3 +222,16 @@ def test_restored_cause_is_held_until_fresh_data() -> None:
     stale = SlotView(1, "a", None, False, None, "rack offline")
     assert "charger_fault" in rules.check(stale).causes
     assert rules.check(_view(_reading(1.0, 25.0))).causes == {}
+
+
+def test_a_setpoint_not_applied_is_retried_after_1_s_then_doubling_to_60_s() -> None:
+    """docs/architecture.md: retried with a growing pause (1 s .. 60 s)."""
+    from controller.slotcontrol import _Writing
+
+    writing = _Writing((True, 100.0), at=0.0)
+    assert not writing.due(0.99) and writing.due(1.0)  # not yet confirmed: asked again at 1 s
+    pauses = []
+    for failures in range(1, 10):
+        writing.failures = failures
+        pauses.append(next(t for t in range(1, 200) if writing.due(float(t))))
+    assert pauses == [1, 2, 4, 8, 16, 32, 60, 60, 60]

@@ -29,7 +29,6 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from controller import interlocks
 from controller.inventory import Place
 from controller.journal import FILENAME
 from controller.sequencer import Sequencer, SwapRejectedError
@@ -37,6 +36,7 @@ from drivers.robot.protocol import FaultCode, MsgType
 from simstation.charger import SimPack
 from simstation.station import SimRackSpec
 from tests.rig import Rig, running
+from tests.support import assert_motion_within_interlocks, motion_log
 
 SPEED = 300.0
 SECTIONS = "[swap]\nmin_dispense_soc = 80\n"
@@ -204,11 +204,7 @@ class SwapStation(RuleBasedStateMachine):
 
     @invariant()
     def no_motion_against_interlocks(self) -> None:
-        for _, phase, what, facts in self.seq.commands:
-            if what == "robot STOP":
-                continue
-            failing = [c.name for c in interlocks.failing(phase, facts)]
-            assert not failing, f"{what} sent in {phase} with {failing} false"
+        assert_motion_within_interlocks(motion_log(self.rig.station.config.storage.dir))
 
     @invariant()
     def never_lowered_without_a_locked_pack(self) -> None:

@@ -1,0 +1,206 @@
+"""The only way to the machinery: chargers, station outputs, the robot.
+
+Each command is judged by the safety supervisor (`controller/safety.py`), entered in the motion
+log (`controller/motionlog.py`) with the facts it was judged on, and sent only when allowed;
+a refused one raises `SafetyRefusedError` and goes nowhere. Stops are never refused. Nothing
+else in the controller writes to a device (`tests/test_architecture.py` checks it).
+
+Log entries and refusal events wait here until the next journal commit of the slot control or
+the swap sequencer takes them (`take_journal`); a robot command is judged before the swap's
+write-ahead commit (`judge_robot`), so its entry is durable before it goes out.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Mapping
+
+from controller.events import JournalBatch
+from controller.motionlog import Device, NewMotionEntry, entry_of, insert_sync
+from controller.safety import (
+    ChargerEnable,
+    ChargerLimit,
+    Command,
+    Outputs,
+    RobotMotion,
+    SafetyRefusedError,
+    SafetySupervisor,
+    Verdict,
+)
+from drivers.rack import RackDriver
+from drivers.robot.link import RobotLink
+from drivers.robot.protocol import MoveArgs, MsgType, Payload, RobotStatus, SlotArgs, Target
+from drivers.stationio import StationIoDriver
+
+_log = logging.getLogger(__name__)
+
+MAX_PENDING = 10_000  # entries kept for the next commit; beyond, the oldest are dropped (logged)
+VERDICT_FRESH_S = 2.0  # a robot command goes out within this of its verdict, or is judged again
+
+# (swap id, phase) of the swap in progress, for the log
+Context = Callable[[], tuple[str | None, str | None]]
+
+
+class Actuators:
+    """Judge, log, send."""
+
+    def __init__(
+        self,
+        safety: SafetySupervisor,
+        racks: Mapping[str, RackDriver],
+        rack_of: Mapping[int, str],
+        *,
+        io: StationIoDriver | None = None,
+        robot: RobotLink | None = None,
+    ) -> None:
+        self.safety = safety
+        self.racks = dict(racks)
+        self.rack_of = dict(rack_of)
+        self.io = io
+        self.robot = robot
+        self.context: Context = lambda: (None, None)
+        self._entries: list[NewMotionEntry] = []
+
+    # --- chargers -----------------------------------------------------------------------------
+
+    async def charger_limit(self, slot: int, amps: float) -> float:
+        """Write a slot's current limit, verified; return what the charger holds (A)."""
+        cmd = ChargerLimit(slot, amps)
+        self._pass(cmd, log=False)
+        back = await self.racks[self.rack_of[slot]].write_limit(slot, amps)
+        self.safety.applied(cmd, read_back=back)
+        return back
+
+    async def charger_enable(self, slot: int, *, on: bool) -> None:
+        """Switch a slot's charger on (after its limit, see `charger_limit`) or off, verified."""
+        cmd = ChargerEnable(slot, on)
+        self._pass(cmd, log=True)
+        back = await self.racks[self.rack_of[slot]].write_enable(slot, on=on)
+        self.safety.applied(cmd, read_back=back)
+
+    # --- station outputs ----------------------------------------------------------------------
+
+    def judge_outputs(self, values: Mapping[str, bool]) -> Verdict:
+        """Judge an outputs command and log the verdict (before the caller's commit)."""
+        verdict = self.safety.permit(_outputs(values))
+        self._log(verdict)
+        return verdict
+
+    async def outputs(self, values: Mapping[str, bool], *, verdict: Verdict | None = None) -> None:
+        """Set and clear station outputs (lift, gate, green light), verified by read-back.
+
+        `verdict`: from `judge_outputs` a moment ago (else it is judged now). Raises
+        `SafetyRefusedError` when refused (nothing is written).
+        """
+        if self.io is None:
+            raise RuntimeError("no station I/O configured")
+        verdict = self._fresh(verdict, _outputs(values)) or self.judge_outputs(values)
+        if not verdict.allowed:
+            raise SafetyRefusedError(verdict)
+        await self.io.set_coils(**values)
+
+    # --- the robot ----------------------------------------------------------------------------
+
+    def judge_robot(self, kind: MsgType, body: Payload | None = None) -> Verdict:
+        """Judge a robot command and log the verdict (before the caller's write-ahead commit)."""
+        verdict = self.safety.permit(_robot_motion(kind, body))
+        self._log(verdict)
+        return verdict
+
+    async def robot_command(
+        self, kind: MsgType, body: Payload | None = None, *, verdict: Verdict | None = None
+    ) -> RobotStatus:
+        """Send a robot command judged by `judge_robot` (or judge it now); its status after.
+
+        Raises `SafetyRefusedError` when refused (nothing is sent).
+        """
+        robot = self._robot()
+        verdict = self._fresh(verdict, _robot_motion(kind, body)) or self.judge_robot(kind, body)
+        if not verdict.allowed:
+            raise SafetyRefusedError(verdict)
+        return await robot.command(kind, body)
+
+    async def robot_stop(self) -> RobotStatus:
+        """STOP the robot now (never refused; logged after it went out)."""
+        robot = self._robot()
+        verdict = self.safety.judge(RobotMotion(MsgType.STOP))
+        try:
+            return await robot.stop()
+        finally:
+            self._log(verdict)
+
+    # --- the journal --------------------------------------------------------------------------
+
+    def take_journal(self, batch: JournalBatch) -> None:
+        """Add the pending log entries and refusal events to `batch` (committed by the caller)."""
+        entries, self._entries = self._entries, []
+        if entries:
+            batch.call(lambda conn: _insert(conn, entries))
+        for kind, body in self.safety.take_events():
+            batch.event(kind, body)
+
+    @property
+    def pending(self) -> bool:
+        """Entries or events wait for a commit."""
+        return bool(self._entries)
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _pass(self, cmd: Command, *, log: bool) -> None:
+        verdict = self.safety.permit(cmd)
+        if log or not verdict.allowed:
+            self._log(verdict)
+        if not verdict.allowed:
+            raise SafetyRefusedError(verdict)
+
+    def _fresh(self, verdict: Verdict | None, cmd: Command) -> Verdict | None:
+        """`verdict` if it judged `cmd` a moment ago, else None (judge again)."""
+        if verdict is None or verdict.command != cmd:
+            return None
+        return verdict if self.safety.clock() - verdict.at <= VERDICT_FRESH_S else None
+
+    def _log(self, verdict: Verdict) -> None:
+        cmd = verdict.command
+        device: Device = (
+            "charger"
+            if isinstance(cmd, (ChargerLimit, ChargerEnable))
+            else "outputs"
+            if isinstance(cmd, Outputs)
+            else "robot"
+        )
+        slot = cmd.slot if isinstance(cmd, (ChargerLimit, ChargerEnable, RobotMotion)) else None
+        swap_id, phase = self.context()
+        wall = time.time() - (self.safety.clock() - verdict.at)
+        self._entries.append(
+            entry_of(verdict, device, slot=slot, swap_id=swap_id, phase=phase, wall=wall)
+        )
+        if len(self._entries) > MAX_PENDING:
+            del self._entries[: len(self._entries) - MAX_PENDING]
+            _log.error("motion log: nothing committed it for a while; oldest entries dropped")
+
+    def _robot(self) -> RobotLink:
+        if self.robot is None:
+            raise RuntimeError("no robot configured")
+        return self.robot
+
+
+def _outputs(values: Mapping[str, bool]) -> Outputs:
+    return Outputs(
+        frozenset(k for k, v in values.items() if v),
+        frozenset(k for k, v in values.items() if not v),
+    )
+
+
+def _robot_motion(kind: MsgType, body: Payload | None) -> RobotMotion:
+    if isinstance(body, MoveArgs):
+        target = Target(body.target)
+        return RobotMotion(kind, target, body.slot if target is Target.SLOT else None)
+    if isinstance(body, SlotArgs):
+        return RobotMotion(kind, None, body.slot)
+    return RobotMotion(kind)
+
+
+def _insert(conn: sqlite3.Connection, entries: list[NewMotionEntry]) -> None:
+    insert_sync(conn, entries)
