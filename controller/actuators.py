@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from controller.events import JournalBatch
 from controller.motionlog import Device, NewMotionEntry, entry_of, insert_sync
 from controller.safety import (
+    EVENT_EVERY_S,
     ChargerEnable,
     ChargerLimit,
     Command,
@@ -62,6 +63,7 @@ class Actuators:
         self.robot = robot
         self.context: Context = lambda: (None, None)
         self._entries: list[NewMotionEntry] = []
+        self._refused_at: dict[str, float] = {}
 
     # --- chargers -----------------------------------------------------------------------------
 
@@ -163,6 +165,15 @@ class Actuators:
 
     def _log(self, verdict: Verdict) -> None:
         cmd = verdict.command
+        if not verdict.allowed:
+            # A refused command asked again and again (the sequencer retries every step) is
+            # entered once per EVENT_EVERY_S: the supervisor counts every refusal.
+            last = self._refused_at.get(str(cmd))
+            if last is not None and verdict.at - last < EVENT_EVERY_S:
+                return
+            if len(self._refused_at) > MAX_PENDING:
+                self._refused_at.clear()
+            self._refused_at[str(cmd)] = verdict.at
         device: Device = (
             "charger"
             if isinstance(cmd, (ChargerLimit, ChargerEnable))

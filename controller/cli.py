@@ -64,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to reach the robot")
     p.set_defaults(func=_cmd_robot)
 
-    p = sub.add_parser("records", help="the swap records: verify their hash chain, export them")
+    p = sub.add_parser(
+        "records", help="the swap records and the motion log: verify their hash chains, export"
+    )
     actions = p.add_subparsers(title="actions", dest="action", metavar="ACTION", required=True)
     r = actions.add_parser("verify", help="check every record's hash and link (exit 1 if broken)")
     add_config_arg(r)
@@ -80,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--output", type=Path, help="file to write (default: stdout)")
     r.add_argument("--since", type=int, default=0, metavar="SEQ", help="only the records after SEQ")
+    r.set_defaults(func=_cmd_records)
+    r = actions.add_parser(
+        "motion",
+        help="the motion log (every command to machinery, its facts and the safety verdict)"
+        " as JSON Lines, or --verify its hash chain",
+    )
+    add_config_arg(r)
+    r.add_argument("--swap", metavar="SWAP_ID", help="only the commands of this swap")
+    r.add_argument("--verify", action="store_true", help="check the chain (exit 1 if broken)")
     r.set_defaults(func=_cmd_records)
 
     _add_remote_commands(sub)
@@ -213,13 +224,15 @@ def _cmd_robot(args: argparse.Namespace) -> int:
 
 
 def _cmd_records(args: argparse.Namespace) -> int:
-    from controller.recordscli import export_command, verify_command
+    from controller.recordscli import export_command, motion_command, verify_command
 
     config = load_or_report(args.config)
     if config is None:
         return EXIT_USAGE
     if args.action == "verify":
         return verify_command(config)
+    if args.action == "motion":
+        return motion_command(config, args.swap, verify=args.verify)
     return export_command(config, args.fmt, args.output, args.since)
 
 

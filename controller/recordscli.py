@@ -1,4 +1,4 @@
-"""`swapctl records verify|export`: the swap records, read from the journal.
+"""`swapctl records verify|export|motion`: the swap records and the motion log, from the journal.
 
 The journal is opened read-only (`Journal.open(..., read_only=True)`): nothing in it changes,
 and the daemon may run meanwhile, since a WAL reader never blocks the writer. Exit codes: 0
@@ -22,6 +22,7 @@ from typing import TextIO
 from controller.config import StationConfig
 from controller.errors import SwapstationError
 from controller.journal import FILENAME, Journal, JournalError
+from controller.motionlog import select_sync, verify_sync
 from controller.records import ExportFormat, RecordError, RecordStore
 
 EXIT_BROKEN = 1
@@ -166,3 +167,42 @@ def _ownership_problem(path: Path) -> str | None:
         f"{path} belongs to {name}: run this as that user (runuser -u {name} -- swapctl"
         " records ...); files SQLite would create as root could lock the daemon out"
     )
+
+
+def motion_command(config: StationConfig, swap_id: str | None, *, verify: bool) -> int:
+    """`swapctl records motion`: the motion log as JSON Lines (one swap's, or all), or verify it.
+
+    Exit codes as for the records: 0, 1 the chain is broken, 3 the journal cannot be read.
+    """
+    try:
+        return asyncio.run(_motion(config.storage.dir, swap_id, verify=verify))
+    except _UnreadableError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_UNREADABLE
+
+
+async def _motion(directory: Path, swap_id: str | None, *, verify: bool) -> int:
+    path = directory / FILENAME
+    refusal = _ownership_problem(path)
+    if refusal is not None:
+        raise _UnreadableError(refusal)
+    try:
+        journal = await Journal.open(directory, read_only=True)
+    except JournalError as exc:
+        raise _UnreadableError(str(exc)) from exc
+    try:
+        if verify:
+            count, problem = await journal.call(verify_sync)
+            if problem is not None:
+                print(problem)
+                print(f"motion log broken after entry {count}")
+                return EXIT_BROKEN
+            print(f"{count} motion log entries, chain intact")
+            return 0
+        entries = await journal.call(lambda conn: select_sync(conn, swap_id))
+    except sqlite3.Error as exc:
+        raise _UnreadableError(f"cannot read journal {path}: {exc}") from exc
+    finally:
+        await journal.close()
+    sys.stdout.write("".join(entry.model_dump_json() + "\n" for entry in entries))
+    return 0

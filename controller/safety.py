@@ -429,7 +429,9 @@ class SafetySupervisor:
         now = self.clock()
         if isinstance(cmd, ChargerLimit):
             entry.limit_a, entry.limit_at = float(read_back), now
-        elif bool(read_back) != entry.on:
+        elif not read_back or not entry.on:
+            # Every verified off starts the off-time anew (the contactor may just have opened,
+            # whatever the ledger thought); an on, only when it was off.
             entry.on, entry.since = bool(read_back), now
 
     def observe(self, slot: int, now: float) -> None:

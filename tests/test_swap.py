@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
 import pytest
 
+from controller.motionlog import MotionEntry
 from controller.records import RecordStore
 from simstation.broker import Mosquitto
 from simstation.charger import SimPack
 from simstation.station import SimRackSpec
 from tests.rig import Rig, running, until
-from tests.support import assert_motion_within_interlocks, motion_log
+from tests.support import assert_motion_within_interlocks, motion_log, run_swapctl
 
 pytestmark = pytest.mark.asyncio
 
@@ -79,3 +81,21 @@ async def test_a_full_swap_runs_end_to_end(tmp_path: Path, broker: Mosquitto) ->
         assert inv.get("PK-A") is None  # left with the vehicle
         print(f"swap took {took:.2f} s wall clock; overhead {sorted(seq.overheads_ms)}")
         assert took < 2.0
+        # The swap's commands to machinery, as the safety supervisor judged them, exported.
+        config = str(rig.config_path)
+        out = await asyncio.to_thread(run_swapctl, "records", "motion", "--config", config,
+                                      "--swap", swap_id)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        entries = [MotionEntry.model_validate_json(line) for line in out.stdout.splitlines()]
+        assert {e.swap_id for e in entries} == {swap_id}
+        assert all(e.verdict == "allowed" for e in entries)
+        robot = [e.command for e in entries if e.device == "robot" and e.motions]
+        assert [c.split()[1] for c in robot] == [
+            "MOVE", "UNLOCK", "REMOVE", "MOVE", "STORE", "MOVE", "FETCH", "MOVE", "INSTALL",
+            "LOCK", "HOME",
+        ]  # fmt: skip
+        lift = [e for e in entries if e.motions == ["lift_lower"]]
+        assert lift and lift[0].facts["pack_locked"] is True
+        out = await asyncio.to_thread(run_swapctl, "records", "motion", "--config", config,
+                                      "--verify")  # fmt: skip
+        assert out.returncode == 0 and out.stdout.endswith("chain intact\n"), out
