@@ -45,3 +45,26 @@ def test_drivers_do_not_import_the_controller() -> None:
 def test_simulator_commands_plug_in_by_entry_point() -> None:
     text = (REPO / "pyproject.toml").read_text()
     assert '[project.entry-points."swapctl.commands"]' in text
+
+
+DEVICE_WRITES = {"write_limit", "write_enable", "set_coils", "set_coil", "write_registers",
+                 "write_coil"}  # fmt: skip
+ROBOT_MOTION = {"command", "stop"}
+# The gate itself, and the in-person commissioning tool (run with the daemon stopped; the
+# person at the robot is the safety function, docs/operations.md).
+MAY_COMMAND = {"actuators.py", "robotcli.py"}
+
+
+def test_only_the_actuators_command_machinery() -> None:
+    """Every command to a charger, an output or the robot passes the safety supervisor."""
+    offenders = []
+    for path in sorted((REPO / "controller").rglob("*.py")):
+        if path.name in MAY_COMMAND:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            name, receiver = node.func.attr, ast.unparse(node.func.value)
+            if name in DEVICE_WRITES or (name in ROBOT_MOTION and "robot" in receiver.lower()):
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno} {receiver}.{name}()")
+    assert offenders == []

@@ -144,7 +144,14 @@ def _swap_conditions() -> str:
     return "\n".join(rows)
 
 
+def _safety_invariants() -> str:
+    from controller.safety import table
+
+    return table()
+
+
 GENERATORS: dict[str, Callable[[], str]] = {
+    "safety-invariants": _safety_invariants,
     "robot-messages": _robot_messages,
     "robot-codes": _robot_codes,
     "robot-examples": _robot_examples,
