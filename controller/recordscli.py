@@ -115,7 +115,8 @@ def _export_to_file(directory: Path, fmt: ExportFormat, output: Path, since_seq:
 
 
 @contextlib.asynccontextmanager
-async def _store(directory: Path) -> AsyncIterator[RecordStore]:
+async def _journal(directory: Path) -> AsyncIterator[Journal]:
+    """The journal, read-only; an `_UnreadableError` when it cannot be (or must not be) read."""
     path = directory / FILENAME
     refusal = _ownership_problem(path)
     if refusal is not None:
@@ -125,6 +126,16 @@ async def _store(directory: Path) -> AsyncIterator[RecordStore]:
     except JournalError as exc:
         raise _UnreadableError(str(exc)) from exc
     try:
+        yield journal
+    except sqlite3.Error as exc:
+        raise _UnreadableError(f"cannot read journal {path}: {exc}") from exc
+    finally:
+        await journal.close()
+
+
+@contextlib.asynccontextmanager
+async def _store(directory: Path) -> AsyncIterator[RecordStore]:
+    async with _journal(directory) as journal:
         has_records = await journal.call(
             lambda c: (
                 c.execute(
@@ -135,15 +146,10 @@ async def _store(directory: Path) -> AsyncIterator[RecordStore]:
         )
         if not has_records:
             raise _UnreadableError(
-                f"journal {path} has no swap records table: its schema is from an older"
-                " release (the daemon of this release migrates it when it starts)"
+                f"journal {directory / FILENAME} has no swap records table: its schema is from"
+                " an older release (the daemon of this release migrates it when it starts)"
             )
-        try:
-            yield RecordStore(journal)
-        except sqlite3.Error as exc:
-            raise _UnreadableError(f"cannot read journal {path}: {exc}") from exc
-    finally:
-        await journal.close()
+        yield RecordStore(journal)
 
 
 def _ownership_problem(path: Path) -> str | None:
@@ -182,15 +188,7 @@ def motion_command(config: StationConfig, swap_id: str | None, *, verify: bool) 
 
 
 async def _motion(directory: Path, swap_id: str | None, *, verify: bool) -> int:
-    path = directory / FILENAME
-    refusal = _ownership_problem(path)
-    if refusal is not None:
-        raise _UnreadableError(refusal)
-    try:
-        journal = await Journal.open(directory, read_only=True)
-    except JournalError as exc:
-        raise _UnreadableError(str(exc)) from exc
-    try:
+    async with _journal(directory) as journal:
         if verify:
             count, problem = await journal.call(verify_sync)
             if problem is not None:
@@ -200,9 +198,5 @@ async def _motion(directory: Path, swap_id: str | None, *, verify: bool) -> int:
             print(f"{count} motion log entries, chain intact")
             return 0
         entries = await journal.call(lambda conn: select_sync(conn, swap_id))
-    except sqlite3.Error as exc:
-        raise _UnreadableError(f"cannot read journal {path}: {exc}") from exc
-    finally:
-        await journal.close()
     sys.stdout.write("".join(entry.model_dump_json() + "\n" for entry in entries))
     return 0

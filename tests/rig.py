@@ -91,25 +91,36 @@ async def running(
             mqtt=mqtt,
         )
     )
+    try:
+        async with daemon_in_process(path, environ) as (daemon, task):
+            rig = Rig(daemon, sim, task, path)
+            if wait_online:
+                await until(
+                    lambda: task.done() or all(p.online for p in rig.station.pollers.values()),
+                    what="racks online",
+                )
+            if task.done():
+                raise AssertionError(f"daemon exited with {task.result()}")
+            yield rig
+    finally:
+        await sim.stop()
+
+
+@contextlib.asynccontextmanager
+async def daemon_in_process(
+    path: Path, environ: Mapping[str, str] | None = None
+) -> AsyncIterator[tuple[Daemon, asyncio.Task[int]]]:
+    """The daemon of the config at `path`, in this process, its station built; stopped on exit."""
     daemon = Daemon(load_config(path, environ=dict(environ or {})))
     task = asyncio.create_task(daemon.run())
-    rig = Rig(daemon, sim, task, path)
     try:
         await until(lambda: daemon.station is not None or task.done(), what="daemon start")
-        if wait_online:
-            await until(
-                lambda: task.done() or all(p.online for p in rig.station.pollers.values()),
-                what="racks online",
-            )
         if task.done():
             raise AssertionError(f"daemon exited with {task.result()}")
-        yield rig
+        yield daemon, task
     finally:
-        try:
-            if not task.done():
-                daemon.request_stop("test")
-                # A daemon that does not stop in time is a failure, never hidden.
-                async with asyncio.timeout(10):
-                    await task
-        finally:
-            await sim.stop()
+        if not task.done():
+            daemon.request_stop("test")
+            # A daemon that does not stop in time is a failure, never hidden.
+            async with asyncio.timeout(10):
+                await task

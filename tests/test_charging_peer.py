@@ -18,11 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from controller.configload import load_config
 from controller.daemon import Daemon
 from controller.station import Station
 from tests.peers.rack import PeerRack
-from tests.rig import until
+from tests.rig import daemon_in_process, until
 from tests.support import REPO
 
 
@@ -94,24 +93,14 @@ async def peer_station(
                     await stop.wait()
 
     ticker = asyncio.create_task(tick()) if ticking else None
-    daemon = Daemon(load_config(path))
-    task = asyncio.create_task(daemon.run())
-    rig = PeerRig(daemon, rack, task)
     try:
-        await until(lambda: daemon.station is not None or task.done(), what="daemon start")
-        assert not task.done(), f"daemon exited with {task.result()}"
-        yield rig
+        async with daemon_in_process(path) as (daemon, task):
+            yield PeerRig(daemon, rack, task)
     finally:
-        try:
-            if not task.done():
-                daemon.request_stop("test")
-                async with asyncio.timeout(10):
-                    await task
-        finally:
-            stop.set()
-            if ticker is not None:
-                await ticker
-            rack.stop()
+        stop.set()
+        if ticker is not None:
+            await ticker
+        rack.stop()
 
 
 def slots_of(rack: PeerRack) -> list[int]:

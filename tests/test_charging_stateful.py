@@ -28,6 +28,7 @@ import asyncio
 import os
 import shutil
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ from tests.peers.rack import PeerRack
 from tests.support import REPO
 
 LONG = os.environ.get("SWAPSTATION_LONG") == "1"
+TOTALS: Counter[str] = Counter()  # over every example of the module, for the long run's figures
 N = 3  # slots
 CHARGER_MAX_A = 150.0
 MIN_OFF_S = 5.0
@@ -165,6 +167,11 @@ class ChargingControl(RuleBasedStateMachine):
         return self.loop.run_until_complete(coro)
 
     def teardown(self) -> None:
+        TOTALS["examples"] += 1
+        TOTALS["control steps"] += self.steps
+        TOTALS["switch-ons"] += sum(len(t.ons) for t in self.truth)
+        TOTALS["supervisor refusals"] += sum(self.actuators.safety.counts.values())
+        TOTALS["invariant breaks"] += len(self.breaks)
         event(f"control steps: {self.steps // 10 * 10}+")
         event(f"switch-ons: {min(5, sum(len(t.ons) for t in self.truth))}")
         refused = sum(self.actuators.safety.counts.values())
@@ -377,3 +384,11 @@ TestChargingUnderAGridLimit.settings = SETTINGS
 TestChargingUnderAGridLimit = pytest.mark.timeout(3600 if LONG else 240)(
     TestChargingUnderAGridLimit
 )
+
+
+@pytest.mark.skipif(not LONG, reason="the long run only (SWAPSTATION_LONG=1)")
+def test_the_long_run_took_10000_steps_without_a_break() -> None:
+    """Runs after the two machines (same module, no xdist): their totals."""
+    print(dict(TOTALS))
+    assert TOTALS["control steps"] >= 10_000
+    assert TOTALS["invariant breaks"] == 0
