@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
 import re
 import sqlite3
@@ -37,6 +36,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import from_json
 
 from controller.config import CommandsConfig
 from controller.journal import Journal, transaction
@@ -49,7 +49,11 @@ QUEUE_SIZE = 64
 PRUNE_EVERY = 500  # commands between two prunings of remembered ids
 READ_ONLY_IDS = 4096  # ids of read-only commands remembered in memory
 ID_PATTERN = r"^[A-Za-z0-9._:@/+-]{1,64}$"
+ID_RE = re.compile(ID_PATTERN)
 NAME_RE = re.compile(r"^[a-z_]{1,32}$")
+MAX_DEPTH = 8  # nesting of a request's JSON: a command needs 1; deeper is refused unread
+MAX_TOPIC = 256
+PEEK_BYTES = 65536  # an oversized request up to this is still read for its id (the reply's)
 
 Code = Literal[
     "accepted", "done", "invalid", "unknown_command", "expired", "rejected", "busy", "duplicate",
@@ -190,6 +194,12 @@ class CommandServer:
     # --- arrival (on the link's reader: never blocks) -------------------------------------------
 
     def _on_message(self, message: aiomqtt.Message) -> None:
+        try:
+            self._arrived(message)
+        except Exception:  # noqa: BLE001 - the link's reader must go on whatever arrives
+            _log.exception("a request on %s could not be queued", str(message.topic)[:120])
+
+    def _arrived(self, message: aiomqtt.Message) -> None:
         props = message.properties
         expiry = getattr(props, "MessageExpiryInterval", None) if props is not None else None
         payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
@@ -204,8 +214,10 @@ class CommandServer:
         try:
             self._queue.put_nowait(incoming)
         except asyncio.QueueFull:
-            reply = _reply(_peek_id(incoming.payload), "busy", "too many requests queued")
-            self._spawn(self._send(incoming, reply))
+            request = _read(incoming.payload, self.config.max_payload_bytes)
+            if self._bad_reply_topic(incoming, request) is None:
+                reply = _reply(request.ident, "busy", "too many requests queued")
+                self._spawn(self._send(incoming, request, reply))
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -215,36 +227,50 @@ class CommandServer:
     # --- handling, in order ---------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Answer requests in order, for ever."""
+        """Answer requests in order, for ever: nothing a request carries ends this task."""
         while True:
             incoming = await self._queue.get()
-            refused = self._bad_reply_topic(incoming)
-            if refused is not None:
-                # Nowhere to answer: the request is not run (docs/security.md, reply topics).
-                _log.warning("cmd %s not run: %s", incoming.name, refused)
-                self.handled += 1
-                self.codes["invalid"] += 1
-                continue
             try:
-                reply = await self._answer(incoming)
-            except Exception as exc:  # noqa: BLE001 - the requester learns; the daemon goes on
-                _log.exception("command %s failed", incoming.name)
-                reply = _reply(_peek_id(incoming.payload), "error", f"{type(exc).__name__}")
-            self.handled += 1
-            self.codes[reply.code] += 1
-            if self.handled % PRUNE_EVERY == 0:
-                await self._prune()
-            await self._send(incoming, reply)
+                await self._handle(incoming)
+            except Exception:  # noqa: BLE001 - a request must never end the command task
+                _log.exception("command %r: handling failed", incoming.name[:40])
 
-    def _bad_reply_topic(self, incoming: _Incoming) -> str | None:
+    async def _handle(self, incoming: _Incoming) -> None:
+        request = _read(incoming.payload, self.config.max_payload_bytes)
+        refused = self._bad_reply_topic(incoming, request)
+        if refused is not None:
+            # Nowhere to answer: the request is not run (docs/security.md, reply topics).
+            _log.warning("cmd %s not run: %s", incoming.name[:40], refused)
+            self.handled += 1
+            self.codes["invalid"] += 1
+            return
+        try:
+            reply = await self._answer(incoming, request)
+        except Exception as exc:  # noqa: BLE001 - the requester learns; the daemon goes on
+            _log.exception("command %s failed", incoming.name[:40])
+            reply = _reply(request.ident, "error", f"{type(exc).__name__}")
+        self.handled += 1
+        self.codes[reply.code] += 1
+        if self.handled % PRUNE_EVERY == 0:
+            await self._prune()
+        await self._send(incoming, request, reply)
+
+    def _bad_reply_topic(self, incoming: _Incoming, request: _Read) -> str | None:
         """Why the request's reply topic cannot be used (None: it can, or there is none).
 
-        The station never answers into a wildcard or onto its own topics (only under
-        `<root>/reply/`): a requester must not make it publish where its state lives.
+        The Response Topic (v5) wins over `reply_to`; whichever is used must be a topic name
+        (a string of 1-256 characters, no wildcard, no NUL), and the station never answers
+        onto its own topics but under `<root>/reply/`: a requester must not make it publish
+        where its state lives. A `reply_to` that is not a string is refused the same way.
         """
-        topic = incoming.reply_to or _peek_reply_to(incoming.payload)
-        if topic is None:
+        if incoming.reply_to is not None:
+            topic: object = incoming.reply_to
+        elif request.has_reply_to:
+            topic = request.reply_to
+        else:
             return None
+        if not isinstance(topic, str) or not 1 <= len(topic) <= MAX_TOPIC:
+            return f"reply topic {str(topic)[:80]!r} is not a topic name"
         root = self.link.topic_root + "/"
         if "+" in topic or "#" in topic or "\x00" in topic:
             return f"reply topic {topic[:80]!r} has a wildcard"
@@ -252,11 +278,11 @@ class CommandServer:
             return f"reply topic {topic[:80]!r} is one of the station's own (use {root}reply/...)"
         return None
 
-    async def _send(self, incoming: _Incoming, reply: CommandReply) -> None:
-        reply_to = incoming.reply_to or _peek_reply_to(incoming.payload)
+    async def _send(self, incoming: _Incoming, request: _Read, reply: CommandReply) -> None:
+        reply_to = incoming.reply_to or request.reply_to
         level = logging.INFO if reply.ok else logging.WARNING
-        _log.log(level, "cmd %s %s: %s %s", incoming.name, reply.id, reply.code, reply.message)
-        if reply_to is None or self._bad_reply_topic(incoming) is not None:
+        _log.log(level, "cmd %s %s: %s %s", incoming.name[:40], reply.id, reply.code, reply.message)
+        if not isinstance(reply_to, str) or self._bad_reply_topic(incoming, request) is not None:
             return
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         if incoming.correlation is not None:
@@ -266,27 +292,22 @@ class CommandServer:
         except (NotConnectedError, RefusedError) as exc:
             _log.warning("reply to %s not delivered: %s", reply_to, exc)
 
-    async def _answer(self, incoming: _Incoming) -> CommandReply:  # noqa: PLR0911 - one per check
-        raw_id = _peek_id(incoming.payload)
-        if len(incoming.payload) > self.config.max_payload_bytes:
-            size = len(incoming.payload)
-            limit = self.config.max_payload_bytes
-            return _reply(raw_id, "invalid", f"payload of {size} B is over {limit} B")
-        try:
-            raw = json.loads(incoming.payload)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return _reply(None, "invalid", f"not JSON: {exc}")
-        if not isinstance(raw, dict):
-            return _reply(None, "invalid", "the request must be a JSON object")
+    async def _answer(  # noqa: PLR0911 - one return per outcome, in order
+        self, incoming: _Incoming, read: _Read
+    ) -> CommandReply:
+        """The reply to a request, running it when it is valid, new and in time."""
+        if read.problem is not None:
+            return _reply(read.ident, "invalid", read.problem)
         model = COMMANDS.get(incoming.name) if NAME_RE.match(incoming.name) else None
         if model is None:
             known = ", ".join(COMMANDS)
             name = incoming.name[:40]
-            return _reply(raw_id, "unknown_command", f"no command {name!r} (known: {known})")
+            return _reply(read.ident, "unknown_command", f"no command {name!r} (known: {known})")
         try:
-            request = model.model_validate(raw)
+            # Strict: a string is not a number, 0 is not false, a number is not a date.
+            request = model.model_validate_json(read.text, strict=True)
         except ValidationError as exc:
-            return _reply(raw_id, "invalid", _first_error(exc))
+            return _reply(read.ident, "invalid", _first_error(exc))
         first = await self._seen(incoming.name, request.id)
         if first is not None:
             return first
@@ -420,26 +441,67 @@ def _reply(
     )
 
 
-def _peek(payload: bytes, key: str) -> str | None:
-    """A string field of a request that may be invalid (for the reply only)."""
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """A request's bytes, read once: strictly, within bounds, never raising."""
+
+    text: str = ""  # the payload as UTF-8 text, when it is a JSON object within bounds
+    problem: str | None = None  # why it cannot be read (answered `invalid`)
+    ident: str | None = None  # its id, if one can be read (for the reply)
+    has_reply_to: bool = False
+    reply_to: object = None  # the `reply_to` field as sent, any JSON type
+
+
+def _read(payload: bytes, max_bytes: int) -> _Read:
+    """Decode as UTF-8, bound size and depth before parsing, parse once; never raises."""
+    if len(payload) > max(max_bytes, PEEK_BYTES):
+        return _Read(problem=f"payload of {len(payload)} B is over {max_bytes} B")
     try:
-        raw = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    value = raw.get(key) if isinstance(raw, dict) else None
-    return value if isinstance(value, str) and len(value) <= 256 else None
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _Read(problem=f"not UTF-8 (bad byte at offset {exc.start})")
+    depth = _depth(text)
+    if depth > MAX_DEPTH:
+        return _Read(problem=f"nested {depth} levels deep (at most {MAX_DEPTH})")
+    try:
+        raw = from_json(text)
+    except ValueError as exc:
+        return _Read(problem=f"not JSON: {str(exc)[:120]}")
+    if not isinstance(raw, dict):
+        return _Read(problem="the request must be a JSON object")
+    ident = raw.get("id")
+    return _Read(
+        text=text,
+        # Too big to run, small enough to read its id and reply topic for the answer.
+        problem=f"payload of {len(payload)} B is over {max_bytes} B"
+        if len(payload) > max_bytes
+        else None,
+        ident=ident if isinstance(ident, str) and ID_RE.match(ident) else None,
+        has_reply_to="reply_to" in raw,
+        reply_to=raw.get("reply_to"),
+    )
 
 
-def _peek_id(payload: bytes) -> str | None:
-    value = _peek(payload, "id") if len(payload) <= 65536 else None
-    return value if value is not None and re.match(ID_PATTERN, value) else None
-
-
-def _peek_reply_to(payload: bytes) -> str | None:
-    value = _peek(payload, "reply_to") if len(payload) <= 65536 else None
-    if value is None or not value or "+" in value or "#" in value:
-        return None
-    return value
+def _depth(text: str) -> int:
+    """The deepest nesting of arrays and objects in JSON text (strings skipped), iteratively."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
 
 
 def _first_error(exc: ValidationError) -> str:
