@@ -16,7 +16,9 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
+from controller.alarms import slot_scope
 from controller.events import JournalBatch
 from controller.motionlog import Device, NewMotionEntry, entry_of, insert_sync
 from controller.safety import (
@@ -38,7 +40,6 @@ from drivers.stationio import StationIoDriver
 _log = logging.getLogger(__name__)
 
 MAX_PENDING = 10_000  # entries kept for the next commit; beyond, the oldest are dropped (logged)
-VERDICT_FRESH_S = 2.0  # a robot command goes out within this of its verdict, or is judged again
 
 # (swap id, phase) of the swap in progress, for the log
 Context = Callable[[], tuple[str | None, str | None]]
@@ -75,18 +76,36 @@ class Actuators:
         self.safety.applied(cmd, read_back=back)
         return back
 
-    async def charger_enable(self, slot: int, *, on: bool) -> None:
-        """Switch a slot's charger on (after its limit, see `charger_limit`) or off, verified."""
+    async def charger_enable(self, slot: int, *, on: bool, verify: bool = True) -> None:
+        """Switch a slot's charger on (after its limit, see `charger_limit`) or off, verified.
+
+        `verify=False`, for an off only (at shutdown, in a hurry): not read back.
+        """
         cmd = ChargerEnable(slot, on)
         self._pass(cmd, log=True)
-        back = await self.racks[self.rack_of[slot]].write_enable(slot, on=on)
+        self.safety.sending(cmd)
+        try:
+            back = await self.racks[self.rack_of[slot]].write_enable(
+                slot, on=on, verify=verify or on
+            )
+        except BaseException:
+            self.safety.failed(cmd)
+            raise
         self.safety.applied(cmd, read_back=back)
+
+    def overrule(self, slot: int, name: str, why: str) -> None:
+        """The supervisor's watch switches off what the controller wanted on: booked, logged."""
+        self.safety.overrule(slot_scope(slot), name, why, now=self.safety.clock())
+        verdict = Verdict(ChargerEnable(slot, on=True), {"watch": True}, ((name, why),),
+                          self.safety.clock())  # fmt: skip
+        self._log(verdict)
 
     # --- station outputs ----------------------------------------------------------------------
 
-    def judge_outputs(self, values: Mapping[str, bool]) -> Verdict:
+    def judge_outputs(self, values: Mapping[str, bool] | Outputs) -> Verdict:
         """Judge an outputs command and log the verdict (before the caller's commit)."""
-        verdict = self.safety.permit(_outputs(values))
+        cmd = values if isinstance(values, Outputs) else _outputs(values)
+        verdict = self.safety.permit(cmd)
         self._log(verdict)
         return verdict
 
@@ -98,8 +117,11 @@ class Actuators:
         """
         if self.io is None:
             raise RuntimeError("no station I/O configured")
-        verdict = self._fresh(verdict, _outputs(values)) or self.judge_outputs(values)
+        verdict = self._recheck(verdict, _outputs(values), self.judge_outputs)
         if not verdict.allowed:
+            stops = {k: v for k, v in values.items() if not v}
+            if stops:  # what it clears is never held back by what it sets
+                await self.io.set_coils(**stops)
             raise SafetyRefusedError(verdict)
         await self.io.set_coils(**values)
 
@@ -119,7 +141,9 @@ class Actuators:
         Raises `SafetyRefusedError` when refused (nothing is sent).
         """
         robot = self._robot()
-        verdict = self._fresh(verdict, _robot_motion(kind, body)) or self.judge_robot(kind, body)
+        verdict = self._recheck(
+            verdict, _robot_motion(kind, body), lambda _c: self.judge_robot(kind, body)
+        )
         if not verdict.allowed:
             raise SafetyRefusedError(verdict)
         return await robot.command(kind, body)
@@ -157,11 +181,18 @@ class Actuators:
         if not verdict.allowed:
             raise SafetyRefusedError(verdict)
 
-    def _fresh(self, verdict: Verdict | None, cmd: Command) -> Verdict | None:
-        """`verdict` if it judged `cmd` a moment ago, else None (judge again)."""
-        if verdict is None or verdict.command != cmd:
-            return None
-        return verdict if self.safety.clock() - verdict.at <= VERDICT_FRESH_S else None
+    def _recheck(
+        self, verdict: Verdict | None, cmd: Command, judge_and_log: Callable[[Any], Verdict]
+    ) -> Verdict:
+        """The verdict to send `cmd` on, judged again now (facts move during a commit).
+
+        A verdict that still holds is not logged twice; one that no longer does is booked.
+        """
+        if verdict is None or verdict.command != cmd or not verdict.allowed:
+            return judge_and_log(cmd)
+        if self.safety.judge(cmd).allowed:
+            return verdict
+        return judge_and_log(cmd)  # refused now: booked and logged
 
     def _log(self, verdict: Verdict) -> None:
         cmd = verdict.command

@@ -176,6 +176,14 @@ MIGRATIONS: tuple[str, ...] = (
         SELECT RAISE(ABORT, 'motion_log is append-only: DELETE refused');
     END;
     """,
+    """
+    -- Chargers an operator switched off (set_charging off): they stay off across restarts
+    -- until an operator switches them on again.
+    CREATE TABLE charging_off (
+        slot  INTEGER PRIMARY KEY,
+        since REAL NOT NULL
+    ) STRICT;
+    """,
 )
 
 

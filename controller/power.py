@@ -169,7 +169,7 @@ class PowerModel:
         present = r.current_limit if r.charge_enable else None
         if not wants or volt_bound <= 0:
             committed = measured_w
-            if r.charge_enable or r.status == "fault":
+            if r.charge_enable is not False or r.status == "fault":  # on, or not known off
                 limit = r.current_limit if r.current_limit is not None else self.max_current_a
                 bound = limit * volt_bound if volt_bound > 0 else self.charger_max_w
                 committed = max(committed, min(bound, self.charger_max_w))

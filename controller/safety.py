@@ -187,9 +187,12 @@ def _within_limits(cmd: Command, facts: Facts) -> str | None:
 
 def _caps(facts: Facts) -> str:
     bms = _amps(facts.get("bms_current_max_a"))
+    volts = _amps(facts.get("bms_voltage_max_v"))
     alloc = facts.get("allocation_a")
     return (
-        f"BMS {'unknown' if bms is None else f'{bms:g} A'}, charger {facts.get('charger_max_a')} A"
+        f"BMS {'unknown' if bms is None else f'{bms:g} A'}"
+        + ("" if volts is not None and volts > 0 else f" and {volts or 'no'} V")
+        + f", charger {facts.get('charger_max_a')} A"
         + ("" if alloc is None else f", allocation {alloc} A")
     )
 
@@ -197,6 +200,12 @@ def _caps(facts: Facts) -> str:
 def _pack_present(cmd: Command, facts: Facts) -> str | None:
     if isinstance(cmd, ChargerEnable) and cmd.on and facts.get("pack_present") is not True:
         return "no pack reported in the slot"
+    return None
+
+
+def _no_handover(cmd: Command, facts: Facts) -> str | None:
+    if isinstance(cmd, ChargerEnable) and cmd.on and facts.get("handover") is not False:
+        return "the swap has claimed the slot for a handover"
     return None
 
 
@@ -237,9 +246,17 @@ INVARIANTS: tuple[Invariant, ...] = (
     Invariant(
         "current_within_limits",
         "a current limit is never above min(the pack's BMS limit, the charger's maximum, the"
-        " power allocation); an unknown BMS limit counts as 0 and 0 means 0: no switch-on",
+        " power allocation); an unknown BMS limit counts as 0 and 0 means 0 (a BMS voltage"
+        " limit of 0 or unknown too): no switch-on, and a charger that is on is switched off",
         (ChargerLimit, ChargerEnable),
         _within_limits,
+    ),
+    Invariant(
+        "no_charging_during_handover",
+        "a charger is not switched on while the swap hands a pack over at its slot (the robot"
+        " working there, or about to)",
+        (ChargerEnable,),
+        _no_handover,
     ),
     Invariant(
         "limit_verified_before_enable",
@@ -344,6 +361,9 @@ class Plant:
     pack_locked: Callable[[], bool | None] = lambda: None
     # The power allocation of a slot in A; None when no grid limit bounds it.
     allocation: Callable[[int], float | None] = lambda _slot: None
+    # The swap has claimed the slot for a handover (a pack about to be stored or fetched
+    # there, or just fetched and the slot not yet seen empty).
+    handover: Callable[[int], bool | None] = lambda _slot: False
 
 
 @dataclass
@@ -354,6 +374,7 @@ class _Ledger:
     since: float = 0.0  # when `on` began (a verified write, or a reading that showed it)
     limit_a: float | None = None  # the last limit written and read back
     limit_at: float = -math.inf
+    switching_on: bool = False  # an enable let through, not yet read back (or failed)
 
 
 class SafetySupervisor:
@@ -364,6 +385,7 @@ class SafetySupervisor:
         self.clock = clock
         self.started = clock()
         self.counts: Counter[str] = Counter()  # refusals by invariant
+        self.hold_s = REFUSAL_HOLD_S  # a refusal alarm lasts this long after the last refusal
         self.checked = 0
         self._ledger: dict[int, _Ledger] = {}
         self._episodes: dict[tuple[str, str], _Episode] = {}
@@ -376,6 +398,7 @@ class SafetySupervisor:
         now = self.clock()
         self.checked += 1
         if isinstance(cmd, (ChargerLimit, ChargerEnable)):
+            self.observe(cmd.slot, now)  # the latest reading first: the ledger may lag it
             facts = self._charger_facts(cmd.slot, now)
         else:
             facts = self._motion_facts(cmd)
@@ -393,6 +416,8 @@ class SafetySupervisor:
         verdict = self.judge(cmd)
         scope = _scope(cmd)
         if verdict.allowed:
+            if stopping(cmd):
+                return verdict  # a stop proves nothing about what was refused
             for inv in INVARIANTS:  # what held for this command clears its refusals
                 if isinstance(cmd, inv.kinds):
                     episode = self._episodes.get((scope, inv.name))
@@ -402,6 +427,21 @@ class SafetySupervisor:
         for name, why in verdict.refused:
             self._book(scope, name, f"refused {cmd}: {why}", verdict.at, verdict.facts)
         return verdict
+
+    def sending(self, cmd: ChargerEnable) -> None:
+        """An enable let through is on its way: until it is settled, the charger may be on."""
+        if cmd.on:
+            self._entry(cmd.slot).switching_on = True
+
+    def failed(self, cmd: ChargerLimit | ChargerEnable) -> None:
+        """A charger command went out and its outcome is unknown (no answer, not applied)."""
+        if isinstance(cmd, ChargerEnable) and cmd.on:
+            entry = self._entry(cmd.slot)
+            entry.switching_on = False
+            # It may have taken: from now on the charger counts as on until a reading says
+            # otherwise (its off-time, if it is off, is counted from that reading).
+            if not entry.on:
+                entry.on, entry.since = True, self.clock()
 
     def overrule(self, scope: str, name: str, why: str, *, now: float) -> None:
         """The watch (`must_be_off`) stopped what the controller wanted on: booked as a refusal."""
@@ -427,6 +467,8 @@ class SafetySupervisor:
         """A charger command went out and was read back: the ledger follows."""
         entry = self._entry(cmd.slot)
         now = self.clock()
+        if isinstance(cmd, ChargerEnable):
+            entry.switching_on = False
         if isinstance(cmd, ChargerLimit):
             entry.limit_a, entry.limit_at = float(read_back), now
         elif not read_back or not entry.on:
@@ -465,15 +507,16 @@ class SafetySupervisor:
         facts = self._charger_facts(slot, now)
         if r.pack_present is not True:
             return "pack_present", "on without a pack reported in the slot"
-        bms = _amps(facts["bms_current_max_a"])
-        if bms is None or bms <= 0:
-            return "current_within_limits", f"on, but the BMS allows no current ({_caps(facts)})"
+        bms, volts = _amps(facts["bms_current_max_a"]), _amps(facts["bms_voltage_max_v"])
+        if bms is None or bms <= 0 or volts is None or volts <= 0:
+            return "current_within_limits", f"on, but the BMS allows no charge ({_caps(facts)})"
         # A limit above what is allowed now (the BMS lowered its own, the power was shared
         # anew) is lowered by the controller, within the gate: no reason to cut the charge.
         return None
 
     def on_allowed_in(self, slot: int, now: float) -> float:
         """Seconds until the slot's charger may be switched on again (0: now)."""
+        self.observe(slot, now)
         entry = self._entry(slot)
         if entry.on:
             return 0.0
@@ -490,7 +533,7 @@ class SafetySupervisor:
         """Active refusal alarms by scope: until a command passes, or `REFUSAL_HOLD_S` after."""
         out: dict[str, dict[str, Cause]] = {}
         for (scope, name), episode in list(self._episodes.items()):
-            if episode.cleared or now - episode.last > REFUSAL_HOLD_S:
+            if episode.cleared or now - episode.last > self.hold_s:
                 del self._episodes[(scope, name)]
                 continue
             count = f" ({episode.count} refusals)" if episode.count > 1 else ""
@@ -518,8 +561,11 @@ class SafetySupervisor:
         r = view.fresh
         entry = self._entry(slot)
         bms = None if r is None else r.bms_current_max
+        bms_v = None if r is None else r.bms_voltage_max
         alloc = plant.allocation(slot)
         caps = [bms if bms is not None else 0.0, plant.charger_max_a]
+        if bms_v is None or bms_v <= 0:
+            caps.append(0.0)  # no voltage limit from the BMS: nothing may be charged
         if alloc is not None:
             caps.append(alloc)
         verified = now - entry.limit_at <= VERIFIED_WITHIN_S
@@ -528,7 +574,9 @@ class SafetySupervisor:
             "stale_reason": view.stale_reason,
             "pack_present": None if r is None else r.pack_present,
             "bms_current_max_a": bms,
+            "bms_voltage_max_v": bms_v,
             "charger_max_a": plant.charger_max_a,
+            "handover": plant.handover(slot),
             "allocation_a": alloc,
             "allowed_a": max(0.0, min(caps)),
             "limit_a": entry.limit_a if verified else None,
@@ -546,8 +594,7 @@ class SafetySupervisor:
         fresh = (
             snap is not None
             and reading is not None
-            and snap.online
-            and not snap.consecutive_failures
+            and snap.online  # a failed poll alone is not unknown: the data's age is
             and now - reading.at <= plant.io_stale_after_s
             and reading.at - reading.heartbeat_since <= plant.io_heartbeat_timeout_s
         )
@@ -574,12 +621,19 @@ class SafetySupervisor:
             if "lift_lower" in cmd.on:
                 facts["lift_raise_off"] = facts["lift_raise_off"] and "lift_raise" not in cmd.on
         if isinstance(cmd, RobotMotion) and cmd.slot is not None:
+            self.observe(cmd.slot, now)
             view = plant.book.view(cmd.slot, now)
             r = view.fresh
+            entry = self._entry(cmd.slot)
             facts["slot_charger_off"] = (
                 None
                 if r is None or r.charge_enable is None
-                else (not r.charge_enable and abs(r.current or 0.0) <= CHARGER_OFF_A)
+                else (
+                    not r.charge_enable
+                    and abs(r.current or 0.0) <= CHARGER_OFF_A
+                    and not entry.on  # no enable let through since (the reading may lag it)
+                    and not entry.switching_on
+                )
             )
         return facts
 

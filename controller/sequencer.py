@@ -204,6 +204,7 @@ class Sequencer:
         self._reconciled_at: dict[int, float] = {}  # slot -> time of the reading reconciled
         self._handover_at: dict[int, float] = {}  # slot -> when a pack last moved there or out
         self._entered_at = 0.0  # monotonic time the current phase was entered
+        self._stall = (0.0, 0.0)  # the last stall of this task: (seconds, when it ended)
 
     @property
     def recovering(self) -> bool:
@@ -267,13 +268,19 @@ class Sequencer:
         """Consume events for ever (recovering a swap in progress first)."""
         if self.ctx.active and self.ctx.state not in STOPPED_STATES:
             self._recovering = True
-        self._recover_since = time.monotonic()
+        self._recover_since = self.last_step = time.monotonic()
         self.changed.set()
         while True:
             event: _Event | None = None
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(TICK_S):
                     event = await self._queue.get()
+            now = time.monotonic()
+            if now - self.last_step > self.io_stale_after_s:
+                # The process did not run for a while (frozen, swapped out, a debugger): say
+                # so, rather than blame the station I/O whose data aged meanwhile.
+                self._stall = (now - self.last_step, now)
+                _log.error("the swap sequencer did not run for %.1f s", now - self.last_step)
             # The overhead is measured from the event that ends a step to the next command.
             self._event_at = self._step_ended_at = None
             while event is not None:
@@ -322,15 +329,25 @@ class Sequencer:
 
     # --- what the station looks like ---------------------------------------------------------
 
-    def io_reading(self, now: float) -> tuple[IoReading | None, str]:
+    def io_reading(  # noqa: PLR0911 - one return per reason, in order
+        self, now: float
+    ) -> tuple[IoReading | None, str]:
         """The station I/O reading if it can be trusted now, else None and why not."""
         snap = self.io_snapshot
         if snap is None or snap.reading is None:
             return None, "station I/O not read yet"
-        if not snap.online or snap.consecutive_failures:
+        if not snap.online:
             return None, "station I/O not answering"
         reading = snap.reading
+        # A failed poll alone does not make the inputs unknown: their age does, and
+        # `stale_after` leaves room for one failing poll (docs/architecture.md).
         if now - reading.at > self.io_stale_after_s:
+            stall, resumed = self._stall
+            if stall > self.io_stale_after_s and reading.at <= resumed:
+                # Old because this process did not run, not because the I/O failed.
+                return None, f"the controller itself was stalled for {stall:.1f} s"
+            if snap.consecutive_failures:
+                return None, "station I/O not answering"
             return None, "station I/O data too old"
         if reading.at - reading.heartbeat_since > self.io_heartbeat_timeout_s:
             return None, "station PLC heartbeat stopped"
@@ -846,15 +863,11 @@ class Sequencer:
             reading is None or (out.error is not None and now - out.at < OUTPUT_RETRY_S)
         ):
             return
-        verdict = None
         try:
-            if not stopping and any(changed.values()):
-                # Judged now and entered in the motion log before it goes out (write-ahead);
-                # a stop goes out first and is entered after.
-                verdict = self.actuators.judge_outputs(changed)
-                await self._persist()
+            # Judged just before it goes out; its motion-log entry is committed with the next
+            # journal write (the outputs follow the phase, which is journalled write-ahead).
             async with asyncio.timeout(OUTPUT_TIMEOUT_S):
-                await self.actuators.outputs(changed, verdict=verdict)
+                await self.actuators.outputs(changed)
         except SafetyRefusedError as exc:
             out.at, out.error = time.monotonic(), str(exc)
             out.written = {**out.written, **{k: not v for k, v in changed.items()}}

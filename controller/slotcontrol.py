@@ -45,12 +45,17 @@ TICK_S = 0.1
 WRITE_RETRY_S = 1.0
 WRITE_RETRY_MAX_S = 60.0
 WRITE_TIMEOUT_S = 2.0
+STARTS_BUDGET_S = 1.0  # the starts of one step, all racks in parallel: at most this long
 LIMIT_TOLERANCE_A = 0.05
 NOT_APPLIED = "setpoint_not_applied"
 
 
 class CommandRefusedError(SwapstationError):
     """The command is not allowed now; the message says why."""
+
+
+class NoLongerWantedError(CommandRefusedError):
+    """Between a charger's limit and its enable, something came to block it: not switched on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +84,13 @@ class _Writing:
     failures: int = 0
     error: str | None = None
 
-    def due(self, now: float) -> bool:
-        """A retry is due: 1 s after the first try and the first failure, then 2, 4 ... 60 s."""
-        pause = min(WRITE_RETRY_MAX_S, WRITE_RETRY_S * 2.0 ** min(max(self.failures - 1, 0), 6))
+    def due(self, now: float, *, steady: bool = False) -> bool:
+        """A retry is due: 1 s after the first try and the first failure, then 2, 4 ... 60 s.
+
+        `steady`: every 1 s however often it failed (a stop, a lower limit: never delayed).
+        """
+        backoff = 0 if steady else min(max(self.failures - 1, 0), 6)
+        pause = min(WRITE_RETRY_MAX_S, WRITE_RETRY_S * 2.0**backoff)
         return now - self.at >= pause
 
 
@@ -126,6 +135,8 @@ class SlotControl:
         # Packs dispensable now per type (set by the station: the dispense policy decides).
         self.ready_counts: Callable[[], dict[str, int]] = dict
         self._queue: asyncio.Queue[RackSnapshot] = asyncio.Queue(maxsize=1000)
+        # slot -> the serial its charger reported full: not charged again until another pack
+        self._complete: dict[int, str] = {}
         self._writes: dict[int, _Writing] = {}
         # The setpoints last written and verified per slot (enable, limit or None when only
         # the enable was written), with the clock's time of the read-back.
@@ -155,7 +166,7 @@ class SlotControl:
 
         def read(
             conn: sqlite3.Connection,
-        ) -> tuple[dict[int, Latch], dict[str, Latch], list[Alarm], set[int]]:
+        ) -> tuple[dict[int, Latch], dict[str, Latch], list[Alarm], set[int], set[int]]:
             trips = {
                 int(slot): Latch(str(reason), float(since), int(slot))
                 for slot, reason, since in conn.execute(
@@ -183,9 +194,16 @@ class SlotControl:
                 )
             ]
             disabled = {int(r[0]) for r in conn.execute("SELECT slot FROM slots_disabled")}
-            return trips, quarantine, alarms, disabled
+            off = {int(r[0]) for r in conn.execute("SELECT slot FROM charging_off")}
+            return trips, quarantine, alarms, disabled, off
 
-        self.trips, self.quarantine, alarms, self.disabled_slots = await self.journal.call(read)
+        (
+            self.trips,
+            self.quarantine,
+            alarms,
+            self.disabled_slots,
+            self.manual_off,
+        ) = await self.journal.call(read)
         # Alarms active before a restart stay active until fresh data says otherwise: their
         # causes are held like those of a slot whose data is stale.
         self.alarms.restore(alarms)
@@ -208,6 +226,38 @@ class SlotControl:
     async def step(self, now: float) -> None:
         """Evaluate every slot, stop what must stop, record, then start what may start."""
         batch = JournalBatch()
+        views, measured = self._evaluate(now, batch)
+        self._allocate(views, measured, now)
+        stops: list[tuple[SlotView, tuple[bool, float]]] = []
+        starts: list[tuple[SlotView, tuple[bool, float]]] = []
+        for view in views:
+            want = self._wanted(view, now)
+            if want is not None:
+                (starts if _raises(view, want) else stops).append((view, want))
+        # Safety first: stop every charger that must stop, and lower every limit that must
+        # come down, before anything else, recording included; then commit alarms, latches
+        # and events in one transaction; then start and raise (within the power budget, which
+        # the lowered limits made room for: while one of them has not taken, nothing is raised).
+        failed: set[int] = set()
+        try:
+            failed = await self._write_all(stops)
+        finally:
+            # Recorded even when the daemon stops during the writes: a trip or a quarantine
+            # decided here must survive the restart (the commit runs on the journal's thread).
+            self.actuators.take_journal(batch)  # the motion log of these writes, refusals
+            if batch:
+                await asyncio.shield(self.events.commit(batch))
+                self.changed.set()
+        if starts and not self.stopping:
+            await self._start(starts, failed)
+        self.last_step = time.monotonic()
+
+    def _evaluate(self, now: float, batch: JournalBatch) -> tuple[list[SlotView], list[SlotView]]:
+        """Supervision and alarms of every rack and slot; (views as commanded, as measured).
+
+        Supervision judges what the chargers reported; the setpoint decisions take the
+        setpoints last written where the reading is older (`_as_commanded`).
+        """
         for rack in self.book.racks:
             if self.book.snapshot(rack) is None:
                 continue  # not polled yet: nothing known, a restored alarm stays as it was
@@ -217,15 +267,13 @@ class SlotControl:
                 else {}
             )
             self._report(*self.alarms.reconcile(rack_scope(rack), causes, rack=rack), batch)
-        stops: list[tuple[SlotView, tuple[bool, float]]] = []
-        starts: list[tuple[SlotView, tuple[bool, float]]] = []
-        # Supervision judges what the chargers reported; the setpoint decisions take the
-        # setpoints last written where the reading is older (`_as_commanded`).
         measured = self.book.views(now)
-        views = [self._as_commanded(v) for v in measured]
         refusals = self.safety.causes(now)
         for view in measured:
             self.safety.observe(view.slot, now)
+            r = view.fresh
+            if r is not None and r.status == "full" and r.pack_serial:
+                self._complete[view.slot] = r.pack_serial
             check = self.rules.check(view)
             self.checks[view.slot] = check
             causes = dict(check.causes)
@@ -240,32 +288,45 @@ class SlotControl:
             if check.trips:
                 self._latch(view, check, batch)
         self._report(*self.alarms.reconcile(STATION, refusals.get(STATION, {})), batch)
-        self._allocate(views, measured, now)
-        for view in views:
-            want = self._wanted(view, now)
-            if want is not None:
-                (starts if _raises(view, want) else stops).append((view, want))
-        # Safety first: stop every charger that must stop, and lower every limit that must
-        # come down, before anything else, recording included; then commit alarms, latches
-        # and events in one transaction; then start and raise (within the power budget, which
-        # the lowered limits made room for: if one of them failed, nothing is raised now).
-        failed: set[int] = set()
+        return [self._as_commanded(v) for v in measured], measured
+
+    async def _start(
+        self, starts: list[tuple[SlotView, tuple[bool, float]]], failed: set[int]
+    ) -> None:
+        """Switch on and raise, unless a charger is still above its share (under a budget)."""
+        above = self._above_allocation(self.clock()) | failed
+        if above and self.allocation.budget_w is not None:
+            # A lower limit or a stop not taken yet, now or in an earlier step: nothing is
+            # raised until it is down, or the budget could be exceeded.
+            _log.warning("not raising charge limits: slot(s) %s above their share",
+                         sorted(above))  # fmt: skip
+            return
+        self._drain()  # the writes and the disk took time: act on the freshest data
+        wanted = [(v, w) for v, w in starts if self._still_wanted(v.slot, w)]
         try:
-            failed = await self._write_all(stops)
-        finally:
-            # Recorded even when the daemon stops during the writes: a trip or a quarantine
-            # decided here must survive the restart (the commit runs on the journal's thread).
-            self.actuators.take_journal(batch)  # the motion log of these writes, refusals
-            if batch:
-                await asyncio.shield(self.events.commit(batch))
-                self.changed.set()
-        if failed and self.allocation.budget_w is not None:
-            _log.warning("not raising charge limits: slot(s) %s did not take a lower one",
-                         sorted(failed))  # fmt: skip
-        elif starts and not self.stopping:
-            self._drain()  # the writes and the disk took time: act on the freshest data
-            await self._write_all([(v, w) for v, w in starts if self._still_wanted(v.slot, w)])
-        self.last_step = time.monotonic()
+            # A slow rack must not hold the next step's stops back for long.
+            async with asyncio.timeout(STARTS_BUDGET_S):
+                await self._write_all(wanted)
+        except TimeoutError:
+            _log.warning("starting chargers took over %g s: the rest next step",
+                         STARTS_BUDGET_S)  # fmt: skip
+
+    def _above_allocation(self, now: float) -> set[int]:
+        """Slots with fresh data whose charger may be on above its power share (under a budget).
+
+        A stale slot is counted at its worst case by the allocator already.
+        """
+        if self.allocation.budget_w is None:
+            return set()
+        out: set[int] = set()
+        for measured in self.book.views(now):
+            r = self._as_commanded(measured).fresh
+            if r is None or r.charge_enable is False:
+                continue
+            share = self.allocation.limits_a.get(measured.slot, 0.0)
+            if r.current_limit is None or r.current_limit > share + LIMIT_TOLERANCE_A:
+                out.add(measured.slot)
+        return out
 
     def _allocate(self, views: list[SlotView], measured: list[SlotView], now: float) -> None:
         """Share the power budget among the slots that may charge (controller/power.py).
@@ -421,6 +482,8 @@ class SlotControl:
             reasons.append(f"charger status {r.status}")
         if r is not None and r.pack_present:
             reasons += _bms_reasons(r)
+            if r.status != "full" and r.pack_serial and self._complete.get(slot) == r.pack_serial:
+                reasons.append("charge complete (the charger reported the pack full)")
         if power and not reasons:
             reasons += self._waiting(slot, now)
         return reasons
@@ -441,7 +504,7 @@ class SlotControl:
         if required is not None and target != (False, 0.0):
             # The second line caught what the first missed: off, and said so.
             if target is not None and target[0]:
-                self.safety.overrule(slot_scope(view.slot), *required, now=now)
+                self.actuators.overrule(view.slot, *required)
             return False, 0.0
         return target
 
@@ -475,7 +538,7 @@ class SlotControl:
             return None
         writing = self._writes.get(view.slot)
         if writing is not None and writing.want == target:
-            if not writing.due(now):
+            if not writing.due(now, steady=not _raises(view, target)):
                 return None  # written a moment ago (or refused): the next poll tells
             writing.at = now
         else:
@@ -513,6 +576,10 @@ class SlotControl:
         try:
             async with asyncio.timeout(WRITE_TIMEOUT_S):
                 await self._send(view.slot, enable=enable, limit=limit, already_on=already_on)
+        except NoLongerWantedError as exc:
+            _log.info("%s", exc)
+            self._writes.pop(view.slot, None)
+            return True  # nothing failed: the next step decides again
         except SafetyRefusedError as exc:
             # The supervisor named it (alarm, event, motion log): retried with the same pause.
             _log.warning("slot %d: %s", view.slot, exc)
@@ -552,6 +619,11 @@ class SlotControl:
             back = await self.actuators.charger_limit(slot, limit)
             self._applied[slot] = (already_on, back, self.clock())
             if not already_on:
+                # The limit's round trip took time: the swap may have claimed the slot, an
+                # operator switched it off, a cause appeared. Looked at again, at once.
+                blocked = self.blockers(slot, power=False)
+                if blocked:
+                    raise NoLongerWantedError(f"slot {slot}: not switched on: {blocked[0]}")
                 await self.actuators.charger_enable(slot, on=True)
             self._applied[slot] = (True, back, self.clock())
         else:
@@ -586,16 +658,32 @@ class SlotControl:
         return dataclasses.replace(view, reading=commanded)
 
     async def stop_all(self) -> None:
-        """Switch every reachable charger off, racks in parallel; nothing switches on again."""
+        """Switch every reachable charger off, racks in parallel; nothing switches on again.
+
+        Those that may be on first (on, or not known to be off); one known to be off, or
+        whose rack is offline, is not asked (the safe state has a budget of 2 s).
+        """
         self.stopping = True
+        now = self.clock()
+
+        def may_be_on(slot: int) -> bool:
+            r = self._as_commanded(self.book.view(slot, now)).reading
+            known_off = r is not None and r.charge_enable is False
+            return not known_off or self.safety.on_since(slot) is not None
 
         async def rack_off(name: str, rack: Rack) -> None:
-            for slot in rack.driver.slots:
-                try:
-                    async with asyncio.timeout(WRITE_TIMEOUT_S):
-                        await self._send(slot, enable=False, limit=0.0, already_on=True)
-                except (DriverError, TimeoutError) as exc:
-                    _log.warning("rack %s slot %d: could not stop charging: %s", name, slot, exc)
+            # Every one off first (one request each), then verified while the budget lasts.
+            slots = [s for s in rack.driver.slots if may_be_on(s)]
+            for verify in (False, True):
+                for slot in slots:
+                    try:
+                        async with asyncio.timeout(WRITE_TIMEOUT_S):
+                            await self.actuators.charger_enable(slot, on=False, verify=verify)
+                        self._applied[slot] = (False, None, self.clock())
+                    except (DriverError, TimeoutError) as exc:
+                        _log.warning(
+                            "rack %s slot %d: could not stop charging: %s", name, slot, exc
+                        )
 
         await asyncio.gather(
             *(
@@ -618,36 +706,62 @@ class SlotControl:
             raise CommandRefusedError(f"no slot {slot}")
         view = self.book.view(slot, self.clock())
         maximum = self.config.charging.max_current_a
-        limit = maximum if limit_a is None else limit_a
+        r = view.fresh
+        bms = r.bms_current_max if r is not None else None
+        limit = min(maximum, bms or maximum) if limit_a is None else limit_a
         if enable:
             if not (math.isfinite(limit) and 0 < limit <= maximum):
                 raise CommandRefusedError(
                     f"slot {slot}: current limit must be above 0 and at most {maximum:g} A"
                     f" (got {limit_a})"
                 )
-            reasons = [
-                r for r in self.blockers(slot) if r != "charging switched off by an operator"
-            ]
-            if view.reading is not None and not view.reading.pack_present:
-                reasons.append("no pack in the slot")
+            reasons = self._refusing_on(slot, view, limit, bms)
             if reasons:
                 raise CommandRefusedError(f"slot {slot}: cannot charge: {'; '.join(reasons)}")
-            self.manual_off.discard(slot)
             if self.allocation.budget_w is not None:
                 # Under a grid limit the allocator starts it, within the budget, next step.
-                self.changed.set()
+                await self._set_manual_off(slot, off=False)
                 return
         else:
-            self.manual_off.add(slot)
-            self.changed.set()
+            await self._set_manual_off(slot, off=True)
         on = view.reading is not None and view.reading.charge_enable is True
+        was_off = enable and slot in self.manual_off
+        if was_off:
+            self.manual_off.discard(slot)  # so that the control step does not undo the write
         try:
             async with asyncio.timeout(WRITE_TIMEOUT_S):
                 await self._send(slot, enable=enable, limit=limit, already_on=on and enable)
-        except SafetyRefusedError as exc:
-            raise CommandRefusedError(f"slot {slot}: {exc}") from exc
-        except (DriverError, TimeoutError) as exc:
+        except (SafetyRefusedError, CommandRefusedError, DriverError, TimeoutError) as exc:
+            if was_off:
+                self.manual_off.add(slot)  # refused or failed: the operator's off stands
+            if isinstance(exc, CommandRefusedError):
+                raise
             raise CommandRefusedError(f"slot {slot}: {exc or 'no answer'}") from exc
+        if was_off:
+            await self._store("DELETE FROM charging_off WHERE slot = ?", (slot,))
+            self.changed.set()
+
+    def _refusing_on(self, slot: int, view: SlotView, limit: float, bms: float | None) -> list[str]:
+        """Why an operator's switch-on is refused (empty: it may go)."""
+        reasons = [r for r in self.blockers(slot) if r != "charging switched off by an operator"]
+        if view.reading is not None and not view.reading.pack_present:
+            reasons.append("no pack in the slot")
+        if bms is not None and limit > bms:
+            reasons.append(f"{limit:g} A is above the pack's BMS limit {bms:g} A")
+        return reasons
+
+    async def _set_manual_off(self, slot: int, *, off: bool) -> None:
+        """An operator's off (kept across restarts) or its end."""
+        if off == (slot in self.manual_off):
+            return
+        if off:
+            sql = "INSERT OR REPLACE INTO charging_off(slot, since) VALUES (?, ?)"
+            await self._store(sql, (slot, time.time()))
+            self.manual_off.add(slot)
+        else:
+            await self._store("DELETE FROM charging_off WHERE slot = ?", (slot,))
+            self.manual_off.discard(slot)
+        self.changed.set()
 
     async def reset_trip(self, slot: int) -> None:
         """An operator releases a slot's trip (its causes must be gone, on fresh data)."""

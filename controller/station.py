@@ -60,6 +60,7 @@ class Station:
                 robot_clear=self._robot_clear,
                 pack_locked=self._pack_locked,
                 allocation=lambda slot: self.control.allocation_of(slot),  # noqa: PLW0108 - bound late: the control is built below
+                handover=lambda slot: slot in self.control.swap_held,
             )
         )
         self.actuators = Actuators(

@@ -303,11 +303,16 @@ class RackDriver:
         """
         return float(await self._write_verified(slot, "current_limit", amps))
 
-    async def write_enable(self, slot: int, *, on: bool) -> bool:
-        """Switch a slot's charger on or off and read it back (`CommandNotAppliedError`)."""
-        return bool(await self._write_verified(slot, "charge_enable", int(on)))
+    async def write_enable(self, slot: int, *, on: bool, verify: bool = True) -> bool:
+        """Switch a slot's charger on or off and read it back (`CommandNotAppliedError`).
 
-    async def _write_verified(self, slot: int, name: str, value: float) -> Value:
+        `verify=False` (an off in a hurry, at shutdown): written, not read back.
+        """
+        return bool(await self._write_verified(slot, "charge_enable", int(on), verify=verify))
+
+    async def _write_verified(
+        self, slot: int, name: str, value: float, *, verify: bool = True
+    ) -> Value:
         i = self._index[slot]
         unit = self._units[i]
         spec = self.profile.slot_registers[name]
@@ -317,6 +322,8 @@ class RackDriver:
             raise CommandNotAppliedError(f"rack {self.name} slot {slot}: {exc}") from exc
         address = self.profile.slot_address(spec, i)
         await self.link.write_registers(unit, address, words)
+        if not verify:
+            return decode(spec, words, self.profile.word_order)
         back = await self.link.read_registers(spec.table, unit, address, spec.words)
         if back != words:
             raise CommandNotAppliedError(

@@ -327,7 +327,7 @@ class SimStation:
         if self.plc is not None:
             out.append(
                 '[station_io]\ntransport = "tcp"\nhost = "127.0.0.1"\n'
-                f"port = {self.plc.port}\npoll_period_s = 0.05\ntimeout_min_s = 0.05\n"
+                f"port = {self.plc.port}\npoll_period_s = 0.05\ntimeout_min_s = 0.02\n"
                 "timeout_max_s = 0.1\nheartbeat_timeout_s = 0.5\n"
             )
         text = "\n".join(out)

@@ -24,52 +24,25 @@ rack's state as the test set it:
 
 from __future__ import annotations
 
-import asyncio
 import os
-import shutil
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from controller.actuators import Actuators
-from controller.config import StationConfig
-from controller.events import EventLog
-from controller.journal import Journal
-from controller.safety import Plant, SafetySupervisor
-from controller.slotcontrol import Rack, SlotControl
-from controller.slots import RackInfo, SlotBook
-from drivers.modbus.link import LinkParams, ModbusLink, TcpParams
-from drivers.modbus.profile import load_profile
-from drivers.rack import RackDriver, RackPoller
-from tests.peers.rack import PeerRack
-from tests.support import REPO
+from tests.peers.rack import Write
+from tests.stepped import CHARGER_MAX_A, HEARTBEAT_TIMEOUT_S, POLL_S, SteppedStation, station_config
 
 LONG = os.environ.get("SWAPSTATION_LONG") == "1"
 TOTALS: Counter[str] = Counter()  # over every example of the module, for the long run's figures
 N = 3  # slots
-CHARGER_MAX_A = 150.0
 MIN_OFF_S = 5.0
 MIN_ON_S = 5.0
-HEARTBEAT_TIMEOUT_S = 3.0
-POLL_S = 1.0
 PLAUSIBLE_BMS_A = 600.0  # the profile's plausible range of bms_current_max (docs/register-map.md)
-
-
-class VirtualClock:
-    """Seconds that pass only when the test says so."""
-
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
+CLAMP_A = 100.0
 
 
 @dataclass
@@ -81,25 +54,8 @@ class SlotTruth:
     frozen_since: float | None = None  # virtual time the heartbeat froze
     last_off: float = 1000.0  # virtual time it was last off (start: off)
     on: bool = False  # as the rack had it at the end of the last step
+    register_a: float = 0.0  # the rack's current_limit register, from its write log
     ons: list[float] = field(default_factory=list)  # virtual times we switched it on
-
-
-def _config(grid_kw: float | None) -> StationConfig:
-    power: dict[str, Any] = {"min_current_a": 5.0}
-    if grid_kw is not None:
-        power["grid_limit_kw"] = grid_kw
-    return StationConfig.model_validate(
-        {
-            "station_id": "prop",
-            "charging": {
-                "max_current_a": CHARGER_MAX_A,
-                "min_on_s": MIN_ON_S,
-                "min_off_s": MIN_OFF_S,
-            },
-            "power": power,
-            "supervision": {"debounce_s": 2.0},
-        }
-    )
 
 
 class ChargingControl(RuleBasedStateMachine):
@@ -109,62 +65,16 @@ class ChargingControl(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.loop = asyncio.new_event_loop()
-        base = "/dev/shm" if Path("/dev/shm").is_dir() else None
-        self.tmp = Path(tempfile.mkdtemp(prefix="charging-stateful-", dir=base))
-        self.clock = VirtualClock()
-        self.rack = PeerRack(N, charger_max_a=CHARGER_MAX_A)
+        self.st = SteppedStation(
+            N,
+            station_config(self.grid_kw, min_on_s=MIN_ON_S, min_off_s=MIN_OFF_S),
+            timeout_max_s=0.03,
+        )
+        self.rack, self.clock, self.control = self.st.rack, self.st.clock, self.st.slot_control
+        self.actuators = self.st.actuators
         self.truth = [SlotTruth() for _ in range(N)]
-        port = self.rack.start()
-        config = _config(self.grid_kw)
-        profile = load_profile(REPO / "config" / "profiles" / "simrack.toml")
-        link = ModbusLink(
-            LinkParams(
-                "peer",
-                tcp=TcpParams("127.0.0.1", port),
-                timeout_min_s=0.01,
-                timeout_max_s=0.03,
-                retries=0,
-            )
-        )
-        slots = list(range(1, N + 1))
-        self.driver = RackDriver("p", profile, link, slots, unit_id=1, clock=self.clock)
-        self.book = SlotBook([RackInfo("p", tuple(slots), 2 * POLL_S + 0.5, HEARTBEAT_TIMEOUT_S)])
-        self.journal: Journal = self.run(Journal.open(self.tmp))
-        events = EventLog(self.journal, "prop")
-        self.control: SlotControl | None = None
-        safety = SafetySupervisor(
-            Plant(
-                self.book,
-                CHARGER_MAX_A,
-                MIN_OFF_S,
-                allocation=lambda slot: self.control.allocation_of(slot) if self.control else 0.0,
-            ),
-            clock=self.clock,
-        )
-        self.actuators = Actuators(safety, {"p": self.driver}, self.book.rack_of)
-        self.poller = RackPoller(
-            self.driver,
-            poll_period_s=POLL_S,
-            offline_after=3,
-            on_snapshot=self.book.update,  # the step reads it at once (no queue)
-        )
-        self.control = SlotControl(
-            config,
-            self.book,
-            {"p": Rack(self.driver, self.poller)},
-            self.journal,
-            events,
-            actuators=self.actuators,
-            clock=self.clock,
-        )
-        self.run(self.control.load())
-        self.seen_writes = 0
         self.steps = 0
         self.breaks: list[str] = []
-
-    def run(self, coro: Any) -> Any:
-        return self.loop.run_until_complete(coro)
 
     def teardown(self) -> None:
         TOTALS["examples"] += 1
@@ -176,13 +86,7 @@ class ChargingControl(RuleBasedStateMachine):
         event(f"switch-ons: {min(5, sum(len(t.ons) for t in self.truth))}")
         refused = sum(self.actuators.safety.counts.values())
         event(f"supervisor refusals: {'some' if refused else 'none'}")
-        try:
-            self.run(self.driver.link.close())
-            self.run(self.journal.close())
-        finally:
-            self.rack.stop()
-            self.loop.close()
-            shutil.rmtree(self.tmp, ignore_errors=True)
+        self.st.close()
 
     # --- the adversary (each move, then a poll period passes) ---------------------------------
 
@@ -268,7 +172,7 @@ class ChargingControl(RuleBasedStateMachine):
     )
     def rack_behaves(self, what: str) -> None:
         rack = self.rack
-        rack.clamp_limit_a = 100.0 if what == "clamp" else None
+        rack.clamp_limit_a = CLAMP_A if what == "clamp" else None
         rack.ignore_limit_writes = what == "ignore"
         rack.refuse_writes = 4 if what == "refuse" else None
         rack.delay_s = 0.02 if what == "slow" else 0.0  # under the 30 ms timeout ... or over:
@@ -286,24 +190,20 @@ class ChargingControl(RuleBasedStateMachine):
     # --- one step and what must hold after it -------------------------------------------------
 
     def _step(self, dt: float) -> None:
-        self.clock.t += dt
-        now = self.clock.t
-        self.rack.tick(dt)
+        now = self.clock.t + dt
         for i, t in enumerate(self.truth):
             # Off since the last step without our writing it (it dropped out): the step's
             # poll is the first to see it, and its off-time counts from there.
             if t.on and not self.rack.charger_on(i):
                 t.on, t.last_off = False, now
         before = len(self.rack.writes)
-        self.run(self.poller.poll_once())
-        assert self.control is not None
-        self.run(self.control.step(now))
+        self.st.step(dt)
         self.steps += 1
         self._judge(self.rack.writes[before:], now)
         for i, t in enumerate(self.truth):
             t.on = self.rack.charger_on(i)
 
-    def _judge(self, writes: list[Any], now: float) -> None:
+    def _judge(self, writes: list[Write], now: float) -> None:
         assert self.control is not None
         limits: dict[int, float | None] = {}
         for w in writes:
@@ -316,8 +216,13 @@ class ChargingControl(RuleBasedStateMachine):
                     cap = min(cap, alloc)
                 if w.value > cap + 0.05:
                     self.breaks.append(f"slot {slot}: limit {w.value} A above {cap} A at {now}")
-                took = w.outcome == "stored"
-                limits[w.slot] = w.value if took else None
+                if w.outcome == "stored":
+                    t.register_a = w.value
+                elif w.outcome == "clamped":
+                    t.register_a = CLAMP_A
+                # Taken: the register holds what was written (an ignored write of the value
+                # it already held leaves it right).
+                limits[w.slot] = w.value if abs(t.register_a - w.value) < 0.05 else None
             elif w.name == "charge_enable" and w.value == 1:
                 why = self._why_not_on(w.slot, now, limits)
                 if why:

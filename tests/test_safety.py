@@ -135,6 +135,21 @@ def test_a_charger_is_switched_on_only_when_every_rule_holds(
     assert safety.permit(ChargerEnable(1, on=False)).allowed  # stopping: always
 
 
+def test_a_command_that_keeps_the_invariant_clears_its_refusal() -> None:
+    reading = SlotReading(
+        slot=1, at=NOW, wall=0.0, status="idle", pack_present=True, pack_serial="P",
+        pack_type="T", soc=50.0, soh=95.0, voltage=380.0, current=0.0, power_w=0.0,
+        temp_max=25.0, temp_min=23.0, fault_code=0, energy_wh=0.0, charge_enable=False,
+        current_limit=0.0, bms_voltage_max=403.2, bms_current_max=80.0, heartbeat=1,
+        heartbeat_since=NOW,
+    )  # fmt: skip
+    safety, _ = supervisor(reading)
+    assert not safety.permit(ChargerLimit(1, 100.0)).allowed  # above the BMS's 80 A
+    assert "current_within_limits" in safety.causes(NOW)["slot:1"]
+    assert safety.permit(ChargerLimit(1, 80.0)).allowed
+    assert safety.causes(NOW) == {}
+
+
 def test_unknown_or_zero_bms_and_stale_data_while_answering_switch_off() -> None:
     base = SlotReading(
         slot=1, at=NOW, wall=0.0, status="charging", pack_present=True, pack_serial="P",
@@ -300,8 +315,12 @@ async def test_a_refusal_is_an_alarm_named_after_its_invariant_and_clears(
             alarms = {a["code"]: a for a in json.loads(state.split(" ", 1)[1])["alarms"]}
             assert alarms["vehicle_secured_before_lift"]["scope"] == "station"
             assert alarms["pack_present"]["slot"] == 3
-            # A command that holds them clears them: the cause is gone, so is the alarm.
+            # A stop is no proof the cause is gone: the alarms stay ...
             await station.actuators.outputs({"lift_raise": False})
+            await asyncio.sleep(0.3)  # a few control steps, a window to watch
+            assert "vehicle_secured_before_lift" in rig.alarm_codes("station")
+            # ... until the refusals stop for the hold time (shortened here from 60 s).
+            station.safety.hold_s = 0.5
             await until(lambda: not rig.alarm_codes("station"), what="station alarm cleared")
         # The motion log has both, refused, with the facts they were judged on; its chain holds.
         entries = await station.journal.call(select_sync)
