@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from controller.config import StationConfig
 from controller.configload import ConfigError, load_config
@@ -344,3 +346,61 @@ def test_config_schema_is_json_schema_of_the_model() -> None:
 def test_format_loc() -> None:
     assert format_loc(("racks", 1, "serial", "device")) == "racks[1].serial.device"
     assert format_loc(()) == ""
+
+
+# --- hostile config files ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[mqtt]\nhost = " + "[" * 500 + "1" + "]" * 500 + "\n", "nested 500 deep: at most 16"),
+        ("x = " + "{a = " * 300 + "1" + "}" * 300 + "\n", "nested 300 deep: at most 16"),
+        ('station_id = "s"\n' + "a." * 600 + "b = 1\n", "keys nested 601 deep: at most 16"),
+        ("x = '" + "a" * 1_000_001 + "'\n", "characters: at most 1000000"),
+    ],
+)
+def test_a_hostile_config_is_one_line_and_exit_78_not_a_traceback(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "station.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    (line,) = info.value.lines()
+    assert line.startswith(f"{path}: ") and line.endswith(message), line
+    checked = run_swapctl("check-config", str(path))
+    assert checked.returncode == 2 and checked.stderr == f"{line}\n", checked
+    ran = run_swapctl("run", "--config", str(path))
+    assert ran.returncode == 78 and "Traceback" not in ran.stderr, ran.stderr
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.recursive(
+        st.sampled_from(["1", '"x"', "true", "1.5", "[]", "{}", "'''a'''", "2026-01-01"]),
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=3).map(lambda xs: "[" + ", ".join(xs) + "]"),
+            st.lists(inner, max_size=3).map(
+                lambda xs: "{" + ", ".join(f"k{i} = {x}" for i, x in enumerate(xs)) + "}"
+            ),
+        ),
+        max_leaves=60,
+    ),
+    st.sampled_from(["", "[mqtt]\n", "[[racks]]\n", "a.b.c."]),
+    st.binary(max_size=20),
+)
+def test_any_toml_is_loaded_or_refused_in_lines_never_raised(
+    tmp_path_factory: pytest.TempPathFactory, value: str, section: str, noise: bytes
+) -> None:
+    """Whatever the file holds, the loader answers with a config or with ConfigError lines."""
+    path = tmp_path_factory.mktemp("hostile") / "station.toml"
+    key = "x = " if not section.endswith(".") else f"{section}x = "
+    head = "" if section.endswith(".") else section
+    path.write_bytes((BASE + head + key + value + "\n").encode() + noise)
+    lines: list[str] = []
+    try:
+        load_config(path, environ={})
+    except ConfigError as exc:
+        lines = exc.lines() or ["(no lines)"]
+    assert all(line.startswith(f"{path}: ") for line in lines), lines
