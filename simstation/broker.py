@@ -20,6 +20,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from simstation.children import die_with_parent
+
 READY_TIMEOUT_S = 10.0
 START_ATTEMPTS = 5
 
@@ -146,6 +148,7 @@ class Mosquitto:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - async-signal-safe: prctl, kill
             )
             log.close()
             if self._wait_ready():

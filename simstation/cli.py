@@ -41,6 +41,7 @@ from controller.statuscli import (
 )
 from controller.swapmachine import MOTION
 from simstation.broker import Mosquitto
+from simstation.children import die_with_parent
 from simstation.station import SimStation
 from simstation.traffic import Traffic, TrafficOptions, TrafficStats
 
@@ -173,6 +174,7 @@ async def _demo(config: Any, work: Path, broker: Mosquitto, args: argparse.Names
                 stdout=log,
                 stderr=log,
                 start_new_session=True,  # Ctrl-C reaches us; we stop the daemon in order
+                preexec_fn=die_with_parent,  # ... and if we are killed, it is too
             )
             traffic = _traffic(sim, config, broker, args, view)
             fleet = None if traffic is None else asyncio.create_task(_run_traffic(traffic, view))
@@ -244,7 +246,7 @@ async def _watch(
         view.changed.set()
 
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal closed
         loop.add_signal_handler(sig, on_signal)
     duration: float | None = args.duration
     target: int | None = args.stop_after_swaps
@@ -288,7 +290,7 @@ async def _watch(
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
     print(f"daemon stopped with exit code {daemon.returncode}")
     return 0 if daemon.returncode == 0 and not missed else 1

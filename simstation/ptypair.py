@@ -16,6 +16,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from simstation.children import die_with_parent
+
 READY_TIMEOUT_S = 5.0
 
 
@@ -63,6 +65,7 @@ class PtyPair:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - async-signal-safe: prctl, kill
         )
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not (self.device_end.exists() and self.controller_end.exists()):

@@ -27,6 +27,7 @@ from controller.configload import ConfigError
 from drivers.robot.protocol import MsgType
 from simstation.broker import Mosquitto
 from simstation.charger import SimPack
+from simstation.children import die_with_parent
 from simstation.cli import stop_daemon
 from simstation.report import (
     AlarmEntry,
@@ -326,6 +327,7 @@ async def _run(
             daemon = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "controller", "run", "--config", config_path,
                 env=env, stdout=log, stderr=log, start_new_session=True,
+                preexec_fn=die_with_parent,  # killed with us, whatever kills us
             )  # fmt: skip
         cars = plan_cars(loaded, rng)
         root = f"swapstation/{STATION_ID}"

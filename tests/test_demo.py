@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from simstation.cli import STEPS, Tally, _step_cells, summary
-from tests.support import run_swapctl
+from tests.support import REPO, run_swapctl
 
 
 @pytest.mark.timeout(75)
@@ -127,3 +132,68 @@ def test_the_tally_times_swaps_and_steps_from_events_once() -> None:
     lines = summary(tally, None, 12.0)
     assert "  swaps aborted        1" in lines
     assert "  alarms seen          1: over_temperature x1" in lines
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below `pid` (from /proc), the pid of each."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGKILL])
+def test_every_child_of_the_demo_dies_with_it(sig: signal.Signals) -> None:
+    """Its terminal closed (SIGHUP) or killed outright: no daemon, broker or socat left over."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWAPSTATION_")}
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "controller", "demo", "--no-traffic"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert demo.stdout is not None
+        deadline = time.monotonic() + 40
+        seen = ""
+        while "station I/O online" not in seen:  # the daemon is up, with every part started
+            assert time.monotonic() < deadline and demo.poll() is None, seen
+            seen += demo.stdout.readline().decode(errors="replace")
+        children = _descendants(demo.pid)
+        names = {Path(f"/proc/{p}/comm").read_text().strip() for p in children if _alive(p)}
+        assert {"mosquitto", "socat"} <= names, names
+        demo.send_signal(sig)
+        demo.wait(20)
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in children):
+            left = {p: Path(f"/proc/{p}/cmdline").read_bytes()[:80] for p in children if _alive(p)}
+            assert time.monotonic() < deadline, f"left running: {left}"
+            time.sleep(0.05)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait(10)
+        if demo.stdout is not None:
+            demo.stdout.close()
