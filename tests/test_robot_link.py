@@ -220,6 +220,18 @@ async def test_silence_drops_the_link_and_it_comes_back(tmp_path: Path) -> None:
         assert b.link.stats.link_losses == 1
 
 
+async def test_a_stall_of_our_own_is_not_blamed_on_the_robot(tmp_path: Path) -> None:
+    # The controller process freezes (swapped out, a debugger) for three heartbeat timeouts.
+    # The robot's frames wait in the port meanwhile: its silence is judged from our resume.
+    async with bench(tmp_path, heartbeat_timeout_s=0.3) as b:
+        time.sleep(0.9)  # noqa: ASYNC251 - the freeze itself: blocking the loop is the point
+        resumed = time.monotonic()
+        await until(lambda: b.link.last_rx > resumed, what="a frame after the resume")
+        await b.link.command(MsgType.HOME)
+        assert b.link.state is LinkState.READY
+        assert b.link.stats.link_losses == 0
+
+
 async def test_port_vanishes_mid_command_and_returns(tmp_path: Path) -> None:
     slow = Timing(speed_m_s=0.01)
     async with bench(tmp_path, speed=1.0, timing=slow) as b:

@@ -313,16 +313,24 @@ class RobotLink:
         timeout = self.params.heartbeat_timeout_s
         restarted: asyncio.Future[Any] = asyncio.ensure_future(self._lost.wait())
         lost: asyncio.Future[Any] = proto.lost
+        # Silence is judged over time this process ran: after a stall of our own (frozen,
+        # swapped out) the robot's frames are still unread in the port's buffer, so the
+        # clock restarts when we resume instead of blaming the robot for our absence.
+        since = self.last_rx
         try:
             while True:
-                silent = time.monotonic() - self.last_rx
+                now = time.monotonic()
+                silent = now - max(self.last_rx, since)
                 if silent > timeout:
                     raise RobotLinkError(f"robot silent for {silent:.1f} s")
+                wait_s = timeout - silent + 0.01
                 done, _ = await asyncio.wait(
-                    {lost, restarted},
-                    timeout=timeout - silent + 0.01,
-                    return_when=asyncio.FIRST_COMPLETED,
+                    {lost, restarted}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED
                 )
+                late = time.monotonic() - (now + wait_s)
+                if late > timeout / 2:
+                    _log.warning("robot link watch ran %.1f s late: silence judged from now", late)
+                    since = time.monotonic()
                 if lost in done:
                     raise RobotLinkError(f"port closed: {lost.result() or 'end of file'}")
                 if restarted in done:
