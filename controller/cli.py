@@ -58,9 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", type=Path)
     p.set_defaults(func=_cmd_check_config)
 
-    p = sub.add_parser("robot", help="talk to the swap robot (commissioning): status, home, stop")
+    p = sub.add_parser(
+        "robot", help="talk to the swap robot (commissioning): status, home, stop, reset"
+    )
     add_config_arg(p)
-    p.add_argument("action", choices=["status", "home", "stop"])
+    p.add_argument(
+        "action",
+        choices=["status", "home", "stop", "reset"],
+        help="reset: clear a STOP or fault latch (no motion; refused while the E-stop chain is"
+        " open or cannot be read); exit 4 when refused",
+    )
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to reach the robot")
     p.set_defaults(func=_cmd_robot)
 

@@ -1,4 +1,4 @@
-"""`swapctl robot status|home|stop`: the robot on its own, for commissioning.
+"""`swapctl robot status|home|stop|reset`: the robot on its own, for commissioning.
 
 Opens the robot's port (exclusively: not while the daemon holds it), synchronises, runs one
 command and prints the robot's state.
@@ -11,13 +11,14 @@ import contextlib
 import sys
 
 from controller.config import StationConfig
-from controller.devices import build_robot
+from controller.devices import Links, build_robot, build_station_io_driver
 from controller.robotpub import robot_state
 from drivers.errors import DriverError, RobotLinkError
 from drivers.robot.link import RobotLink
 from drivers.robot.protocol import MsgType
 
 EXIT_UNREACHABLE = 1
+EXIT_REFUSED = 4
 
 
 async def robot_command(config: StationConfig, action: str, timeout_s: float) -> int:
@@ -43,6 +44,12 @@ async def robot_command(config: StationConfig, action: str, timeout_s: float) ->
                 await link.stop()
             elif action == "home":
                 await link.command(MsgType.HOME)
+            elif action == "reset":
+                refusal = await _reset_refusal(config, timeout_s)
+                if refusal is not None:
+                    print(f"robot reset refused: {refusal}", file=sys.stderr)
+                    return EXIT_REFUSED
+                await link.command(MsgType.RESET)
             else:
                 await link.command(MsgType.STATUS)
         except DriverError as exc:
@@ -73,3 +80,27 @@ def _print(link: RobotLink) -> None:
         f"link       {state.stats.commands} commands, {state.stats.retransmits} retransmits,"
         f" {state.stats.bad_frames} bad frames"
     )
+
+
+async def _reset_refusal(config: StationConfig, timeout_s: float) -> str | None:
+    """Why a RESET must not be sent now (None: it may): the E-stop chain, read from the PLC.
+
+    A RESET moves nothing, but it re-arms a robot that was stopped: not while the E-stop chain
+    is open, nor while it cannot be read. A station without configured station I/O has
+    nothing to read: the person at the robot decides.
+    """
+    links = Links()
+    try:
+        io = build_station_io_driver(config, links)
+        if io is None:
+            return None
+        try:
+            async with asyncio.timeout(timeout_s):
+                reading = await io.read()
+        except (DriverError, TimeoutError) as exc:
+            return f"the station I/O cannot be read ({exc or 'no answer'}): E-stop unknown"
+        if reading.inputs.get("estop_ok") is not True:
+            return "the E-stop chain is open"
+        return None
+    finally:
+        await links.close()

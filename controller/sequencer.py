@@ -37,7 +37,6 @@ from controller.config import StationConfig
 from controller.dispense import (
     NoPackError,
     choose,
-    free_slot,
     ready_counts,
     slot_free,
     still_dispensable,
@@ -78,6 +77,7 @@ CHARGER_OFF_A = 2.0  # a charger below this current, disabled, is off: its pack 
 OVERHEAD_SAMPLES = 10_000
 MAX_ABORT_COMMANDS = 12  # an abort plan is at most 7 commands; more means it goes round
 HANDOVER_SETTLE_S = 2.0  # after a pack was put in or taken out, its charger settles this long
+STALLED = "the controller itself was stalled"
 
 Mode = Literal["auto", "maintenance", "out_of_service"]
 MODES: tuple[Mode, ...] = ("auto", "maintenance", "out_of_service")
@@ -266,6 +266,12 @@ class Sequencer:
 
     async def run(self) -> None:
         """Consume events for ever (recovering a swap in progress first)."""
+        if self.ctx.active:
+            # In the record's operator actions, whatever the phase (a fault's too).
+            self.ctx.operator.append(
+                OperatorNote(at=time.time(), action="restart", detail=self.ctx.state)
+            )
+            self._defer(JournalBatch())
         if self.ctx.active and self.ctx.state not in STOPPED_STATES:
             self._recovering = True
         self._recover_since = self.last_step = time.monotonic()
@@ -345,7 +351,7 @@ class Sequencer:
             stall, resumed = self._stall
             if stall > self.io_stale_after_s and reading.at <= resumed:
                 # Old because this process did not run, not because the I/O failed.
-                return None, f"the controller itself was stalled for {stall:.1f} s"
+                return None, f"{STALLED} for {stall:.1f} s"
             if snap.consecutive_failures:
                 return None, "station I/O not answering"
             return None, "station I/O data too old"
@@ -399,6 +405,8 @@ class Sequencer:
         if cond.name == "robot_clear":
             return f"{cond.message} (robot not connected)"
         _, why = self.io_reading(time.monotonic())
+        if why.startswith(STALLED):
+            return f"{why}: nothing was supervised meanwhile"  # the cause, not a sensor
         return f"{cond.name.replace('_', ' ')} unknown ({why or 'no data'})"
 
     def _failing(self, phase: str, facts: Mapping[str, bool | None]) -> list[str]:
@@ -556,7 +564,20 @@ class Sequencer:
     async def _reset(self, by: str | None, detail: str | None = None) -> str:
         state = self.ctx.state
         if state not in {"fault", "estop"}:
-            raise SwapRejectedError(f"nothing to reset: the swap is {state.replace('_', ' ')}")
+            # Outside a swap's fault: the robot's own latch (a STOP, a fault), if it has one.
+            status = self.robot.status
+            if status is None or status.state not in {RobotState.FAULT, RobotState.STOPPED}:
+                raise SwapRejectedError(
+                    f"nothing to reset: the swap is {state.replace('_', ' ')} and the robot"
+                    " is not faulted or stopped"
+                )
+            await self._robot_reset(checked=True)
+            if self.ctx.active:
+                self._note("reset_fault", by, "robot reset")
+                await self._persist()
+            return "robot reset (no motion): " + (
+                "recover with resume, abort or clear" if state == "recovery_required" else "idle"
+            )
         facts = self.facts()
         if facts.get("estop_ok") is not True:
             raise SwapRejectedError(self._why(interlocks.ESTOP, facts))
@@ -572,10 +593,17 @@ class Sequencer:
         await self._go("reset", batch)
         return "aborting: the vehicle gets a locked pack back, then it is lowered"
 
-    async def _robot_reset(self) -> RobotStatus | None:
-        """RESET a faulted or stopped robot (no motion: it clears the latch); its status."""
+    async def _robot_reset(self, *, checked: bool = False) -> RobotStatus | None:
+        """RESET a faulted or stopped robot (no motion: it clears the latch); its status.
+
+        `checked`: refused unless the E-stop chain is closed, on fresh station I/O.
+        """
         if not self.robot.ready.is_set():
             raise SwapRejectedError(f"robot link {self.robot.state.value}: cannot reset it")
+        if checked:
+            facts = self.facts()
+            if facts.get("estop_ok") is not True:
+                raise SwapRejectedError(f"robot not reset: {self._why(interlocks.ESTOP, facts)}")
         status = self.robot.status
         if status is not None and status.state in {RobotState.FAULT, RobotState.STOPPED}:
             try:
@@ -589,6 +617,8 @@ class Sequencer:
             raise SwapRejectedError(
                 f"no recovery pending: the swap is {self.ctx.state.replace('_', ' ')}"
             )
+        if decision in {"resume", "abort"}:
+            await self._robot_reset(checked=True)  # a latched STOP or fault first (no motion)
         if decision == "resume":
             # Look again: the operator may have put the robot or the lift right by hand.
             self._note("recover", by, "resume")
@@ -748,41 +778,72 @@ class Sequencer:
 
     async def _positioned(self, facts: Mapping[str, bool | None]) -> list[str]:
         causes = self._failing("lifting", facts)
-        causes += self._reservation_causes()
+        causes += await self._confirm_reservation()
         if causes:
             return causes
         await self._go("lift")
         return []
 
-    def _reservation_causes(self) -> list[str]:
-        """Check the reservation again before anything moves: the pack may have gone unfit."""
+    def _reservation_problem(self) -> tuple[str, bool] | None:
+        """Why the reserved pack (or the free slot) cannot be used now; and whether only unknown.
+
+        Unknown (stale data): wait. Known (the pack unfit): reserve anew. A check: it changes
+        nothing.
+        """
         ctx = self.ctx
+        now = time.monotonic()
         why = still_dispensable(
             self.config, self.control, ctx.reserved_slot, ctx.reserved_serial, ctx.pack_type
         )
         if why is not None:
-            try:
-                pick = choose(
-                    self.config,
-                    self.control,
-                    ctx.pack_type,
-                    exclude=self._not_to_dispense() - {ctx.reserved_slot},
-                    busy=self._held(),
-                )
-            except NoPackError as exc:
-                return [f"reserved pack {ctx.reserved_serial}: {why}; {exc}"]
-            _log.warning(
-                "swap %s: reserved pack %s in slot %d: %s; reserving %s in slot %d",
-                ctx.swap_id[:8], ctx.reserved_serial, ctx.reserved_slot, why, pick.serial,
-                pick.slot,
-            )  # fmt: skip
-            ctx.reserved_slot, ctx.reserved_serial = pick.slot, pick.serial
-            ctx.reserved_soc, ctx.free_slot = pick.soc, pick.free_slot
+            return f"reserved pack {ctx.reserved_serial} in slot {ctx.reserved_slot}: {why}", (
+                self.control.book.view(ctx.reserved_slot, now).stale
+            )
         if not slot_free(self.control, ctx.free_slot):
-            try:
-                ctx.free_slot = free_slot(self.control, exclude={ctx.reserved_slot} | self._held())
-            except NoPackError as exc:
-                return [str(exc)]
+            stale = self.control.book.view(ctx.free_slot, now).stale
+            return f"slot {ctx.free_slot} for the returned pack is not free", stale
+        return None
+
+    async def _confirm_reservation(self) -> list[str]:
+        """Before anything moves, the reservation is checked again: what blocks it, if any.
+
+        Data that went unknown (a rack offline) is waited for: the reservation stands. A pack
+        or slot known unfit now is replaced by another, in the open: journalled (event
+        `swap_reserved`) with what it replaces and why, and shown in `state`.
+        """
+        problem = self._reservation_problem()
+        if problem is None:
+            return []
+        why, unknown = problem
+        if unknown:
+            return [f"{why}: waiting for its data (the reservation stands)"]
+        ctx = self.ctx
+        try:
+            pick = choose(
+                self.config,
+                self.control,
+                ctx.pack_type,
+                exclude=self._not_to_dispense() - {ctx.reserved_slot},
+                busy=self._held(),
+            )
+        except NoPackError as exc:
+            return [f"{why}; {exc}"]
+        before = {"slot": ctx.reserved_slot, "serial": ctx.reserved_serial,
+                  "free_slot": ctx.free_slot}  # fmt: skip
+        ctx.reserved_slot, ctx.reserved_serial = pick.slot, pick.serial
+        ctx.reserved_soc, ctx.free_slot = pick.soc, pick.free_slot
+        batch = JournalBatch()
+        batch.event(
+            "swap_reserved",
+            {"swap_id": ctx.swap_id, "why": why, "instead_of": before,
+             "reserved": {"slot": pick.slot, "serial": pick.serial, "soc": pick.soc},
+             "free_slot": pick.free_slot},
+        )  # fmt: skip
+        await self._persist(batch)
+        _log.warning(
+            "swap %s: %s; reserved %s in slot %d instead", ctx.swap_id[:8], why, pick.serial,
+            pick.slot,
+        )  # fmt: skip
         return []
 
     async def _lift(self, state: str, facts: Mapping[str, bool | None]) -> list[str]:
@@ -1345,7 +1406,9 @@ class Sequencer:
             completed = (
                 ctx.vehicle_pack == "installed" and ctx.installed_serial == ctx.reserved_serial
             )
-            ctx.outcome = "completed" if completed else "aborted"
+            restarted = any(note.action == "restart" for note in ctx.operator)
+            # `recovered`: completed, after a restart of the controller resumed it.
+            ctx.outcome = ("recovered" if restarted else "completed") if completed else "aborted"
         record = _record_of(ctx, time.time())
         batch = batch or JournalBatch()
         batch.call(lambda conn: insert_sync(conn, record))
@@ -1427,6 +1490,26 @@ class Sequencer:
 
     # --- recovery after a restart ----------------------------------------------------------------
 
+    def _moves_next(self, status: RobotStatus) -> bool:
+        """The swap's next robot command is a move (all a robot between positions may take)."""
+        ctx = self.ctx
+        if ctx.state == "aborting":
+            plan = abort_plan(ctx, self._where(), status)
+        else:
+            plan = phase_plan(ctx.state, ctx)[ctx.step :]
+        return bool(plan) and plan[0].kind in {MsgType.MOVE, MsgType.HOME}
+
+    async def note_orderly_stop(self, *, robot_stopped: bool) -> None:
+        """The daemon stops in order: say so in the journal, for the restart.
+
+        Called after the safe state (the sequencer's task already ended): a STOP sent to the
+        robot then is known to be ours, and the next start resets it and recovers.
+        """
+        if self.ctx.active and robot_stopped:
+            self.ctx.stopped_on_shutdown = True
+            self._note("shutdown", None, f"orderly stop while {self.ctx.state}: robot stopped")
+            await self._persist()
+
     async def _recover(self, now: float) -> None:
         """A swap was in progress when the controller stopped: resume on proof, else hold."""
         waited = now - self._recover_since
@@ -1447,13 +1530,21 @@ class Sequencer:
             self._set_blocking(["recovering after a restart: the robot is finishing a command"])
             return
         self._recovering = False
+        if self.ctx.stopped_on_shutdown and status.state == RobotState.STOPPED:
+            # The STOP was the orderly stop's own: its latch is reset (no motion) and the
+            # swap recovered like after any restart, from what the robot reports.
+            try:
+                status = await self._robot_reset(checked=True) or status
+            except SwapRejectedError as exc:
+                await self._hold(f"after an orderly stop: {exc}")
+                return
+        self.ctx.stopped_on_shutdown = False
         batch = JournalBatch()
         verdict = self._verdict(status, batch)
         if verdict is not None:
             await self._hold(verdict, batch)
             return
         ctx = self.ctx
-        ctx.operator.append(OperatorNote(at=time.time(), action="restart", detail=ctx.state))
         batch.event("swap_recovered", {"swap_id": ctx.swap_id, "state": ctx.state})
         await self._persist(batch)
         _log.warning("swap %s recovered after a restart: resuming %s", ctx.swap_id[:8], ctx.state)
@@ -1478,7 +1569,7 @@ class Sequencer:
             if state == "lowering" and not ctx.pack_locked:
                 return "lowering, but the vehicle's pack is not known to be locked"
             return None  # the lift's position is watched, its interlocks checked again
-        if status.position == Target.BETWEEN:
+        if status.position == Target.BETWEEN and not self._moves_next(status):
             return "the robot stopped between positions"
         for slot in self.control.swap_held:
             self._handover_at[slot] = time.monotonic()

@@ -178,7 +178,14 @@ class Station:
 
         What the stops were is entered in the motion log afterwards (stops go out first).
         """
-        await asyncio.gather(self._stop_robot(), self.control.stop_all(), self._outputs_off())
+        robot_stopped, _, _ = await asyncio.gather(
+            self._stop_robot(), self.control.stop_all(), self._outputs_off()
+        )
+        if self.sequencer is not None:
+            try:
+                await self.sequencer.note_orderly_stop(robot_stopped=robot_stopped)
+            except Exception:  # noqa: BLE001 - the machinery is safe; the restart holds instead
+                _log.exception("the swap's orderly stop was not journalled")
         batch = JournalBatch()
         self.actuators.take_journal(batch)
         if batch:
@@ -195,20 +202,22 @@ class Station:
         except DriverError as exc:
             _log.warning("station I/O: could not switch the outputs off: %s", exc)
 
-    async def _stop_robot(self) -> None:
+    async def _stop_robot(self) -> bool:
+        """STOP a robot that may be moving; whether a STOP was sent."""
         robot = self.robot
         if robot is None or robot.closed:
-            return
+            return False
         # A robot known to be idle is left alone (a STOP would latch it until a reset); one
         # that may be moving, or whose state is unknown, is stopped (waiting briefly for its
         # port if the link is reopening).
         idle = robot.status is not None and robot.status.state == RobotState.IDLE
         if idle and not robot.busy:
-            return
+            return False
         try:
             await self.actuators.robot_stop()  # shielded: a STOP runs to completion
         except DriverError as exc:
             _log.warning("robot: STOP on shutdown failed: %s", exc)
+        return True
 
     def liveness(self) -> float:
         """When the slot control and the swap sequencer last both completed a step."""

@@ -86,6 +86,9 @@ class SwapContext(BaseModel):
     outcome: Outcome | None = None
     reason: str | None = None
     fault_from: str | None = None  # the phase a fault or E-stop interrupted
+    # The daemon's orderly stop sent the robot a STOP during this swap: after the restart the
+    # robot's STOPPED latch is ours, not a fault's, and is reset (no motion) before recovery.
+    stopped_on_shutdown: bool = False
     started_at: float = Field(default_factory=time.time)
     phase_started_at: float = Field(default_factory=time.time)
     timings: list[StepTime] = Field(default_factory=list)

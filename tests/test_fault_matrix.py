@@ -8,6 +8,7 @@ with the daemon in-process (faults are injected synchronously as the swap enters
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import re
@@ -15,15 +16,16 @@ import signal
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import pytest
 
 from controller.inventory import Place
-from controller.journal import FILENAME
+from controller.journal import FILENAME, Journal
 from controller.motionlog import select_sync, verify_sync
 from controller.records import RecordStore
 from controller.sequencer import Sequencer, SwapRejectedError
@@ -37,7 +39,10 @@ from tests.support import REPO, DaemonProcess, assert_motion_within_interlocks
 DOC = REPO / "docs" / "fault-matrix.md"
 SPEED = 60.0
 SECTIONS = "[swap]\nmin_dispense_soc = 80\n"
-FAULTS = ("robot jam", "E-stop", "door opened", "rack offline", "SIGKILL + restart")
+FAULTS = (
+    "robot jam", "E-stop", "door opened", "rack offline", "SIGKILL + restart", "SIGTERM + restart",
+)  # fmt: skip
+RESTARTS = {"SIGKILL + restart": signal.SIGKILL, "SIGTERM + restart": signal.SIGTERM}
 MAIN_COMMAND = {
     "removing": MsgType.REMOVE,
     "storing": MsgType.STORE,
@@ -53,7 +58,7 @@ class Cell:
     step: str
     fault: str
     reaction: str  # fault, E-stop, blocks, none, resumes
-    outcome: str  # completed, aborted
+    outcome: str  # completed, aborted, recovered (completed after a restart)
 
 
 def parse_matrix(text: str) -> list[Cell]:
@@ -65,7 +70,9 @@ def parse_matrix(text: str) -> list[Cell]:
         step, values = parts[0], parts[1:]
         assert len(values) == len(FAULTS), row
         for fault, value in zip(FAULTS, values, strict=True):
-            match = re.fullmatch(r"(fault|E-stop|blocks|none|resumes) → (completed|aborted)", value)
+            match = re.fullmatch(
+                r"(fault|E-stop|blocks|none|resumes) → (completed|aborted|recovered)", value
+            )
             assert match, f"cannot read cell {step} / {fault}: {value!r}"
             cells.append(Cell(step, fault, match[1], match[2]))
     return cells
@@ -114,7 +121,7 @@ def check_after(sim: SimStation, seq: Sequencer | None, cell: Cell) -> None:
     assert plc.accidents == 0
     assert [v.vehicle_id for v in plc.departed] == ["EV-1"]
     gone = plc.departed[0]
-    want = "PK-A" if cell.outcome == "completed" else "PK-OLD"
+    want = "PK-A" if cell.outcome in {"completed", "recovered"} else "PK-OLD"
     assert gone.pack is not None and gone.pack.serial == want and gone.locked
     # Where the simulator has the packs, and where the controller says they are.
     places: dict[str, list[str]] = {}
@@ -197,7 +204,7 @@ def injector(
     return on_phase, on_command, fix
 
 
-IN_PROCESS = [c for c in CELLS if c.fault != "SIGKILL + restart"]
+IN_PROCESS = [c for c in CELLS if c.fault not in RESTARTS]
 
 
 @pytest.mark.asyncio
@@ -298,13 +305,14 @@ async def command(
     return {}
 
 
-KILLS = [c for c in CELLS if c.fault == "SIGKILL + restart"]
+KILLS = [c for c in CELLS if c.fault in RESTARTS]
 
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("cell", KILLS, ids=lambda c: c.step)
+@pytest.mark.parametrize("cell", KILLS, ids=lambda c: f"{c.step}-{c.fault.split()[0]}")
 async def test_fault_matrix_sigkill(tmp_path: Path, broker: Mosquitto, cell: Cell) -> None:
+    """SIGKILL or SIGTERM (an orderly stop: `systemctl restart`) at a step, then a restart."""
     (tmp_path / "sim").mkdir()
     sim = SimStation(tmp_path / "sim", [rack()], speed=SPEED, robot=True, plc=True)
     await sim.start()
@@ -334,8 +342,9 @@ async def test_fault_matrix_sigkill(tmp_path: Path, broker: Mosquitto, cell: Cel
                     await asyncio.sleep(0.1)
             arrive(sim)
             await until(lambda: journal_state(journal) == cell.step, timeout=20, what=cell.step)
-            daemon.signal(signal.SIGKILL)
-            assert daemon.wait(5) == -signal.SIGKILL
+            sig = RESTARTS[cell.fault]
+            daemon.signal(sig)
+            assert daemon.wait(5) == (0 if sig == signal.SIGTERM else -sig)
             daemon.start()
             await until(lambda: journal_state(journal) == "idle", timeout=40, what="swap done")
         finally:
@@ -409,3 +418,96 @@ async def test_sigkill_at_random_moments_loses_no_record(tmp_path: Path, broker:
         assert kills == 4
     finally:
         await store_journal.close()
+
+
+# --- a restart in a fault, a frozen controller: the process as systemd runs it ----------------
+
+
+@contextlib.asynccontextmanager
+async def station_process(
+    tmp_path: Path, broker: Mosquitto
+) -> AsyncIterator[tuple[SimStation, DaemonProcess, Path]]:
+    """The simulated station, and the daemon as its own process with a swap started."""
+    (tmp_path / "sim").mkdir()
+    sim = SimStation(tmp_path / "sim", [rack()], speed=SPEED, robot=True, plc=True)
+    await sim.start()
+    try:
+        path = tmp_path / "station.toml"
+        path.write_text(
+            sim.controller_toml(
+                station_id="t1", mqtt_host=broker.host, mqtt_port=broker.port,
+                storage=tmp_path / "state", sections=SECTIONS,
+            )
+        )  # fmt: skip
+        daemon = DaemonProcess(path)
+        daemon.start()
+        try:
+            reply: dict[str, object] = {}
+            deadline = time.monotonic() + 20
+            while not reply.get("ok"):
+                reply = await command(broker, "start_swap", vehicle_id="EV-1", pack_type="STD75")
+                assert time.monotonic() < deadline, f"start_swap not accepted: {reply}"
+            yield sim, daemon, tmp_path / "state" / FILENAME
+        finally:
+            daemon.stop()
+    finally:
+        await sim.stop()
+
+
+def swap_row(journal: Path) -> dict[str, Any]:
+    conn = sqlite3.connect(f"{journal.as_uri()}?mode=ro", uri=True, timeout=1.0)
+    try:
+        row = conn.execute("SELECT body FROM swap_current WHERE id = 1").fetchone()
+    finally:
+        conn.close()
+    body: dict[str, Any] = json.loads(row[0]) if row else {}
+    return body
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(90)
+async def test_a_restart_in_a_fault_is_in_the_record(tmp_path: Path, broker: Mosquitto) -> None:
+    async with station_process(tmp_path, broker) as (sim, daemon, journal):
+        robot = sim.robot
+        assert robot is not None
+        robot.faults.jam_on = MsgType.REMOVE
+        arrive(sim)
+        await until(lambda: journal_state(journal) == "fault", timeout=20, what="fault")
+        daemon.signal(signal.SIGKILL)
+        daemon.wait(5)
+        daemon.start()
+        deadline = time.monotonic() + 20
+        while not (await command(broker, "reset_fault", wait_s=1.0)).get("ok"):
+            assert time.monotonic() < deadline, "reset_fault never accepted"
+        await until(lambda: journal_state(journal) == "idle", timeout=40, what="swap done")
+    store_journal = await Journal.open(journal.parent, read_only=True)
+    try:
+        (record,) = await RecordStore(store_journal).last(1)
+    finally:
+        await store_journal.close()
+    assert record.outcome == "aborted"
+    restarts = [a for a in record.operator_actions if a.action == "restart"]
+    assert [a.detail for a in restarts] == ["fault"], record.operator_actions
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(90)
+async def test_a_frozen_controller_names_itself_not_the_station_io(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    async with station_process(tmp_path, broker) as (sim, daemon, journal):
+        arrive(sim)
+        await until(lambda: journal_state(journal) == "removing", timeout=20, what="removing")
+        daemon.signal(signal.SIGSTOP)  # the process freezes (swapped out, a debugger, ...)
+        await asyncio.sleep(1.5)  # the freeze itself: what is being tested
+        daemon.signal(signal.SIGCONT)
+        await until(
+            lambda: journal_state(journal) in {"fault", "storing", "fetching", "installing"},
+            timeout=20,
+            what="the swap going on, or faulted",
+        )
+        reason = str(swap_row(journal).get("reason") or "")
+        print(f"after a 1.5 s freeze in removing: {journal_state(journal)}, reason {reason!r}")
+        if journal_state(journal) == "fault":
+            assert "stalled" in reason, reason
+            assert "station I/O data too old" not in reason, reason

@@ -357,7 +357,7 @@ async def test_replies_to_requests_good_and_bad(tmp_path: Path, broker: Mosquitt
             "id": "rf-1",
             "ok": False,
             "code": "rejected",
-            "message": "nothing to reset: the swap is idle",
+            "message": "nothing to reset: the swap is idle and the robot is not faulted or stopped",
             "result": None,
         }
         reply = await rr(broker, "recover", '{"id": "rc-1", "decision": "resume"}')

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
@@ -99,3 +100,73 @@ async def test_a_full_swap_runs_end_to_end(tmp_path: Path, broker: Mosquitto) ->
         out = await asyncio.to_thread(run_swapctl, "records", "motion", "--config", config,
                                       "--verify")  # fmt: skip
         assert out.returncode == 0 and out.stdout.endswith("chain intact\n"), out
+
+
+def two_racks() -> list[SimRackSpec]:
+    return [
+        SimRackSpec("r1", [1, 2, 3, 4], packs={1: SimPack("PK-A", soc=95.0)}, poll_period_s=0.05),
+        SimRackSpec("r2", [5, 6], packs={5: SimPack("PK-C", soc=94.0)}, poll_period_s=0.05),
+    ]
+
+
+async def _events(rig: Rig, kind: str) -> list[dict[str, object]]:
+    rows = await rig.station.journal.call(
+        lambda c: c.execute("SELECT body FROM events WHERE kind = ?", (kind,)).fetchall()
+    )
+    return [json.loads(body) for (body,) in rows]
+
+
+async def test_a_reserved_pack_whose_rack_goes_offline_is_waited_for_not_swapped(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    async with running(
+        tmp_path, broker, two_racks(), speed=SPEED, sections=SECTIONS, robot=True, plc=True
+    ) as rig:
+        seq = rig.station.sequencer
+        assert seq is not None
+        await until(
+            lambda: not seq.blocking and seq.packs_ready().get("STD75") == 2,
+            what="station ready",
+        )
+        await seq.request("start_swap", vehicle_id="EV-1", pack_type="STD75")
+        assert (seq.ctx.reserved_slot, seq.ctx.reserved_serial) == (1, "PK-A")
+        await rig.sim.racks["r1"].go_offline()
+        rig.sim.arrive("EV-1", serial="PK-OLD", soc=12.0)
+        await until(
+            lambda: any("waiting for its data" in c for c in seq.blocking),
+            what="blocked on the reserved pack",
+        )
+        assert seq.ctx.state == "positioned"
+        assert (seq.ctx.reserved_slot, seq.ctx.reserved_serial) == (1, "PK-A")
+        await rig.sim.racks["r1"].come_back()
+        await until(lambda: swap_state(rig) == "idle", timeout=20, what="swap done")
+        record = (await RecordStore(rig.station.journal).last(1))[0]
+        assert record.pack_in is not None and record.pack_in.serial == "PK-A"
+        assert record.slot_in == 1
+        assert await _events(rig, "swap_reserved") == []
+
+
+async def test_a_reserved_pack_found_unfit_is_replaced_in_the_open(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    async with running(
+        tmp_path, broker, two_racks(), speed=SPEED, sections=SECTIONS, robot=True, plc=True
+    ) as rig:
+        seq = rig.station.sequencer
+        assert seq is not None
+        await until(
+            lambda: not seq.blocking and seq.packs_ready().get("STD75") == 2,
+            what="station ready",
+        )
+        await seq.request("start_swap", vehicle_id="EV-1", pack_type="STD75")
+        assert seq.ctx.reserved_slot == 1
+        rig.sim.racks["r1"].set_fault(1, 7)  # known unfit: a charger fault, on fresh data
+        await until(lambda: "charger_fault" in rig.alarm_codes("slot:1"), what="fault seen")
+        rig.sim.arrive("EV-1", serial="PK-OLD", soc=12.0)
+        await until(lambda: swap_state(rig) == "idle", timeout=20, what="swap done")
+        (event,) = await _events(rig, "swap_reserved")
+        assert event["instead_of"] == {"slot": 1, "serial": "PK-A", "free_slot": 2}
+        assert event["reserved"]["slot"] == 5 and event["reserved"]["serial"] == "PK-C"  # type: ignore[index]
+        assert "slot alarm" in str(event["why"])
+        record = (await RecordStore(rig.station.journal).last(1))[0]
+        assert record.pack_in is not None and record.pack_in.serial == "PK-C"
