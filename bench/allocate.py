@@ -1,7 +1,7 @@
 """The power allocator's time per control period, for a 40-slot and a 400-slot station.
 
 One control period is what the slot control does for power each step: learn from the slots'
-readings, turn every slot into a demand, and allocate the budget (controller/power.py).
+readings, turn every slot into a demand, and allocate the budget (controller/charging/power.py).
 The slots are a realistic mix: most charging at various SoC, some tapering, some full,
 empty, stale or faulted; the grid limit is a third of what the chargers could draw. The
 forecast (run every `power.forecast_every_s` on a worker thread) is timed too.
@@ -25,9 +25,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from controller.config import StationConfig
-from controller.power import PowerModel, allocate, budget_w, forecast
-from controller.slots import SlotView
+from controller.charging.power import PowerModel, allocate, budget_w, forecast
+from controller.charging.slots import SlotView
+from controller.config.model import StationConfig
 from drivers.rack import SlotReading
 
 

@@ -138,7 +138,7 @@ def main() -> None:
     parser.add_argument("--mqtt-port", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve is not None:
-        from controller import eventloop  # the daemon's loop
+        from controller.runtime import eventloop  # the daemon's loop
 
         eventloop.run(serve(args.serve, args.mqtt_port))
         return

@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from controller import eventloop
+from controller.runtime import eventloop
 from drivers.modbus.link import LinkParams, ModbusLink, TcpParams
 from drivers.modbus.plan import Read, min_reads
 from drivers.modbus.profile import load_profile

@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from controller import eventloop
+from controller.runtime import eventloop
 from drivers.robot.link import RobotLink, RobotParams
 from drivers.robot.protocol import MoveArgs, MsgType, Target
 

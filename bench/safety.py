@@ -1,7 +1,7 @@
 """The safety supervisor's own time per command: judging one command to machinery.
 
 Every command to a charger, an output or the robot passes `SafetySupervisor.permit` before it
-goes out (controller/safety.py). This times `permit` alone, in-process, for the kinds a
+goes out (controller/safety/supervisor.py). This times `permit` alone, in-process, for the kinds a
 station sends: a charger's limit and its switch-on (a 40-slot book behind it), the lift's
 outputs and a robot motion (fresh station I/O behind them), allowed and refused. No I/O: the
 figure is what the gate adds to a command, not the command's round trip.
@@ -27,7 +27,8 @@ from types import MappingProxyType
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from controller.safety import (
+from controller.charging.slots import RackInfo, SlotBook
+from controller.safety.supervisor import (
     ChargerEnable,
     ChargerLimit,
     Command,
@@ -36,7 +37,6 @@ from controller.safety import (
     RobotMotion,
     SafetySupervisor,
 )
-from controller.slots import RackInfo, SlotBook
 from drivers.rack import RackSnapshot, SlotReading
 from drivers.robot.protocol import MsgType, Target
 from drivers.stationio import IoReading, IoSnapshot

@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 if TYPE_CHECKING:
-    from controller.sequencer import Sequencer
+    from controller.swap.sequencer import Sequencer
 
 SPEED = 10_000.0
 SLOTS = 12
@@ -96,9 +96,9 @@ def pct(values: list[float], q: float) -> float:
 
 async def measure(config_path: Path, swaps: int) -> dict[str, object]:
     """Run `swaps` swaps back to back; the sequencer's overheads and the rate."""
-    from controller.configload import load_config
-    from controller.daemon import Daemon
-    from controller.sequencer import SwapRejectedError
+    from controller.config.loader import load_config
+    from controller.runtime.daemon import Daemon
+    from controller.swap.sequencer import SwapRejectedError
 
     daemon = Daemon(load_config(config_path, environ={}))
     task = asyncio.create_task(daemon.run())
@@ -166,7 +166,7 @@ def main() -> None:
             assert child.stdout is not None
             if child.stdout.readline().strip() != "ready":
                 raise SystemExit("the simulated station did not start")
-            from controller import eventloop  # the daemon's loop
+            from controller.runtime import eventloop  # the daemon's loop
 
             result = eventloop.run(measure(workdir / "station.toml", args.swaps))
         finally:

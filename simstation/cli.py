@@ -25,8 +25,7 @@ from typing import IO, Any
 
 import aiomqtt
 
-from controller.configload import ConfigError, load_config
-from controller.statuscli import (
+from controller.cli.status import (
     SLOT_HEADERS,
     Screen,
     StationView,
@@ -39,7 +38,8 @@ from controller.statuscli import (
     _strings,
     _table,
 )
-from controller.swapmachine import MOTION
+from controller.config.loader import ConfigError, load_config
+from controller.swap.machine import MOTION
 from simstation.broker import Mosquitto
 from simstation.children import die_with_parent
 from simstation.station import SimStation

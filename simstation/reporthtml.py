@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from html import escape
 
-from controller.swapmachine import ACTIVE
+from controller.swap.machine import ACTIVE
 from simstation.report import Car, Percentiles, Report
 
 # Swap phases in the order a swap goes through them; others present follow alphabetically.

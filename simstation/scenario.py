@@ -3,7 +3,7 @@
 A scenario is TOML: the station (slots, packs, chargers, grid limit, power policy), the cars
 (arrivals, pack types, the SoC they bring, how long they wait), the faults to inject and the
 simulated operator who clears them. Errors are reported as the station config's are, one line
-each: `FILE: key.path: message (got VALUE)` (`controller.configload`).
+each: `FILE: key.path: message (got VALUE)` (`controller.config.loader`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from controller.configload import (
+from controller.config.loader import (
     ConfigError,
     ConfigIssue,
     _message,

@@ -26,8 +26,8 @@ import tty
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from controller.config import SerialLine, StationConfig
-from controller.configload import ConfigError, load_config
+from controller.config.loader import ConfigError, load_config
+from controller.config.model import SerialLine, StationConfig
 from drivers.robot.protocol import FaultCode, MsgType
 from simstation.cli import positive_number
 from simstation.plc import SimPlc

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import tomli_w
 
-from controller.config import SerialLine, StationConfig
+from controller.config.model import SerialLine, StationConfig
 from drivers.modbus.ioprofile import load_io_profile
 from drivers.modbus.profile import find_profile, load_profile
 from simstation.charger import SimPack

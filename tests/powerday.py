@@ -16,7 +16,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
-from controller.dispense import NoPackError, choose
+from controller.swap.dispense import NoPackError, choose
 from simstation.arrivals import returned_soc
 from simstation.charger import SimPack
 from simstation.rack import SimRack
@@ -136,7 +136,7 @@ async def run_day(
 
 def _settle(control: object, unsettled: dict[int, str | None]) -> None:
     """Forget slots whose new content the daemon has seen (fresh data)."""
-    from controller.slotcontrol import SlotControl
+    from controller.charging.control import SlotControl
 
     assert isinstance(control, SlotControl)
     now = time.monotonic()

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from controller.configload import load_config
-from controller.daemon import Daemon
-from controller.station import Station
+from controller.config.loader import load_config
+from controller.runtime.daemon import Daemon
+from controller.runtime.station import Station
 from simstation.broker import Mosquitto
 from simstation.station import SimRackSpec, SimStation
 

@@ -15,14 +15,14 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from controller.actuators import Actuators
-from controller.config import StationConfig
-from controller.events import EventLog
-from controller.journal import Journal
-from controller.motionlog import MotionEntry, select_sync
-from controller.safety import Plant, SafetySupervisor
-from controller.slotcontrol import Rack, SlotControl
-from controller.slots import RackInfo, SlotBook
+from controller.charging.control import Rack, SlotControl
+from controller.charging.slots import RackInfo, SlotBook
+from controller.config.model import StationConfig
+from controller.safety.actuators import Actuators
+from controller.safety.motionlog import MotionEntry, select_sync
+from controller.safety.supervisor import Plant, SafetySupervisor
+from controller.store.events import EventLog
+from controller.store.journal import Journal
 from drivers.modbus.link import LinkParams, ModbusLink, TcpParams
 from drivers.modbus.profile import load_profile
 from drivers.rack import RackDriver, RackPoller

@@ -15,9 +15,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from controller import interlocks
-from controller.journal import FILENAME
-from controller.motionlog import MotionEntry, select_sync
+from controller.safety.motionlog import MotionEntry, select_sync
+from controller.store.journal import FILENAME
+from controller.swap import interlocks
 from simstation.broker import Mosquitto
 
 REPO = Path(__file__).resolve().parent.parent

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from controller.statepub import station_state
+from controller.mqtt.statepub import station_state
 from simstation.broker import Mosquitto
 from tests.rig import Rig, running, until
 from tests.support import Subscriber

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.daemon import Daemon
-from controller.station import Station
+from controller.runtime.daemon import Daemon
+from controller.runtime.station import Station
 from tests.peers.rack import PeerRack
 from tests.rig import daemon_in_process, until
 from tests.support import REPO

@@ -16,17 +16,17 @@ from typing import Any
 
 import pytest
 
-from controller.actuators import Actuators
-from controller.daemon import SAFE_STATE_TIMEOUT_S
-from controller.power import PowerModel
-from controller.safety import (
+from controller.charging.control import CommandRefusedError
+from controller.charging.power import PowerModel
+from controller.charging.slots import RackInfo, SlotBook, SlotView
+from controller.runtime.daemon import SAFE_STATE_TIMEOUT_S
+from controller.safety.actuators import Actuators
+from controller.safety.supervisor import (
     ChargerEnable,
     Plant,
     SafetyRefusedError,
     SafetySupervisor,
 )
-from controller.slotcontrol import CommandRefusedError
-from controller.slots import RackInfo, SlotBook, SlotView
 from drivers.rack import SlotReading
 from drivers.robot.protocol import MsgType, SlotArgs
 from drivers.stationio import IoReading, IoSnapshot, StationIoDriver

@@ -9,7 +9,8 @@ actuators and journal (a real SQLite file) run on a virtual clock: each step adv
 ticks the rack's physics, polls once and runs one control step.
 
 After every step, every write the rack received is judged against the rules of
-docs/architecture.md (written here again, independently of controller/safety.py), with the
+docs/architecture.md (written here again, independently of
+controller/safety/supervisor.py), with the
 rack's state as the test set it:
 
 - a limit never above min(BMS limit, the charger's 150 A, the allocation), an implausible or

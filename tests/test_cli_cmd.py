@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.cmdcli import UsageError, build_request
+from controller.cli.cmd import UsageError, build_request
 from simstation.broker import Mosquitto
 from simstation.charger import SimPack
 from simstation.station import SimRackSpec

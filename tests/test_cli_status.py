@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.statuscli import StationView, render
+from controller.cli.status import StationView, render
 from simstation.broker import Mosquitto
 from tests.rig import running
 from tests.support import REPO, station_toml

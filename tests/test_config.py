@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.config import StationConfig
-from controller.configload import ConfigError, load_config
+from controller.config.loader import ConfigError, load_config
+from controller.config.model import StationConfig
 from drivers.errors import format_loc
 from tests.support import REPO, run_swapctl
 

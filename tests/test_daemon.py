@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from controller.configload import load_config
-from controller.daemon import EXIT_CONFIG, EXIT_FAILURE, Daemon
+from controller.config.loader import load_config
+from controller.runtime.daemon import EXIT_CONFIG, EXIT_FAILURE, Daemon
 from simstation.broker import Mosquitto
 from tests.support import DaemonProcess, Subscriber, station_toml
 

@@ -10,7 +10,9 @@ from pydantic import Field, create_model
 from statemachine import State, StateMachine
 
 import tools.gendocs
-from controller import commands, interlocks, swapmachine
+from controller.mqtt import commands
+from controller.swap import interlocks
+from controller.swap import machine as swapmachine
 from tools.gendocs import GENERATORS, MARKER, REPO, schemas, stale_docs, stale_schemas
 
 SWAP_DOC = REPO / "docs" / "swap-machine.md"

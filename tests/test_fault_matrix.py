@@ -24,11 +24,11 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from controller.inventory import Place
-from controller.journal import FILENAME, Journal
-from controller.motionlog import select_sync, verify_sync
-from controller.records import RecordStore
-from controller.sequencer import Sequencer, SwapRejectedError
+from controller.safety.motionlog import select_sync, verify_sync
+from controller.store.journal import FILENAME, Journal
+from controller.store.records import RecordStore
+from controller.swap.inventory import Place
+from controller.swap.sequencer import Sequencer, SwapRejectedError
 from drivers.robot.protocol import FaultCode, MsgType
 from simstation.broker import Mosquitto
 from simstation.charger import SimPack
@@ -137,7 +137,7 @@ def check_after(sim: SimStation, seq: Sequencer | None, cell: Cell) -> None:
 
 
 async def check_record(journal_dir: Path, cell: Cell) -> None:
-    from controller.journal import Journal
+    from controller.store.journal import Journal
 
     journal = await Journal.open(journal_dir, read_only=True)
     try:
@@ -407,7 +407,7 @@ async def test_sigkill_at_random_moments_loses_no_record(tmp_path: Path, broker:
     finally:
         daemon.stop()
         await sim.stop()
-    from controller.journal import Journal
+    from controller.store.journal import Journal
 
     store_journal = await Journal.open(state_dir, read_only=True)
     try:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from controller import journal as journal_module
-from controller.configload import load_config
-from controller.daemon import EXIT_CONFIG, Daemon
-from controller.journal import FILENAME, MIGRATIONS, Journal, JournalTooNewError
+from controller.config.loader import load_config
+from controller.runtime.daemon import EXIT_CONFIG, Daemon
+from controller.store import journal as journal_module
+from controller.store.journal import FILENAME, MIGRATIONS, Journal, JournalTooNewError
 from tests.support import station_toml
 
 

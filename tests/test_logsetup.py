@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from controller.logsetup import setup_logging
+from controller.runtime.logsetup import setup_logging
 
 
 @pytest.fixture

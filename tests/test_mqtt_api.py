@@ -22,12 +22,12 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from controller.commands import CommandReply
-from controller.infopub import StationInfo
-from controller.robotpub import RobotStateMessage
-from controller.sequencer import Sequencer
-from controller.slotpub import SlotState
-from controller.statepub import StationState
+from controller.mqtt.commands import CommandReply
+from controller.mqtt.infopub import StationInfo
+from controller.mqtt.robotpub import RobotStateMessage
+from controller.mqtt.slotpub import SlotState
+from controller.mqtt.statepub import StationState
+from controller.swap.sequencer import Sequencer
 from simstation.broker import Mosquitto
 from tests.rig import Rig, running, until
 from tests.support import REPO

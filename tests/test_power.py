@@ -1,4 +1,4 @@
-"""The allocator and the forecast, as pure functions (controller/power.py)."""
+"""The allocator and the forecast, as pure functions (controller/charging/power.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.config import PowerConfig, StationConfig
-from controller.power import (
+from controller.charging.power import (
     Demand,
     PowerModel,
     advance,
@@ -21,6 +20,7 @@ from controller.power import (
     priority_order,
     ready_text,
 )
+from controller.config.model import PowerConfig, StationConfig
 from simstation.charger import SimCharger, SimPack
 
 V = 403.2  # the simulated pack's BMS voltage limit

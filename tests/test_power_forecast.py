@@ -61,8 +61,8 @@ async def test_predicted_ready_times_within_ten_percent(tmp_path: Path) -> None:
 @pytest.mark.asyncio
 @pytest.mark.timeout(60)
 async def test_the_forecast_is_in_the_state_and_in_a_rejected_swaps_reason(tmp_path: Path) -> None:
-    from controller.sequencer import SwapRejectedError
-    from controller.statepub import station_state
+    from controller.mqtt.statepub import station_state
+    from controller.swap.sequencer import SwapRejectedError
 
     packs = {1: SimPack("PK-1", soc=70.0), 2: SimPack("PK-2", soc=40.0)}
     spec = SimRackSpec("r1", [1, 2, 3], packs=packs, poll_period_s=0.05)

@@ -9,7 +9,7 @@ from typing import Literal
 
 import pytest
 
-from controller.slotcontrol import CommandRefusedError
+from controller.charging.control import CommandRefusedError
 from drivers.modbus.link import LinkParams, ModbusLink, SerialParams, TcpParams
 from drivers.rack import RackDriver
 from simstation.broker import Mosquitto

@@ -26,7 +26,7 @@ import pytest
 from pydantic import ValidationError
 
 from controller.errors import SwapstationError
-from controller.journal import (
+from controller.store.journal import (
     FILENAME,
     MIGRATIONS,
     Journal,
@@ -34,7 +34,7 @@ from controller.journal import (
     JournalTooNewError,
     transaction,
 )
-from controller.records import (
+from controller.store.records import (
     CSV_COLUMNS,
     GENESIS_HASH,
     NewSwapRecord,
@@ -665,8 +665,8 @@ CHILD = """
 import asyncio, sys, uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from controller.journal import Journal
-from controller.records import NewSwapRecord, RecordStore
+from controller.store.journal import Journal
+from controller.store.records import NewSwapRecord, RecordStore
 
 async def main() -> None:
     journal = await Journal.open(Path(sys.argv[1]))

@@ -91,8 +91,8 @@ async def test_daemon_publishes_the_robot_and_stops_it_on_exit(
             station_id="r1", mqtt_host=broker.host, mqtt_port=broker.port, storage=tmp_path / "st"
         )
     )
-    from controller.configload import load_config
-    from controller.daemon import Daemon
+    from controller.config.loader import load_config
+    from controller.runtime.daemon import Daemon
 
     daemon = Daemon(load_config(path, environ={}))
     task = asyncio.create_task(daemon.run())

@@ -1,7 +1,8 @@
 """The safety supervisor: its rules restated from the docs, and its refusals where people see them.
 
 The properties here restate docs/architecture.md's safety rules in their own words (not by
-calling controller/safety.py's checks) and throw arbitrary facts at the supervisor: whatever
+calling controller/safety/supervisor.py's checks) and throw arbitrary facts at the supervisor:
+whatever
 it allows must keep them. The end-to-end test checks that a refusal is an alarm named after
 the invariant, on `events`, in `state` and in the motion log, and that it clears.
 """
@@ -19,8 +20,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.motionlog import select_sync, verify_sync
-from controller.safety import (
+from controller.charging.slots import RackInfo, SlotBook
+from controller.safety.motionlog import select_sync, verify_sync
+from controller.safety.supervisor import (
     ChargerEnable,
     ChargerLimit,
     Outputs,
@@ -29,7 +31,6 @@ from controller.safety import (
     SafetyRefusedError,
     SafetySupervisor,
 )
-from controller.slots import RackInfo, SlotBook
 from drivers.rack import RackSnapshot, SlotReading
 from drivers.robot.protocol import MsgType, Target
 from drivers.stationio import IoReading, IoSnapshot

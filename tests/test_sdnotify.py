@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.configload import load_config
-from controller.daemon import Daemon
-from controller.sdnotify import Notifier
+from controller.config.loader import load_config
+from controller.runtime.daemon import Daemon
+from controller.runtime.sdnotify import Notifier
 from simstation.broker import Mosquitto
 from tests.support import DaemonProcess, Subscriber, station_toml
 

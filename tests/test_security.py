@@ -26,8 +26,8 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from controller.journal import FILENAME
-from controller.mqttlink import PublishRefusedError, _CheckedClient
+from controller.mqtt.link import PublishRefusedError, _CheckedClient
+from controller.store.journal import FILENAME
 from simstation.broker import BrokerTls, Mosquitto
 from simstation.station import SimRackSpec
 from tests.rig import Rig, running, until

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.configload import load_config
-from controller.daemon import Daemon
-from controller.station import Station
+from controller.config.loader import load_config
+from controller.runtime.daemon import Daemon
+from controller.runtime.station import Station
 from drivers.robot.link import LinkState
 from simstation.ptypair import PtyPair
 from tests.rig import until

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from controller.config import DeadbandsConfig
-from controller.slotpub import SlotState, significant_change
+from controller.config.model import DeadbandsConfig
+from controller.mqtt.slotpub import SlotState, significant_change
 from simstation.broker import Mosquitto
 from simstation.charger import SimPack
 from simstation.station import SimRackSpec

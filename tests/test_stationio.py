@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.config import StationConfig
-from controller.devices import Links, build_station_io
+from controller.config.model import StationConfig
+from controller.runtime.devices import Links, build_station_io
 from drivers.errors import CommandNotAppliedError, SpecError
 from drivers.modbus.ioprofile import (
     REQUIRED_COILS,

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from controller.alarms import Cause, Severity
-from controller.config import SupervisionConfig
-from controller.slots import SlotView
-from controller.supervision import SlotRules
+from controller.charging.alarms import Cause, Severity
+from controller.charging.slots import SlotView
+from controller.charging.supervision import SlotRules
+from controller.config.model import SupervisionConfig
 from drivers.rack import SlotReading
 from simstation.broker import Mosquitto
 from simstation.charger import SimPack
@@ -226,7 +226,7 @@ def test_restored_cause_is_held_until_fresh_data() -> None:
 
 def test_a_setpoint_not_applied_is_retried_after_1_s_then_doubling_to_60_s() -> None:
     """docs/architecture.md: retried with a growing pause (1 s .. 60 s)."""
-    from controller.slotcontrol import _Writing
+    from controller.charging.control import _Writing
 
     writing = _Writing((True, 100.0), at=0.0)
     assert not writing.due(0.99) and writing.due(1.0)  # not yet confirmed: asked again at 1 s

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.motionlog import MotionEntry
-from controller.records import RecordStore
+from controller.safety.motionlog import MotionEntry
+from controller.store.records import RecordStore
 from simstation.broker import Mosquitto
 from simstation.charger import SimPack
 from simstation.station import SimRackSpec

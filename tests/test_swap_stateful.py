@@ -29,9 +29,9 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from controller.inventory import Place
-from controller.journal import FILENAME
-from controller.sequencer import Sequencer, SwapRejectedError
+from controller.store.journal import FILENAME
+from controller.swap.inventory import Place
+from controller.swap.sequencer import Sequencer, SwapRejectedError
 from drivers.robot.protocol import FaultCode, MsgType
 from simstation.charger import SimPack
 from simstation.station import SimRackSpec

@@ -106,14 +106,14 @@ def _robot_examples() -> str:
 def _swap_diagram() -> str:
     from statemachine.contrib.diagram import formatter
 
-    from controller.swapmachine import SwapMachine
+    from controller.swap.machine import SwapMachine
 
     return f"```mermaid\n{formatter.render(SwapMachine, 'mermaid').rstrip()}\n```"
 
 
 def _swap_phases() -> str:
-    from controller.interlocks import INTERLOCKS
-    from controller.swapmachine import MOTION, RESUMABLE, SwapMachine
+    from controller.swap.interlocks import INTERLOCKS
+    from controller.swap.machine import MOTION, RESUMABLE, SwapMachine
 
     free = tuple(str(s.id) for s in SwapMachine.states if s.id not in INTERLOCKS)
     return "\n".join(
@@ -121,19 +121,19 @@ def _swap_phases() -> str:
         for what, phases in (
             ("`MOTION` (machinery moves, or a pack is out of its vehicle)", MOTION),
             ("`RESUMABLE` (a restart may resume here, on proof)", RESUMABLE),
-            ("without interlocks (none in `controller/interlocks.py`)", free),
+            ("without interlocks (none in `controller/swap/interlocks.py`)", free),
         )
     )
 
 
 def _swap_interlocks() -> str:
-    from controller.interlocks import table
+    from controller.swap.interlocks import table
 
     return table()
 
 
 def _swap_conditions() -> str:
-    from controller import interlocks
+    from controller.swap import interlocks
 
     conditions: dict[str, interlocks.Condition] = {}
     for value in vars(interlocks).values():
@@ -145,7 +145,7 @@ def _swap_conditions() -> str:
 
 
 def _safety_invariants() -> str:
-    from controller.safety import table
+    from controller.safety.supervisor import table
 
     return table()
 
@@ -186,12 +186,12 @@ def stale_docs() -> list[Path]:
 
 def message_models() -> dict[str, tuple[type[BaseModel], JsonSchemaMode]]:
     """Every MQTT message by schema name: its model, and whether it is parsed or built."""
-    from controller.commands import COMMANDS, CommandReply
-    from controller.events import EventEnvelope
-    from controller.infopub import StationInfo
-    from controller.robotpub import RobotStateMessage
-    from controller.slotpub import SlotState
-    from controller.statepub import StationState
+    from controller.mqtt.commands import COMMANDS, CommandReply
+    from controller.mqtt.infopub import StationInfo
+    from controller.mqtt.robotpub import RobotStateMessage
+    from controller.mqtt.slotpub import SlotState
+    from controller.mqtt.statepub import StationState
+    from controller.store.events import EventEnvelope
 
     models: dict[str, tuple[type[BaseModel], JsonSchemaMode]] = {
         f"cmd.{name}.request": (model, "validation") for name, model in COMMANDS.items()

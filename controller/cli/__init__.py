@@ -1,0 +1,1 @@
+"""`swapctl`: one module per sub-command, on top of everything else."""

@@ -1,0 +1,1 @@
+"""The station's configuration: its typed model and the bounded, strict loader."""

@@ -1,0 +1,189 @@
+"""Events: appended to the journal first, published from it (the outbox) in order.
+
+An event survives a crash, a power cut and a broker outage: it is committed before anything
+is published, and the outbox task publishes unpublished events in sequence order whenever the
+broker is reachable. Delivery is at least once; `seq` lets a consumer drop a repeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from controller.mqtt.link import MqttLink, NotConnectedError, RefusedError
+from controller.store.journal import Journal, transaction
+
+_log = logging.getLogger(__name__)
+
+OUTBOX_BATCH = 100
+RETRY_PAUSE_S = 0.2
+REFUSED_PAUSE_S = 5.0
+REFUSED_LOG_PERIOD_S = 60.0
+
+
+class EventEnvelope(BaseModel):
+    """An event as published on `<root>/events`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    seq: int
+    at: datetime
+    station: str
+    kind: str
+    data: dict[str, Any]
+
+
+@dataclass
+class JournalBatch:
+    """Events and state rows to commit together, in one transaction (one fsync)."""
+
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    statements: list[tuple[str, tuple[object, ...]]] = field(default_factory=list)
+    calls: list[Callable[[sqlite3.Connection], object]] = field(default_factory=list)
+
+    def event(self, kind: str, data: BaseModel | dict[str, Any]) -> None:
+        """Add an event."""
+        body = data.model_dump(mode="json") if isinstance(data, BaseModel) else data
+        self.events.append((kind, body))
+
+    def execute(self, sql: str, args: tuple[object, ...] = ()) -> None:
+        """Add a statement."""
+        self.statements.append((sql, args))
+
+    def call(self, fn: Callable[[sqlite3.Connection], object]) -> None:
+        """Run `fn(conn)` inside the batch's transaction (on the journal thread)."""
+        self.calls.append(fn)
+
+    def __bool__(self) -> bool:
+        return bool(self.events or self.statements or self.calls)
+
+
+class EventLog:
+    """Appends events to the journal and wakes the outbox."""
+
+    def __init__(self, journal: Journal, station_id: str) -> None:
+        self._journal = journal
+        self.station_id = station_id
+        self.wake = asyncio.Event()
+
+    async def append(self, kind: str, data: BaseModel | dict[str, Any]) -> int:
+        """Commit one event; return its sequence number."""
+        batch = JournalBatch()
+        batch.event(kind, data)
+        return (await self.commit(batch))[0]
+
+    async def commit(self, batch: JournalBatch, *, urgent: bool = False) -> list[int]:
+        """Commit a batch atomically; return the events' sequence numbers.
+
+        `urgent`: a physical command waits on this commit (the journal runs it first).
+        """
+        at = time.time()
+        rows = [
+            (at, kind, json.dumps(body, separators=(",", ":"), sort_keys=True))
+            for kind, body in batch.events
+        ]
+
+        def insert(conn: sqlite3.Connection) -> list[int]:
+            seqs: list[int] = []
+            with transaction(conn):
+                for fn in batch.calls:
+                    fn(conn)
+                for sql, args in batch.statements:
+                    conn.execute(sql, args)
+                for row in rows:
+                    cur = conn.execute("INSERT INTO events(at, kind, body) VALUES (?, ?, ?)", row)
+                    seqs.append(int(cur.lastrowid or 0))
+            return seqs
+
+        seqs = await self._journal.call(insert, urgent=urgent)
+        if seqs:
+            self.wake.set()
+        return seqs
+
+    async def unpublished(self, limit: int = OUTBOX_BATCH) -> list[EventEnvelope]:
+        """The oldest events not yet published, in order."""
+        rows = await self._journal.call(
+            lambda c: c.execute(
+                "SELECT seq, at, kind, body FROM events WHERE published = 0 ORDER BY seq LIMIT ?",
+                (limit,),
+            ).fetchall()
+        )
+        return [
+            EventEnvelope(
+                seq=seq,
+                at=datetime.fromtimestamp(at, UTC),
+                station=self.station_id,
+                kind=kind,
+                data=json.loads(body),
+            )
+            for seq, at, kind, body in rows
+        ]
+
+    async def mark_published(self, up_to_seq: int) -> None:
+        """Mark every event up to `up_to_seq` published."""
+
+        def update(conn: sqlite3.Connection) -> None:
+            with transaction(conn):
+                conn.execute(
+                    "UPDATE events SET published = 1 WHERE published = 0 AND seq <= ?",
+                    (up_to_seq,),
+                )
+
+        # Lost in a power cut, the mark only makes the outbox publish those events again (at
+        # least once; subscribers drop a `seq` they have seen).
+        await self._journal.call(update, durable=False)
+
+
+class Outbox:
+    """Publishes the event log to MQTT in order, across broker outages."""
+
+    def __init__(self, log: EventLog, link: MqttLink) -> None:
+        self._log = log
+        self._link = link
+        self.topic = f"{link.topic_root}/events"
+        self.published = 0
+        self._refused_logged = -REFUSED_LOG_PERIOD_S
+
+    async def run(self) -> None:
+        """Drain the log whenever there is something to publish and a broker to take it."""
+        while True:
+            await self._link.connected.wait()
+            self._log.wake.clear()
+            batch = await self._log.unpublished()
+            if not batch:
+                await self._log.wake.wait()
+                continue
+            done = 0
+            try:
+                for event in batch:
+                    await self._link.publish(self.topic, event.model_dump_json(), qos=1)
+                    done = event.seq
+                    self.published += 1
+            except NotConnectedError as exc:
+                _log.info("outbox paused: %s", exc)
+                if done:
+                    await self._log.mark_published(done)
+                # The link notices the loss a moment later; do not spin until it does.
+                await asyncio.sleep(RETRY_PAUSE_S)
+                continue
+            except RefusedError as exc:
+                # Held, in order, until the broker takes it (an ACL fixed, say): an event is
+                # never skipped. Loud, because nothing reaches the back end meanwhile.
+                now = time.monotonic()
+                if now - self._refused_logged >= REFUSED_LOG_PERIOD_S:
+                    _log.error("outbox held: %s; retrying every %g s", exc, REFUSED_PAUSE_S)
+                    self._refused_logged = now
+                if done:
+                    await self._log.mark_published(done)
+                await asyncio.sleep(REFUSED_PAUSE_S)
+                continue
+            await self._log.mark_published(done)

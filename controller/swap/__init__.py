@@ -1,0 +1,1 @@
+"""The swap: its phases and machine, interlocks, plan, inventory, dispensing and the sequencer."""
