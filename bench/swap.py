@@ -97,8 +97,8 @@ def pct(values: list[float], q: float) -> float:
 async def measure(config_path: Path, swaps: int) -> dict[str, object]:
     """Run `swaps` swaps back to back; the sequencer's overheads and the rate."""
     from controller.config.loader import load_config
+    from controller.errors import RefusedError
     from controller.runtime.daemon import Daemon
-    from controller.swap.sequencer import SwapRejectedError
 
     daemon = Daemon(load_config(config_path, environ={}))
     task = asyncio.create_task(daemon.run())
@@ -117,7 +117,7 @@ async def measure(config_path: Path, swaps: int) -> dict[str, object]:
                 try:
                     await seq.request("start_swap", vehicle_id=f"EV-{n}", pack_type="STD75")
                     break
-                except SwapRejectedError as exc:
+                except RefusedError as exc:
                     rejected.append(str(exc))
                     if time.monotonic() > deadline:
                         raise SystemExit(f"swap {n} refused for 30 s: {exc}") from exc

@@ -1,11 +1,21 @@
-"""The drivers' error root; subclasses say what the caller does next."""
+"""The product's error root, and the drivers' errors; subclasses say what the caller does next.
+
+`SwapstationError` is defined here, in the bottom layer (drivers import nothing of the
+controller), so that a driver's error is one of the product's too: `except SwapstationError`
+catches every failure swapstation raises on purpose. The controller's own errors are all in
+`controller/errors.py`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
 
-class DriverError(Exception):
+class SwapstationError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class DriverError(SwapstationError):
     """Base of every error a driver raises on purpose."""
 
 

@@ -38,7 +38,8 @@ from controller.cli.status import (
     _strings,
     _table,
 )
-from controller.config.loader import ConfigError, load_config
+from controller.config.loader import load_config
+from controller.errors import ConfigError
 from controller.swap.machine import MOTION
 from simstation.broker import Mosquitto
 from simstation.children import die_with_parent

@@ -26,8 +26,9 @@ import tty
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from controller.config.loader import ConfigError, load_config
+from controller.config.loader import load_config
 from controller.config.model import SerialLine, StationConfig
+from controller.errors import ConfigError
 from drivers.robot.protocol import FaultCode, MsgType
 from simstation.cli import positive_number
 from simstation.plc import SimPlc

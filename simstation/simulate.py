@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from controller.config.loader import ConfigError
+from controller.errors import ConfigError
 from drivers.robot.protocol import MsgType
 from simstation.broker import Mosquitto
 from simstation.charger import SimPack

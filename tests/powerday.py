@@ -16,7 +16,8 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
-from controller.swap.dispense import NoPackError, choose
+from controller.errors import NoPackError
+from controller.swap.dispense import choose
 from simstation.arrivals import returned_soc
 from simstation.charger import SimPack
 from simstation.rack import SimRack

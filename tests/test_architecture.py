@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import ast
+import inspect
 from pathlib import Path
 
+import controller.errors
+import drivers.errors
 from tests.support import REPO
 
 SIMULATOR = "simstation"
@@ -68,3 +71,42 @@ def test_only_the_actuators_command_machinery() -> None:
             if name in DEVICE_WRITES or (name in ROBOT_MOTION and "robot" in receiver.lower()):
                 offenders.append(f"{path.relative_to(REPO)}:{node.lineno} {receiver}.{name}()")
     assert offenders == []
+
+
+def _classes(path: Path) -> list[ast.ClassDef]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    return [node for node in ast.walk(tree) if isinstance(node, ast.ClassDef)]
+
+
+# Raised inside aiomqtt's own machinery (an aiomqtt error by contract), never past the link.
+FOREIGN_ROOTED = {"PublishRefusedError"}
+
+
+def test_the_controller_s_errors_live_in_one_module() -> None:
+    offenders = [
+        f"{path.relative_to(REPO)}:{node.lineno} {node.name}"
+        for path in sorted((REPO / "controller").rglob("*.py"))
+        if path.name != "errors.py"
+        for node in _classes(path)
+        if (node.name.endswith("Error") or node.name.endswith("Requested"))
+        and node.name not in FOREIGN_ROOTED
+    ]
+    assert offenders == []
+
+
+def test_every_deliberate_error_has_one_root() -> None:
+    root = controller.errors.SwapstationError
+    assert root is drivers.errors.SwapstationError
+    errors = [
+        cls
+        for module in (controller.errors, drivers.errors)
+        for _, cls in inspect.getmembers(module, inspect.isclass)
+        if issubclass(cls, BaseException)
+    ]
+    assert len(errors) >= 30
+    assert [cls.__name__ for cls in errors if not issubclass(cls, root)] == []
+    # One name for "refused, the message says why": every refusal is one of these.
+    refused = controller.errors.RefusedError
+    for cls in (controller.errors.BusyError, controller.errors.SafetyRefusedError,
+                controller.errors.NoPackError, controller.errors.BrokerRefusedError):  # fmt: skip
+        assert issubclass(cls, refused), cls

@@ -16,17 +16,12 @@ from typing import Any
 
 import pytest
 
-from controller.charging.control import CommandRefusedError
 from controller.charging.power import PowerModel
 from controller.charging.slots import RackInfo, SlotBook, SlotView
+from controller.errors import RefusedError, SafetyRefusedError
 from controller.runtime.daemon import SAFE_STATE_TIMEOUT_S
 from controller.safety.actuators import Actuators
-from controller.safety.supervisor import (
-    ChargerEnable,
-    Plant,
-    SafetyRefusedError,
-    SafetySupervisor,
-)
+from controller.safety.supervisor import ChargerEnable, Plant, SafetySupervisor
 from drivers.rack import SlotReading
 from drivers.robot.protocol import MsgType, SlotArgs
 from drivers.stationio import IoReading, IoSnapshot, StationIoDriver
@@ -175,7 +170,7 @@ def test_the_first_line_sees_a_drop_out_the_ledger_has_not_seen_yet(st: SteppedS
     st.run(st.poller.poll_once())
     blockers = st.slot_control.blockers(1)
     assert any("minimum off-time" in b for b in blockers), blockers
-    with pytest.raises(CommandRefusedError, match="minimum off-time"):
+    with pytest.raises(RefusedError, match="minimum off-time"):
         st.run(st.slot_control.set_charging(1, enable=True))
 
 
@@ -184,7 +179,7 @@ def test_an_operators_switch_on_is_bounded_by_the_bms(st: SteppedStation) -> Non
     st.run(st.slot_control.set_charging(1, enable=False))
     for _ in range(10):
         st.step()
-    with pytest.raises(CommandRefusedError, match="above the pack's BMS limit 80 A"):
+    with pytest.raises(RefusedError, match="above the pack's BMS limit 80 A"):
         st.run(st.slot_control.set_charging(1, enable=True, limit_a=120.0))
     st.step()
     assert not st.on(0), "a refused switch-on went ahead anyway"

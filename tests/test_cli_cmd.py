@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.cli.cmd import UsageError, build_request
+from controller.cli.cmd import build_request
+from controller.errors import UsageError
 from simstation.broker import Mosquitto
 from simstation.charger import SimPack
 from simstation.station import SimRackSpec

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.config.loader import ConfigError, load_config
+from controller.config.loader import load_config
 from controller.config.model import StationConfig
+from controller.errors import ConfigError
 from drivers.errors import format_loc
 from tests.support import REPO, run_swapctl
 

@@ -24,11 +24,12 @@ from typing import Any
 import aiomqtt
 import pytest
 
+from controller.errors import RefusedError
 from controller.safety.motionlog import select_sync, verify_sync
 from controller.store.journal import FILENAME, Journal
 from controller.store.records import RecordStore
 from controller.swap.inventory import Place
-from controller.swap.sequencer import Sequencer, SwapRejectedError
+from controller.swap.sequencer import Sequencer
 from drivers.robot.protocol import FaultCode, MsgType
 from simstation.broker import Mosquitto
 from simstation.charger import SimPack
@@ -105,7 +106,7 @@ async def reset_until_accepted(seq: Sequencer) -> None:
     while True:
         try:
             await seq.request("reset_fault", by="test")
-        except SwapRejectedError:
+        except RefusedError:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.05)

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from controller.config.loader import load_config
+from controller.errors import JournalTooNewError
 from controller.runtime.daemon import EXIT_CONFIG, Daemon
 from controller.store import journal as journal_module
-from controller.store.journal import FILENAME, MIGRATIONS, Journal, JournalTooNewError
+from controller.store.journal import FILENAME, MIGRATIONS, Journal
 from tests.support import station_toml
 
 

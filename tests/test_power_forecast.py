@@ -61,8 +61,8 @@ async def test_predicted_ready_times_within_ten_percent(tmp_path: Path) -> None:
 @pytest.mark.asyncio
 @pytest.mark.timeout(60)
 async def test_the_forecast_is_in_the_state_and_in_a_rejected_swaps_reason(tmp_path: Path) -> None:
+    from controller.errors import RefusedError
     from controller.mqtt.statepub import station_state
-    from controller.swap.sequencer import SwapRejectedError
 
     packs = {1: SimPack("PK-1", soc=70.0), 2: SimPack("PK-2", soc=40.0)}
     spec = SimRackSpec("r1", [1, 2, 3], packs=packs, poll_period_s=0.05)
@@ -77,10 +77,10 @@ async def test_the_forecast_is_in_the_state_and_in_a_rejected_swaps_reason(tmp_p
         assert std.next_ready_min is not None and std.next_ready_min > 0
         state = station_state(seq, control, "t1")
         assert state.forecast["STD75"] == std
-        with pytest.raises(SwapRejectedError) as refused:
+        with pytest.raises(RefusedError) as refused:
             await seq.request("start_swap", vehicle_id="EV-1", pack_type="STD75")
         assert "the next should be ready in about" in str(refused.value)
         assert "(slot 1)" in str(refused.value)
-        with pytest.raises(SwapRejectedError) as refused:
+        with pytest.raises(RefusedError) as refused:
             await seq.request("start_swap", vehicle_id="EV-1", pack_type="XL")
         assert "none expected to be ready within 60 min" in str(refused.value)

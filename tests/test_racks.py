@@ -9,7 +9,7 @@ from typing import Literal
 
 import pytest
 
-from controller.charging.control import CommandRefusedError
+from controller.errors import RefusedError
 from drivers.modbus.link import LinkParams, ModbusLink, SerialParams, TcpParams
 from drivers.rack import RackDriver
 from simstation.broker import Mosquitto
@@ -131,7 +131,7 @@ async def test_over_temperature_trips_and_quarantines(
         blockers = control.blockers(1)
         assert any("tripped" in b for b in blockers)
         assert any("quarantined" in b for b in blockers)
-        with pytest.raises(CommandRefusedError, match="tripped"):
+        with pytest.raises(RefusedError, match="tripped"):
             await control.set_charging(1, enable=True)
         await control.reset_trip(1)
         await control.release_pack("PK-0001")
@@ -231,7 +231,7 @@ async def test_no_answer_is_detected_as_offline(tmp_path: Path, broker: Mosquitt
         await asyncio.sleep(2.0)  # a window to count attempts in, not a synchronisation
         attempts = poller.stats.cycles - before
         assert attempts <= 6, f"{attempts} attempts in 2 s at a 0.2 s poll period"
-        with pytest.raises(CommandRefusedError, match="stale"):
+        with pytest.raises(RefusedError, match="stale"):
             await rig.station.control.set_charging(1, enable=True)
         rig.sim.racks["a"].silent = False
         await until(lambda: "rack_offline" not in rig.alarm_codes("rack:a"), timeout=15)
@@ -241,13 +241,13 @@ async def test_commands_are_verified_by_read_back(tmp_path: Path, broker: Mosqui
     async with running(tmp_path, broker, [_rack()]) as rig:
         control = rig.station.control
         await _charging(rig)
-        with pytest.raises(CommandRefusedError, match="at most 150 A"):
+        with pytest.raises(RefusedError, match="at most 150 A"):
             await control.set_charging(1, enable=True, limit_a=200.0)
-        with pytest.raises(CommandRefusedError, match="no pack"):
+        with pytest.raises(RefusedError, match="no pack"):
             await control.set_charging(3, enable=True)
         rig.sim.racks["a"].set_fault(2, 9)
         await until(lambda: "charger_fault" in rig.alarm_codes("slot:2"))
-        with pytest.raises(CommandRefusedError, match="charger fault code 9"):
+        with pytest.raises(RefusedError, match="charger fault code 9"):
             await control.set_charging(2, enable=True)
         await control.set_charging(2, enable=False)  # stopping is always allowed
 
@@ -262,7 +262,7 @@ async def test_a_setpoint_the_charger_will_not_take_is_reported_not_hammered(
         await until(lambda: "setpoint_not_applied" in rig.alarm_codes("slot:1"), what="alarm")
         alarm = next(a for a in control.alarms.active("slot:1") if a.code == "setpoint_not_applied")
         assert "read back" in alarm.message
-        with pytest.raises(CommandRefusedError, match="read back"):
+        with pytest.raises(RefusedError, match="read back"):
             await control.set_charging(1, enable=True, limit_a=120.0)
         # Retried with a growing pause, not every step.
         requests = rig.sim.racks["a"].requests

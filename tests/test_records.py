@@ -25,15 +25,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from controller.errors import SwapstationError
-from controller.store.journal import (
-    FILENAME,
-    MIGRATIONS,
-    Journal,
-    JournalError,
-    JournalTooNewError,
-    transaction,
-)
+from controller.errors import JournalTooNewError, StorageError, SwapstationError
+from controller.store.journal import FILENAME, MIGRATIONS, Journal, transaction
 from controller.store.records import (
     CSV_COLUMNS,
     GENESIS_HASH,
@@ -530,7 +523,7 @@ async def test_a_read_only_reader_streams_and_never_holds_up_the_writer(tmp_path
 
 
 async def test_read_only_open_refuses_a_missing_or_newer_journal(tmp_path: Path) -> None:
-    with pytest.raises(JournalError, match="no such file"):
+    with pytest.raises(StorageError, match="no such file"):
         await Journal.open(tmp_path / "nowhere", read_only=True)
     assert not (tmp_path / "nowhere").exists()
     conn = sqlite3.connect(tmp_path / FILENAME)

@@ -21,6 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from controller.charging.slots import RackInfo, SlotBook
+from controller.errors import SafetyRefusedError
 from controller.safety.motionlog import select_sync, verify_sync
 from controller.safety.supervisor import (
     ChargerEnable,
@@ -28,7 +29,6 @@ from controller.safety.supervisor import (
     Outputs,
     Plant,
     RobotMotion,
-    SafetyRefusedError,
     SafetySupervisor,
 )
 from drivers.rack import RackSnapshot, SlotReading

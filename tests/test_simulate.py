@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.config.loader import ConfigError
+from controller.errors import ConfigError
 from simstation.report import Report
 from simstation.scenario import load_scenario
 from simstation.simulate import apply_overrides, main, simulate, write_report

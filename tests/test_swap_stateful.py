@@ -29,9 +29,10 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from controller.errors import RefusedError
 from controller.store.journal import FILENAME
 from controller.swap.inventory import Place
-from controller.swap.sequencer import Sequencer, SwapRejectedError
+from controller.swap.sequencer import Sequencer
 from drivers.robot.protocol import FaultCode, MsgType
 from simstation.charger import SimPack
 from simstation.station import SimRackSpec
@@ -92,7 +93,7 @@ class SwapStation(RuleBasedStateMachine):
     def request(self, name: str, **args: str) -> str | None:
         try:
             return str(self.run(self.seq.request(name, by="hypothesis", **args)))
-        except SwapRejectedError:
+        except RefusedError:
             return None
 
     @property
@@ -260,13 +261,13 @@ class SwapStation(RuleBasedStateMachine):
                 if not plc.vehicle.hv_off and seq.ctx.state != "releasing":
                     plc.power_down()
             state = seq.ctx.state
-            with contextlib.suppress(SwapRejectedError):
+            with contextlib.suppress(RefusedError):
                 if state in {"fault", "estop"}:
                     await seq.request("reset_fault", by="teardown")
                 elif state == "recovery_required":
                     try:
                         await seq.request("recover", decision="abort", by="teardown")
-                    except SwapRejectedError:
+                    except RefusedError:
                         await seq.request("recover", decision="clear", by="teardown")
                 elif state in {"authorised", "waiting_for_vehicle", "positioned"}:
                     await seq.request("abort", reason="teardown", by="teardown")

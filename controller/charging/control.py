@@ -39,9 +39,9 @@ from controller.charging.power import (
 from controller.charging.slots import SlotBook, SlotView
 from controller.charging.supervision import SlotCheck, SlotRules
 from controller.config.model import StationConfig
-from controller.errors import SwapstationError
+from controller.errors import NoLongerWantedError, RefusedError, SafetyRefusedError
 from controller.safety.actuators import Actuators
-from controller.safety.supervisor import STATION, SafetyRefusedError, SafetySupervisor
+from controller.safety.supervisor import STATION, SafetySupervisor
 from controller.store.events import EventLog, JournalBatch
 from controller.store.journal import Journal, transaction
 from drivers.errors import DriverError
@@ -56,14 +56,6 @@ WRITE_TIMEOUT_S = 2.0
 STARTS_BUDGET_S = 1.0  # the starts of one step, all racks in parallel: at most this long
 LIMIT_TOLERANCE_A = 0.05
 NOT_APPLIED = "setpoint_not_applied"
-
-
-class CommandRefusedError(SwapstationError):
-    """The command is not allowed now; the message says why."""
-
-
-class NoLongerWantedError(CommandRefusedError):
-    """Between a charger's limit and its enable, something came to block it: not switched on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -711,7 +703,7 @@ class SlotControl:
         back to the power allocator (which sets its limit) rather than writing at once.
         """
         if slot not in self.book.rack_of:
-            raise CommandRefusedError(f"no slot {slot}")
+            raise RefusedError(f"no slot {slot}")
         view = self.book.view(slot, self.clock())
         maximum = self.config.charging.max_current_a
         r = view.fresh
@@ -719,13 +711,13 @@ class SlotControl:
         limit = min(maximum, bms or maximum) if limit_a is None else limit_a
         if enable:
             if not (math.isfinite(limit) and 0 < limit <= maximum):
-                raise CommandRefusedError(
+                raise RefusedError(
                     f"slot {slot}: current limit must be above 0 and at most {maximum:g} A"
                     f" (got {limit_a})"
                 )
             reasons = self._refusing_on(slot, view, limit, bms)
             if reasons:
-                raise CommandRefusedError(f"slot {slot}: cannot charge: {'; '.join(reasons)}")
+                raise RefusedError(f"slot {slot}: cannot charge: {'; '.join(reasons)}")
             if self.allocation.budget_w is not None:
                 # Under a grid limit the allocator starts it, within the budget, next step.
                 await self._set_manual_off(slot, off=False)
@@ -739,12 +731,12 @@ class SlotControl:
         try:
             async with asyncio.timeout(WRITE_TIMEOUT_S):
                 await self._send(slot, enable=enable, limit=limit, already_on=on and enable)
-        except (SafetyRefusedError, CommandRefusedError, DriverError, TimeoutError) as exc:
+        except (SafetyRefusedError, RefusedError, DriverError, TimeoutError) as exc:
             if was_off:
                 self.manual_off.add(slot)  # refused or failed: the operator's off stands
-            if isinstance(exc, CommandRefusedError):
+            if isinstance(exc, RefusedError):
                 raise
-            raise CommandRefusedError(f"slot {slot}: {exc or 'no answer'}") from exc
+            raise RefusedError(f"slot {slot}: {exc or 'no answer'}") from exc
         if was_off:
             await self._store("DELETE FROM charging_off WHERE slot = ?", (slot,))
             self.changed.set()
@@ -775,13 +767,13 @@ class SlotControl:
         """An operator releases a slot's trip (its causes must be gone, on fresh data)."""
         view = self.book.view(slot, self.clock())
         if view.stale:
-            raise CommandRefusedError(
+            raise RefusedError(
                 f"slot {slot}: data stale ({view.stale_reason}): cannot"
                 " tell whether the cause is gone"
             )
         check = self.rules.check(view)
         if check.trips:
-            raise CommandRefusedError(f"slot {slot}: still {', '.join(check.trips)}")
+            raise RefusedError(f"slot {slot}: still {', '.join(check.trips)}")
         if self.trips.pop(slot, None) is not None:
             await self._store("DELETE FROM slot_trips WHERE slot = ?", (slot,))
             await self.events.append("slot_trip_reset", {"slot": slot})
@@ -808,7 +800,7 @@ class SlotControl:
     async def set_slot_enabled(self, slot: int, *, enabled: bool) -> None:
         """An operator takes a slot out of service or back (kept across restarts)."""
         if slot not in self.book.rack_of:
-            raise CommandRefusedError(f"no slot {slot}")
+            raise RefusedError(f"no slot {slot}")
         if enabled == (slot not in self.disabled_slots):
             return
         batch = JournalBatch()

@@ -34,7 +34,7 @@ from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ValidationError
 
 from controller.config.model import NAME_RE, MqttConfig, StationConfig
-from controller.errors import SwapstationError
+from controller.errors import NoReplyError, UsageError
 from controller.mqtt.commands import COMMANDS, Request
 from controller.mqtt.link import tls_context
 
@@ -43,14 +43,6 @@ EXIT_USAGE = 2
 EXIT_NO_REPLY = 3
 SET_BY_SWAPCTL = frozenset({"id", "reply_to", "expires_at"})
 BASE_FIELDS = frozenset(Request.model_fields)
-
-
-class UsageError(SwapstationError):
-    """The command line is wrong: the caller fixes it (exit 2)."""
-
-
-class NoReplyError(SwapstationError, TimeoutError):
-    """No reply came: the broker is unreachable or the station did not answer in time."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from controller import __version__
-from controller.config.loader import ConfigError, load_config
+from controller.config.loader import load_config
 from controller.config.model import ModbusEndpoint, SerialLine, StationConfig
+from controller.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
     from controller.cli.cmd import Remote
@@ -244,7 +245,7 @@ def _cmd_records(args: argparse.Namespace) -> int:
 
 
 def _remote(args: argparse.Namespace) -> tuple[StationConfig, Remote] | None:
-    from controller.cli.cmd import UsageError, remote_target
+    from controller.cli.cmd import remote_target
 
     config = load_or_report(args.config)
     if config is None:

@@ -20,24 +20,20 @@ from pathlib import Path
 from typing import TextIO
 
 from controller.config.model import StationConfig
-from controller.errors import SwapstationError
+from controller.errors import RecordError, StorageError, UnreadableJournalError
 from controller.safety.motionlog import select_sync, verify_sync
-from controller.store.journal import FILENAME, Journal, JournalError
-from controller.store.records import ExportFormat, RecordError, RecordStore
+from controller.store.journal import FILENAME, Journal
+from controller.store.records import ExportFormat, RecordStore
 
 EXIT_BROKEN = 1
 EXIT_UNREADABLE = 3
-
-
-class _UnreadableError(SwapstationError):
-    """The journal cannot be read (missing, too new, too old, not ours to open)."""
 
 
 def verify_command(config: StationConfig) -> int:
     """`swapctl records verify`: check the chain, print the outcome, return the exit code."""
     try:
         return asyncio.run(_verify(config.storage.dir))
-    except _UnreadableError as exc:
+    except UnreadableJournalError as exc:
         print(exc, file=sys.stderr)
         return EXIT_UNREADABLE
 
@@ -50,7 +46,7 @@ def export_command(
         if output is None:
             return _export_to_stdout(config.storage.dir, fmt, since_seq)
         return _export_to_file(config.storage.dir, fmt, output, since_seq)
-    except _UnreadableError as exc:
+    except UnreadableJournalError as exc:
         print(exc, file=sys.stderr)
         return EXIT_UNREADABLE
     except RecordError as exc:
@@ -100,7 +96,7 @@ def _export_to_file(directory: Path, fmt: ExportFormat, output: Path, since_seq:
     try:
         out = target.open("w", encoding="utf-8", newline="")
     except OSError as exc:
-        raise _UnreadableError(f"cannot write {output}: {exc.strerror or exc}") from exc
+        raise UnreadableJournalError(f"cannot write {output}: {exc.strerror or exc}") from exc
     try:
         with out:
             count = asyncio.run(_export(directory, fmt, out, since_seq))
@@ -116,19 +112,19 @@ def _export_to_file(directory: Path, fmt: ExportFormat, output: Path, since_seq:
 
 @contextlib.asynccontextmanager
 async def _journal(directory: Path) -> AsyncIterator[Journal]:
-    """The journal, read-only; an `_UnreadableError` when it cannot be (or must not be) read."""
+    """The journal, read-only; `UnreadableJournalError` when it cannot (or must not) be read."""
     path = directory / FILENAME
     refusal = _ownership_problem(path)
     if refusal is not None:
-        raise _UnreadableError(refusal)
+        raise UnreadableJournalError(refusal)
     try:
         journal = await Journal.open(directory, read_only=True)
-    except JournalError as exc:
-        raise _UnreadableError(str(exc)) from exc
+    except StorageError as exc:
+        raise UnreadableJournalError(str(exc)) from exc
     try:
         yield journal
     except sqlite3.Error as exc:
-        raise _UnreadableError(f"cannot read journal {path}: {exc}") from exc
+        raise UnreadableJournalError(f"cannot read journal {path}: {exc}") from exc
     finally:
         await journal.close()
 
@@ -145,7 +141,7 @@ async def _store(directory: Path) -> AsyncIterator[RecordStore]:
             )
         )
         if not has_records:
-            raise _UnreadableError(
+            raise UnreadableJournalError(
                 f"journal {directory / FILENAME} has no swap records table: its schema is from"
                 " an older release (the daemon of this release migrates it when it starts)"
             )
@@ -182,7 +178,7 @@ def motion_command(config: StationConfig, swap_id: str | None, *, verify: bool) 
     """
     try:
         return asyncio.run(_motion(config.storage.dir, swap_id, verify=verify))
-    except _UnreadableError as exc:
+    except UnreadableJournalError as exc:
         print(exc, file=sys.stderr)
         return EXIT_UNREADABLE
 

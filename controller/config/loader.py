@@ -12,7 +12,6 @@ import tomllib
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,7 +19,7 @@ from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from controller.config.model import StationConfig
-from controller.errors import SwapstationError
+from controller.errors import ConfigError, ConfigIssue
 from drivers.errors import SpecError, format_loc
 from drivers.modbus.codec import encode
 from drivers.modbus.ioprofile import load_io_profile
@@ -35,38 +34,6 @@ MAX_GOT = 60
 MAX_CONFIG_CHARS = 1_000_000  # a station config is a few kB
 MAX_DEPTH = 16  # tables and arrays in a station config nest 3 deep
 _P = TypeVar("_P")
-
-
-@dataclass(frozen=True)
-class ConfigIssue:
-    """One problem in a config: where, what rule, and the offending value."""
-
-    path: str
-    message: str
-    got: str | None = None
-    env_var: str | None = None
-
-    def line(self, file: str) -> str:
-        """Render as `FILE: key.path: message (got VALUE)`."""
-        text = f"{file}: {self.path}: {self.message}" if self.path else f"{file}: {self.message}"
-        if self.got is not None:
-            text += f" (got {self.got})"
-        if self.env_var is not None:
-            text += f" [from environment variable {self.env_var}]"
-        return text
-
-
-class ConfigError(SwapstationError):
-    """The config cannot be used; `issues` lists every reason."""
-
-    def __init__(self, file: Path | str, issues: Iterable[ConfigIssue]) -> None:
-        self.file = str(file)
-        self.issues = list(issues)
-        super().__init__("\n".join(self.lines()))
-
-    def lines(self) -> list[str]:
-        """One line per issue."""
-        return [issue.line(self.file) for issue in self.issues]
 
 
 class _EnvView(BaseSettings, StationConfig):

@@ -39,9 +39,10 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from pydantic_core import from_json
 
 from controller.config.model import CommandsConfig
-from controller.mqtt.link import MqttLink, NotConnectedError, RefusedError
+from controller.errors import BrokerRefusedError, BusyError, NotConnectedError, RefusedError
+from controller.mqtt.link import MqttLink
 from controller.store.journal import Journal, transaction
-from controller.swap.sequencer import Mode, Sequencer, SwapBusyError, SwapRejectedError
+from controller.swap.sequencer import Mode, Sequencer
 
 _log = logging.getLogger(__name__)
 
@@ -289,7 +290,7 @@ class CommandServer:
             props.CorrelationData = incoming.correlation
         try:
             await self.link.publish(reply_to, reply.model_dump_json(), qos=1, properties=props)
-        except (NotConnectedError, RefusedError) as exc:
+        except (NotConnectedError, BrokerRefusedError) as exc:
             _log.warning("reply to %s not delivered: %s", reply_to, exc)
 
     async def _answer(  # noqa: PLR0911 - one return per outcome, in order
@@ -408,9 +409,9 @@ class CommandServer:
         args = request.model_dump(exclude={"id", "reply_to", "expires_at"})
         try:
             result = await self.seq.request(name, **args)
-        except SwapBusyError as exc:
+        except BusyError as exc:
             return _reply(request.id, "busy", str(exc))
-        except SwapRejectedError as exc:
+        except RefusedError as exc:
             return _reply(request.id, "rejected", str(exc))
         code: Code = "accepted" if name in ACCEPTED else "done"
         if isinstance(request, StartSwap):

@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from controller import __version__
 from controller.config.model import StationConfig
-from controller.mqtt.link import MqttLink, NotConnectedError, RefusedError
+from controller.errors import BrokerRefusedError, NotConnectedError
+from controller.mqtt.link import MqttLink
 
 _log = logging.getLogger(__name__)
 
@@ -57,5 +58,5 @@ class InfoPublisher:
         """Publish the info (on connect, and on `republish`)."""
         try:
             await self.link.publish(self.topic, self.info.model_dump_json(), qos=1, retain=True)
-        except (NotConnectedError, RefusedError) as exc:
+        except (NotConnectedError, BrokerRefusedError) as exc:
             _log.warning("station info not published: %s", exc)

@@ -25,7 +25,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from controller.config.model import MqttConfig
-from controller.errors import SwapstationError
+from controller.errors import BrokerRefusedError, NotConnectedError
 
 _log = logging.getLogger(__name__)
 
@@ -46,14 +46,6 @@ class LinkState(enum.Enum):
     BACKOFF = "backoff"
     STOPPING = "stopping"
     CLOSED = "closed"
-
-
-class NotConnectedError(SwapstationError):
-    """Publishing needs a connection; the caller queues or retries after reconnect."""
-
-
-class RefusedError(SwapstationError):
-    """The broker refused the message (an ACL, a quota): retrying at once will not help."""
 
 
 MessageHandler = Callable[[aiomqtt.Message], None]
@@ -124,7 +116,7 @@ class MqttLink:
         properties: Properties | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - aiomqtt's own per-call timeout
     ) -> None:
-        """Publish now; `NotConnectedError` without a connection, `RefusedError` if refused."""
+        """Publish now; `NotConnectedError` when not connected, `BrokerRefusedError` if refused."""
         client = self._client
         if client is None or not self.connected.is_set():
             raise NotConnectedError(f"not connected to the broker; cannot publish {topic}")
@@ -133,7 +125,7 @@ class MqttLink:
                 topic, payload, qos=qos, retain=retain, properties=properties, timeout=timeout
             )
         except PublishRefusedError as exc:
-            raise RefusedError(str(exc)) from exc
+            raise BrokerRefusedError(str(exc)) from exc
         except aiomqtt.MqttError as exc:
             raise NotConnectedError(f"publish to {topic} failed: {exc}") from exc
 

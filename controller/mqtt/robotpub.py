@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict
 
-from controller.mqtt.link import MqttLink, NotConnectedError, RefusedError
+from controller.errors import BrokerRefusedError, NotConnectedError
+from controller.mqtt.link import MqttLink
 from drivers.robot.link import RobotLink
 from drivers.robot.protocol import FaultCode, RobotState, RobotStatus, Target
 
@@ -112,6 +113,6 @@ class RobotPublisher:
                 await self.link.publish(self.topic, message.model_dump_json(), qos=1, retain=True)
             except NotConnectedError:
                 continue
-            except RefusedError as exc:
+            except BrokerRefusedError as exc:
                 _log.warning("robot state not published: %s", exc)
             self._last = message

@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict
 from controller.charging.alarms import Severity, slot_scope
 from controller.charging.control import SlotControl
 from controller.config.model import DeadbandsConfig, PublishConfig
-from controller.mqtt.link import MqttLink, NotConnectedError, RefusedError
+from controller.errors import BrokerRefusedError, NotConnectedError
+from controller.mqtt.link import MqttLink
 
 _log = logging.getLogger(__name__)
 
@@ -215,7 +216,7 @@ class SlotPublisher:
                 )
             except NotConnectedError:
                 return
-            except RefusedError as exc:
+            except BrokerRefusedError as exc:
                 # Not retried until it changes or the periodic refresh: no flood of refusals.
                 _log.warning("slot %d state not published: %s", slot, exc)
                 self._last[slot] = state

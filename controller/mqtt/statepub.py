@@ -21,7 +21,8 @@ from pydantic import BaseModel, ConfigDict
 from controller.charging.alarms import Alarm, Severity
 from controller.charging.control import SlotControl
 from controller.charging.power import TypeForecast
-from controller.mqtt.link import MqttLink, NotConnectedError, RefusedError
+from controller.errors import BrokerRefusedError, NotConnectedError
+from controller.mqtt.link import MqttLink
 from controller.store.journal import Journal, transaction
 from controller.swap.sequencer import Mode, Sequencer
 
@@ -184,7 +185,7 @@ class StatePublisher:
             await self.link.publish(self.topic, body, qos=1, retain=True)
         except NotConnectedError:
             return  # published after the reconnect
-        except RefusedError as exc:
+        except BrokerRefusedError as exc:
             _log.warning("station state not published: %s", exc)
             return
         self.published += 1

@@ -20,11 +20,11 @@ from typing import Any
 
 from controller import __version__
 from controller.config.model import StationConfig
-from controller.errors import SwapstationError
+from controller.errors import JournalTooNewError, StorageError, TaskExitedError
 from controller.mqtt.link import MqttLink
 from controller.runtime.sdnotify import Notifier
 from controller.runtime.station import Station
-from controller.store.journal import Journal, JournalError, JournalTooNewError
+from controller.store.journal import Journal
 
 _log = logging.getLogger(__name__)
 
@@ -45,10 +45,6 @@ SafeStateHook = Callable[[], Awaitable[None]]
 # Tasks that run until the very end of a shutdown; every other one is stopped first.
 # (the robot link stays up so that the safe state can still send the robot its STOP)
 KEEP_UNTIL_LAST = frozenset({"mqtt", "control", "watchdog", "robot"})
-
-
-class TaskExitedError(SwapstationError):
-    """A job that must run for the life of the daemon returned."""
 
 
 class Daemon:
@@ -109,7 +105,7 @@ class Daemon:
         except JournalTooNewError as exc:
             _log.critical("%s", exc)
             return EXIT_CONFIG
-        except JournalError as exc:
+        except StorageError as exc:
             _log.critical("%s", exc)
             return EXIT_FAILURE
         exit_code = EXIT_OK

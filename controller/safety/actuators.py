@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from controller.charging.alarms import slot_scope
+from controller.errors import SafetyRefusedError
 from controller.safety.motionlog import Device, NewMotionEntry, entry_of, insert_sync
 from controller.safety.supervisor import (
     EVENT_EVERY_S,
@@ -28,7 +29,6 @@ from controller.safety.supervisor import (
     Command,
     Outputs,
     RobotMotion,
-    SafetyRefusedError,
     SafetySupervisor,
     Verdict,
 )

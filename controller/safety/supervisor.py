@@ -27,7 +27,6 @@ from dataclasses import dataclass
 
 from controller.charging.alarms import Cause, Severity, slot_scope
 from controller.charging.slots import SlotBook
-from controller.errors import SwapstationError
 from drivers.robot.protocol import MsgType, Target
 from drivers.stationio import IoSnapshot
 
@@ -42,14 +41,6 @@ CHARGER_OFF_A = 2.0  # below this, with its enable cleared, a charger is off (a 
 REFUSAL_HOLD_S = 60.0  # a refusal alarm lasts this long after the last refusal ...
 EVENT_EVERY_S = 10.0  # ... and a repeated refusal is journalled at most this often
 STATION = "station"  # the alarm scope of refused motions
-
-
-class SafetyRefusedError(SwapstationError):
-    """The safety supervisor refused a command: it was not sent; the message says why."""
-
-    def __init__(self, verdict: Verdict) -> None:
-        super().__init__(verdict.why)
-        self.verdict = verdict
 
 
 # --- commands ------------------------------------------------------------------------------

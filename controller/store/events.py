@@ -19,7 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from controller.mqtt.link import MqttLink, NotConnectedError, RefusedError
+from controller.errors import BrokerRefusedError, NotConnectedError
+from controller.mqtt.link import MqttLink
 from controller.store.journal import Journal, transaction
 
 _log = logging.getLogger(__name__)
@@ -175,7 +176,7 @@ class Outbox:
                 # The link notices the loss a moment later; do not spin until it does.
                 await asyncio.sleep(RETRY_PAUSE_S)
                 continue
-            except RefusedError as exc:
+            except BrokerRefusedError as exc:
                 # Held, in order, until the broker takes it (an ACL fixed, say): an event is
                 # never skipped. Loud, because nothing reaches the back end meanwhile.
                 now = time.monotonic()

@@ -23,7 +23,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TypeVar
 
-from controller.errors import SwapstationError
+from controller.errors import JournalTooNewError, StorageError
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -188,14 +188,6 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
-class JournalError(SwapstationError):
-    """The store cannot be opened or written: the daemon cannot run safely."""
-
-
-class JournalTooNewError(JournalError):
-    """The journal was written by a newer release: a restart cannot fix it, a person must."""
-
-
 class Lane(enum.IntEnum):
     """Which queued journal jobs run first (a job already running is never interrupted)."""
 
@@ -352,7 +344,7 @@ class Journal:
 
     async def _submit(self, fn: Callable[[], T], lane: Lane = Lane.NORMAL) -> T:
         if self._worker is None:
-            raise JournalError("journal is closed")
+            raise StorageError("journal is closed")
         return await asyncio.wrap_future(self._worker.submit(fn, lane))
 
     async def close(self) -> None:
@@ -370,7 +362,7 @@ class Journal:
 
     def _require_conn(self) -> sqlite3.Connection:
         if self._conn is None:
-            raise JournalError("journal is not open")
+            raise StorageError("journal is not open")
         return self._conn
 
     def _open_sync(self) -> None:
@@ -402,12 +394,12 @@ class Journal:
         except JournalTooNewError as exc:
             raise JournalTooNewError(f"cannot open journal {self.path}: {exc}") from exc
         except (sqlite3.Error, OSError) as exc:
-            raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
+            raise StorageError(f"cannot open journal {self.path}: {exc}") from exc
         _log.info("journal %s open (boot %d)", self.path, self.boot_count)
 
     def _open_read_only_sync(self) -> None:
         if not self.path.is_file():
-            raise JournalError(f"cannot open journal {self.path}: no such file")
+            raise StorageError(f"cannot open journal {self.path}: no such file")
         try:
             uri = f"{self.path.resolve().as_uri()}?mode=ro"
             conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=5.0)
@@ -416,7 +408,7 @@ class Journal:
         except JournalTooNewError as exc:
             raise JournalTooNewError(f"cannot open journal {self.path}: {exc}") from exc
         except (sqlite3.Error, OSError) as exc:
-            raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
+            raise StorageError(f"cannot open journal {self.path}: {exc}") from exc
         _log.info("journal %s open read-only", self.path)
 
     def _migrate(self, conn: sqlite3.Connection) -> None:

@@ -39,7 +39,7 @@ from pydantic import (
     ValidationError,
 )
 
-from controller.errors import SwapstationError
+from controller.errors import RecordError, SwapstationError
 from controller.store.journal import Journal, transaction
 
 _log = logging.getLogger(__name__)
@@ -77,10 +77,6 @@ CSV_COLUMNS: tuple[str, ...] = (
 Outcome = Literal["completed", "aborted", "failed", "recovered"]
 ExportFormat = Literal["csv", "jsonl"]
 _Row = tuple[int, str, str, str, str]  # seq, swap_id, body, prev_hash, hash
-
-
-class RecordError(SwapstationError):
-    """A stored record cannot be read back as a swap record (corrupt or tampered)."""
 
 
 def format_utc(value: datetime) -> str:

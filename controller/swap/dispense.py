@@ -23,6 +23,7 @@ from controller.charging.alarms import slot_scope
 from controller.charging.control import SlotControl
 from controller.charging.slots import SlotView
 from controller.config.model import StationConfig
+from controller.errors import NoPackError
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,10 +35,6 @@ class Choice:
     pack_type: str
     soc: float
     free_slot: int
-
-
-class NoPackError(Exception):
-    """No pack (or no free slot) for this swap; the message says why, for the back end."""
 
 
 def choose(

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
+from controller.errors import InventoryError
 from controller.store.events import JournalBatch
 
 
@@ -43,10 +44,6 @@ class PackEntry:
         if self.place is Place.VEHICLE:
             return f"vehicle {self.vehicle_id or '?'}"
         return "the robot"
-
-
-class InventoryError(Exception):
-    """A handover contradicts what the inventory knows: a mismatch, to be treated as a fault."""
 
 
 class Inventory:

@@ -31,25 +31,25 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from controller.charging.control import CommandRefusedError, SlotControl
+from controller.charging.control import SlotControl
 from controller.charging.power import ready_text
 from controller.charging.slots import SlotView
 from controller.config.model import StationConfig
-from controller.errors import SwapstationError
+from controller.errors import (
+    BusyError,
+    MismatchError,
+    NoPackError,
+    RefusedError,
+    SafetyRefusedError,
+)
 from controller.safety.actuators import Actuators
-from controller.safety.supervisor import SafetyRefusedError, Verdict
+from controller.safety.supervisor import Verdict
 from controller.store.events import EventLog, JournalBatch
 from controller.store.journal import Journal
 from controller.store.records import NewSwapRecord, OperatorAction, PackRef, StepTiming, insert_sync
 from controller.swap import interlocks
-from controller.swap.dispense import (
-    NoPackError,
-    choose,
-    ready_counts,
-    slot_free,
-    still_dispensable,
-)
-from controller.swap.inventory import Inventory, InventoryError, Place
+from controller.swap.dispense import choose, ready_counts, slot_free, still_dispensable
+from controller.swap.inventory import Inventory, Place
 from controller.swap.machine import SwapMachine, event_to
 from controller.swap.plan import (
     OperatorNote,
@@ -97,18 +97,6 @@ WAITING_FOR = (
     interlocks.BRAKE,
 )  # fmt: skip
 STOPPED_STATES = frozenset({"fault", "estop", "recovery_required"})
-
-
-class SwapRejectedError(SwapstationError):
-    """The request is not allowed now; the message says why."""
-
-
-class SwapBusyError(SwapRejectedError):
-    """A swap is in progress: a new one cannot start until it ends."""
-
-
-class _MismatchError(SwapstationError):
-    """What a device reports contradicts what the swap knows: a fault."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,7 +222,7 @@ class Sequencer:
     async def request(self, name: str, **args: Any) -> str:
         """Ask for something (start_swap, abort, reset_fault, recover, set_mode).
 
-        Returns what was done; raises `SwapRejectedError` with the reason when not allowed.
+        Returns what was done; raises `RefusedError` with the reason when not allowed.
         """
         reply: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._put(_Command(name, args, reply))
@@ -294,7 +282,7 @@ class Sequencer:
                 event = None if self._queue.empty() else self._queue.get_nowait()
             try:
                 await self._evaluate()
-            except (_MismatchError, InventoryError) as exc:
+            except MismatchError as exc:
                 await self._fault(f"pack mismatch: {exc}")
             self.last_step = time.monotonic()
 
@@ -308,7 +296,7 @@ class Sequencer:
                 self._event_at = event.at
                 try:
                     await self._robot_finished(event.action, event.result)
-                except (_MismatchError, InventoryError) as exc:
+                except MismatchError as exc:
                     await self._fault(f"pack mismatch: {exc}")
         elif isinstance(event, _Wake):
             self._event_at = event.at
@@ -320,7 +308,7 @@ class Sequencer:
         try:
             result = await self._command(cmd.name, cmd.args)
             await self._flush()  # durable before the reply says so
-        except SwapRejectedError as exc:
+        except RefusedError as exc:
             _log.info("%s refused: %s", cmd.name, exc)
             if not cmd.reply.done():
                 cmd.reply.set_exception(exc)
@@ -465,19 +453,19 @@ class Sequencer:
             return await self._set_mode(str(args["mode"]))
         if name == "set_slot":
             return await self._set_slot(int(args["slot"]), enabled=bool(args["enabled"]))
-        raise SwapRejectedError(f"unknown request {name!r}")
+        raise RefusedError(f"unknown request {name!r}")
 
     async def _start(self, vehicle_id: str, pack_type: str) -> str:
         if self.ctx.active:
-            raise SwapBusyError(
+            raise BusyError(
                 f"busy: swap {self.ctx.swap_id} for {self.ctx.vehicle_id} is"
                 f" {self.ctx.state.replace('_', ' ')}"
             )
         if not vehicle_id or not pack_type:
-            raise SwapRejectedError("vehicle_id and pack_type are required")
+            raise RefusedError("vehicle_id and pack_type are required")
         causes = self.station_causes(self.facts())
         if causes:
-            raise SwapRejectedError("; ".join(causes))
+            raise RefusedError("; ".join(causes))
         try:
             pick = choose(
                 self.config,
@@ -491,7 +479,7 @@ class Sequencer:
             if not text.startswith("no free slot"):
                 when = ready_text(self.control.forecast, pack_type)
                 text += f"; {when}" if when else ""
-            raise SwapRejectedError(text) from None
+            raise RefusedError(text) from None
         self.ctx = SwapContext(
             vehicle_id=vehicle_id,
             pack_type=pack_type,
@@ -537,7 +525,7 @@ class Sequencer:
             self.ctx.reason, self.ctx.aborting = reason, True
             try:
                 status = await self._robot_reset()
-            except SwapRejectedError as exc:
+            except RefusedError as exc:
                 await self._fault(f"aborting: {exc}")
                 return f"fault: {exc}"
             batch = JournalBatch()
@@ -551,7 +539,7 @@ class Sequencer:
             return await self._reset(by, reason)
         if state == "recovery_required":
             return await self._recover_decision("abort", by)
-        raise SwapRejectedError(
+        raise RefusedError(
             {
                 "idle": "no swap in progress",
                 "aborting": "already aborting",
@@ -567,7 +555,7 @@ class Sequencer:
             # Outside a swap's fault: the robot's own latch (a STOP, a fault), if it has one.
             status = self.robot.status
             if status is None or status.state not in {RobotState.FAULT, RobotState.STOPPED}:
-                raise SwapRejectedError(
+                raise RefusedError(
                     f"nothing to reset: the swap is {state.replace('_', ' ')} and the robot"
                     " is not faulted or stopped"
                 )
@@ -580,7 +568,7 @@ class Sequencer:
             )
         facts = self.facts()
         if facts.get("estop_ok") is not True:
-            raise SwapRejectedError(self._why(interlocks.ESTOP, facts))
+            raise RefusedError(self._why(interlocks.ESTOP, facts))
         status = await self._robot_reset()
         self._note("reset_fault", by, detail or self.ctx.reason)
         self.ctx.aborting = True
@@ -599,22 +587,22 @@ class Sequencer:
         `checked`: refused unless the E-stop chain is closed, on fresh station I/O.
         """
         if not self.robot.ready.is_set():
-            raise SwapRejectedError(f"robot link {self.robot.state.value}: cannot reset it")
+            raise RefusedError(f"robot link {self.robot.state.value}: cannot reset it")
         if checked:
             facts = self.facts()
             if facts.get("estop_ok") is not True:
-                raise SwapRejectedError(f"robot not reset: {self._why(interlocks.ESTOP, facts)}")
+                raise RefusedError(f"robot not reset: {self._why(interlocks.ESTOP, facts)}")
         status = self.robot.status
         if status is not None and status.state in {RobotState.FAULT, RobotState.STOPPED}:
             try:
                 status = await self.actuators.robot_command(MsgType.RESET)
             except DriverError as exc:
-                raise SwapRejectedError(f"robot reset failed: {exc}") from exc
+                raise RefusedError(f"robot reset failed: {exc}") from exc
         return status
 
     async def _recover_decision(self, decision: str, by: str | None) -> str:
         if self.ctx.state != "recovery_required":
-            raise SwapRejectedError(
+            raise RefusedError(
                 f"no recovery pending: the swap is {self.ctx.state.replace('_', ' ')}"
             )
         if decision in {"resume", "abort"}:
@@ -624,7 +612,7 @@ class Sequencer:
             self._note("recover", by, "resume")
             state = "aborting" if self.ctx.aborting else (self.ctx.fault_from or "aborting")
             if event_to(self.machine, f"resume_{state}") is None:
-                raise SwapRejectedError(f"{state.replace('_', ' ')} cannot resume: abort or clear")
+                raise RefusedError(f"{state.replace('_', ' ')} cannot resume: abort or clear")
             self.ctx.reason = None
             await self._go(f"resume_{state}")
             self._recovering = True
@@ -633,11 +621,11 @@ class Sequencer:
         if decision == "abort":
             status = self.robot.status
             if status is None or status.state != RobotState.IDLE:
-                raise SwapRejectedError("the robot must be idle (connected, reset) to abort")
+                raise RefusedError("the robot must be idle (connected, reset) to abort")
             batch = JournalBatch()
             why = self._settle_in_flight(status, batch) or self._robot_disagrees(status)
             if why is not None:
-                raise SwapRejectedError(f"{why}: check by hand, then clear")
+                raise RefusedError(f"{why}: check by hand, then clear")
             self._note("recover", by, "abort")
             self.ctx.aborting = True
             await self._go("recover_abort", batch)
@@ -651,25 +639,25 @@ class Sequencer:
             await self._finish_swap("recover_clear", self._forget_swap_packs())
             self._reconciled_at.clear()
             return "cleared: the station is idle"
-        raise SwapRejectedError(f"unknown decision {decision!r}: resume, abort or clear")
+        raise RefusedError(f"unknown decision {decision!r}: resume, abort or clear")
 
     async def _set_slot(self, slot: int, *, enabled: bool) -> str:
         ctx = self.ctx
         involved = {ctx.reserved_slot, ctx.free_slot} if ctx.active else set()
         if not enabled and slot in involved | self._held():
-            raise SwapRejectedError(
+            raise RefusedError(
                 f"slot {slot} is part of swap {ctx.swap_id}: take it out of service after it"
             )
         try:
             await self.control.set_slot_enabled(slot, enabled=enabled)
-        except CommandRefusedError as exc:
-            raise SwapRejectedError(str(exc)) from None
+        except RefusedError as exc:
+            raise RefusedError(str(exc)) from None
         self.changed.set()
         return f"slot {slot} {'in service' if enabled else 'out of service'}"
 
     async def _set_mode(self, mode: str) -> str:
         if mode not in MODES:
-            raise SwapRejectedError(f"unknown mode {mode!r}: {', '.join(MODES)}")
+            raise RefusedError(f"unknown mode {mode!r}: {', '.join(MODES)}")
         if mode == self.mode:
             return f"already {mode}"
         batch = JournalBatch()
@@ -1027,11 +1015,11 @@ class Sequencer:
             return []
         expected = self._expected_in(slot)
         if not r.pack_present:
-            raise _MismatchError(f"slot {slot} reports no pack, {expected} expected there")
+            raise MismatchError(f"slot {slot} reports no pack, {expected} expected there")
         if r.pack_serial is None:
             return [f"slot {slot}: pack serial not read yet"]
         if r.pack_serial != expected:
-            raise _MismatchError(f"slot {slot} reports pack {r.pack_serial}, {expected} expected")
+            raise MismatchError(f"slot {slot} reports pack {r.pack_serial}, {expected} expected")
         if r.charge_enable is not False or abs(r.current or 0.0) > CHARGER_OFF_A:
             self.poll_slot(slot)
             return [f"slot {slot}: waiting for the charger to switch off"]
@@ -1080,18 +1068,18 @@ class Sequencer:
             # A charger takes a moment to detect a pack and read its BMS.
             limit = self.config.swap.pack_detect_timeout_s
             if now - self._handover_at.get(slot, now) > limit:
-                raise _MismatchError(
+                raise MismatchError(
                     f"slot {slot} reports {'no pack' if not r.pack_present else 'no serial'}"
                     f" {limit:g} s after {ctx.old_serial} was stored"
                 )
             self.poll_slot(slot)
             return [f"slot {slot}: waiting for the charger to detect the stored pack"]
         if r.pack_serial != ctx.old_serial:
-            raise _MismatchError(
+            raise MismatchError(
                 f"slot {slot} reports pack {r.pack_serial}, the robot stored {ctx.old_serial}"
             )
         if r.pack_type is not None and r.pack_type != ctx.pack_type:
-            raise _MismatchError(
+            raise MismatchError(
                 f"the vehicle's pack {ctx.old_serial} is of type {r.pack_type}, the swap is for"
                 f" type {ctx.pack_type}"
             )
@@ -1144,7 +1132,7 @@ class Sequencer:
         batch = JournalBatch()
         try:
             self._apply_effect(action, result, batch)
-        except (_MismatchError, InventoryError):
+        except MismatchError:
             ctx.step_sent = False  # what it did is known (and wrong): not in flight any more
             raise
         ctx.step_sent = False
@@ -1162,9 +1150,7 @@ class Sequencer:
             ctx.vehicle_pack_locked = False
         elif kind is MsgType.REMOVE:
             if held is None:
-                raise _MismatchError(
-                    "the robot reports no pack serial after removing the vehicle's"
-                )
+                raise MismatchError("the robot reports no pack serial after removing the vehicle's")
             self._check_not_in_a_slot(held)
             ctx.old_serial, ctx.vehicle_pack, ctx.vehicle_pack_locked = held, "none", False
             inv.put(held, Place.ROBOT, batch, why=f"removed from vehicle {ctx.vehicle_id}")
@@ -1172,7 +1158,7 @@ class Sequencer:
             entry = inv.on_robot()
             slot = action.slot or status.slot
             if entry is None:
-                raise _MismatchError("the robot stored a pack the inventory did not place on it")
+                raise MismatchError("the robot stored a pack the inventory did not place on it")
             inv.put(entry.serial, Place.SLOT, batch, slot=slot, why=f"stored in slot {slot}")
             self._handover_at[slot] = time.monotonic()
             self.poll_slot(slot)
@@ -1180,11 +1166,11 @@ class Sequencer:
             slot = action.slot or status.slot
             expected = self._expected_in(slot)
             if held is None:
-                raise _MismatchError(
+                raise MismatchError(
                     f"the robot reports no pack serial after fetching from slot {slot}"
                 )
             if held != expected:
-                raise _MismatchError(f"fetched pack {held} from slot {slot}, expected {expected}")
+                raise MismatchError(f"fetched pack {held} from slot {slot}, expected {expected}")
             inv.put(held, Place.ROBOT, batch, why=f"fetched from slot {slot}")
             self._handover_at[slot] = time.monotonic()
             # Its charger stays held off until it reports the slot empty (its last reading
@@ -1193,7 +1179,7 @@ class Sequencer:
         elif kind is MsgType.INSTALL:
             entry = inv.on_robot()
             if entry is None:
-                raise _MismatchError("the robot installed a pack the inventory did not place on it")
+                raise MismatchError("the robot installed a pack the inventory did not place on it")
             ctx.installed_serial, ctx.vehicle_pack, ctx.vehicle_pack_locked = (
                 entry.serial, "installed", False
             )  # fmt: skip
@@ -1205,7 +1191,7 @@ class Sequencer:
             torque = status.torque_dnm / 10
             cfg = self.config.swap
             if not status.locked or not cfg.lock_torque_min_nm <= torque <= cfg.lock_torque_max_nm:
-                raise _MismatchError(
+                raise MismatchError(
                     f"lock not verified: locked={bool(status.locked)}, torque {torque:.1f} N*m"
                     f" (needed {cfg.lock_torque_min_nm:g}..{cfg.lock_torque_max_nm:g})"
                 )
@@ -1217,7 +1203,7 @@ class Sequencer:
             return
         view = self.control.book.view(entry.slot, time.monotonic())
         if view.fresh is not None and view.fresh.pack_serial == serial:
-            raise _MismatchError(
+            raise MismatchError(
                 f"the vehicle's pack {serial} is also reported by slot {entry.slot}"
             )
 
@@ -1239,7 +1225,7 @@ class Sequencer:
         if done:
             try:
                 self._apply_effect(action, status, batch)
-            except (_MismatchError, InventoryError) as exc:
+            except MismatchError as exc:
                 return f"after '{action.label}': {exc}"
             if self.ctx.state in ROBOT_PHASES:
                 self.ctx.step += 1
@@ -1277,7 +1263,7 @@ class Sequencer:
         ctx = self.ctx
         target = event_to(self.machine, event)
         if target is None:
-            raise SwapRejectedError(f"{event} is not allowed while {ctx.state.replace('_', ' ')}")
+            raise RefusedError(f"{event} is not allowed while {ctx.state.replace('_', ' ')}")
         before, now = ctx.state, time.time()
         if ctx.timings and ctx.timings[-1].ended_at is None:
             ctx.timings[-1].ended_at = now
@@ -1535,7 +1521,7 @@ class Sequencer:
             # swap recovered like after any restart, from what the robot reports.
             try:
                 status = await self._robot_reset(checked=True) or status
-            except SwapRejectedError as exc:
+            except RefusedError as exc:
                 await self._hold(f"after an orderly stop: {exc}")
                 return
         self.ctx.stopped_on_shutdown = False
