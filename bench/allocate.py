@@ -25,9 +25,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from controller.charging.power import PowerModel, allocate, budget_w, forecast
-from controller.charging.slots import SlotView
+from controller.charging.forecast import forecast
+from controller.charging.power import PowerModel, allocate, budget_w
 from controller.config.model import StationConfig
+from controller.plant.slots import SlotView
 from drivers.rack import SlotReading
 
 

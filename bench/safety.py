@@ -27,16 +27,9 @@ from types import MappingProxyType
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from controller.charging.slots import RackInfo, SlotBook
-from controller.safety.supervisor import (
-    ChargerEnable,
-    ChargerLimit,
-    Command,
-    Outputs,
-    Plant,
-    RobotMotion,
-    SafetySupervisor,
-)
+from controller.plant.slots import RackInfo, SlotBook
+from controller.safety.commands import ChargerEnable, ChargerLimit, Command, Outputs, RobotMotion
+from controller.safety.supervisor import Plant, SafetySupervisor
 from drivers.rack import RackSnapshot, SlotReading
 from drivers.robot.protocol import MsgType, Target
 from drivers.stationio import IoReading, IoSnapshot

@@ -124,7 +124,7 @@ async def measure(config_path: Path, swaps: int) -> dict[str, object]:
                     await asyncio.sleep(0.05)
             await until(lambda: not seq.ctx.active, functools.partial(stuck, seq, n))
         elapsed = time.monotonic() - started
-        overheads = list(seq.overheads_ms)
+        overheads = list(seq.swap.overheads_ms)
         return {
             "swaps": swaps,
             "steps": len(overheads),

@@ -11,12 +11,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from drivers.errors import DriverError, SwapstationError
 
-if TYPE_CHECKING:
-    from controller.safety.supervisor import Verdict
+
+class _Judged(Protocol):
+    """A safety verdict, as far as its refusal needs it (controller/safety/supervisor.py)."""
+
+    @property
+    def why(self) -> str: ...
+
 
 __all__ = [
     "BrokerRefusedError",
@@ -64,7 +69,7 @@ class NoLongerWantedError(RefusedError):
 class SafetyRefusedError(RefusedError):
     """The safety supervisor refused a command: it was not sent; the message says why."""
 
-    def __init__(self, verdict: Verdict) -> None:
+    def __init__(self, verdict: _Judged) -> None:
         super().__init__(verdict.why)
         self.verdict = verdict
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from drivers.modbus.profile import SlotStatus
+
 CELL_OCV_EMPTY = 3.30
 CELL_OCV_FULL = 4.20
 CUTOFF_C_RATE = 0.025  # stop when the CV current falls below this fraction of capacity
@@ -71,17 +73,17 @@ class SimCharger:
     runaway_c_per_min: float = 0.0
 
     @property
-    def status(self) -> str:
-        """One of: empty, idle, charging, full, fault, disabled."""
+    def status(self) -> SlotStatus:
+        """What the charger's status register says."""
         if self.disabled:
-            return "disabled"
+            return SlotStatus.DISABLED
         if self.fault_code:
-            return "fault"
+            return SlotStatus.FAULT
         if self.pack is None:
-            return "empty"
+            return SlotStatus.EMPTY
         if self.full:
-            return "full"
-        return "charging" if self.current_a > 0 else "idle"
+            return SlotStatus.FULL
+        return SlotStatus.CHARGING if self.current_a > 0 else SlotStatus.IDLE
 
     @property
     def power_w(self) -> float:

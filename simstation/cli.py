@@ -40,7 +40,7 @@ from controller.cli.status import (
 )
 from controller.config.loader import load_config
 from controller.errors import ConfigError
-from controller.swap.machine import MOTION
+from controller.swap.phase import BEFORE_MOTION, MOTION, Phase, ordered
 from simstation.broker import Mosquitto
 from simstation.children import die_with_parent
 from simstation.station import SimStation
@@ -51,7 +51,7 @@ DAEMON_STOP_TIMEOUT_S = 10.0
 VIEW_PERIOD_S = 1.0  # the view is redrawn at least this often (elapsed times move on) ...
 RENDER_MIN_S = 0.2  # ... and on a change of the station, at most this often
 # The swap's steps in order (docs/swap-machine.md): timed, and shown as its progress.
-STEPS = ("authorised", "waiting_for_vehicle", "positioned", *MOTION, "releasing")
+STEPS = ordered(BEFORE_MOTION | MOTION | {Phase.RELEASING})
 ENDINGS = {"swap_completed": "completed", "swap_aborted": "aborted", "swap_failed": "failed"}
 TOPICS = ("status", "info", "state", "slots/+", "robot", "events")
 REMEMBERED_SWAPS = 50
@@ -358,7 +358,7 @@ class Tally:
                 spent = (at - run.since).total_seconds()
                 run.steps[run.phase] = run.steps.get(run.phase, 0.0) + spent
             run.phase, run.since = after, at
-            if after == "idle":
+            if after == Phase.IDLE:
                 self.runs.pop(swap_id, None)
         elif kind in ENDINGS:
             self._ended(swap_id, ENDINGS[str(kind)], at)
@@ -621,7 +621,7 @@ def _step_cells(phase: str, elapsed: str, run: SwapRun | None) -> list[str]:
         else:
             cells.append(f"[ ] {step}")
     if current is None:
-        cells.append(f"[{'x' if phase == 'complete' else '!'}] {phase} {elapsed}")
+        cells.append(f"[{'x' if phase == Phase.COMPLETE else '!'}] {phase} {elapsed}")
     return cells
 
 

@@ -12,11 +12,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from html import escape
 
-from controller.swap.machine import ACTIVE
+from controller.swap.phase import ACTIVE, ordered
 from simstation.report import Car, Percentiles, Report
 
 # Swap phases in the order a swap goes through them; others present follow alphabetically.
-PHASE_ORDER = ACTIVE
+PHASE_ORDER = ordered(ACTIVE)
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#9c755f")
 OUTCOMES = (  # key, label, colour
     ("served", "served", "#59a14f"),

@@ -14,7 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from controller.config.loader import _message, _show, _suggest, read_toml
+from controller.config.loader import _message, _show, _suggest
+from controller.config.toml import read_toml
 from controller.errors import ConfigError, ConfigIssue
 from drivers.errors import format_loc
 from simstation.arrivals import read_day, returned_soc, sample_day

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.errors import ConfigError
+from controller.swap.phase import Phase
 from drivers.robot.protocol import MsgType
 from simstation.broker import Mosquitto
 from simstation.charger import SimPack
@@ -219,7 +220,7 @@ class Recorder:
         for transitions in self.phases.values():
             ordered = sorted(transitions)
             for (t0, phase), (t1, _) in itertools.pairwise(ordered):
-                if phase not in {"idle", "complete"}:
+                if phase not in {Phase.IDLE, Phase.COMPLETE}:
                     out.setdefault(phase, []).append(max(0.0, t1 - t0))
         return out
 
@@ -452,7 +453,7 @@ async def _until_ready(
         ready = sum((state.get("packs_ready") or {}).values())
         if (
             fleet._status == "online"  # noqa: SLF001
-            and state.get("phase") == "idle"
+            and state.get("phase") == Phase.IDLE
             and not state.get("blocking")
             and ready >= want
         ):

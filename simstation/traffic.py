@@ -35,11 +35,13 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from controller.swap.phase import STOPPED as SWAP_STOPPED
+from controller.swap.phase import Phase
 from simstation.plc import SimPlc, SimVehicle
 from simstation.station import SimStation
 
 ENDINGS = ("swap_completed", "swap_aborted", "swap_failed")  # events that end a swap
-STOPPED = frozenset({"fault", "estop", "recovery_required"})  # an operator decides
+STOPPED = frozenset(phase.value for phase in SWAP_STOPPED)  # an operator decides
 POLL_S = 0.05  # the bay is looked at this often (the vehicle is simulated in-process)
 RECONNECT_MIN_S = 0.2
 RECONNECT_MAX_S = 2.0
@@ -307,7 +309,7 @@ class Traffic:
             state = self._state or {}
             if (
                 self._status == "online"
-                and state.get("phase") == "idle"
+                and state.get("phase") == Phase.IDLE
                 and not state.get("blocking")
             ):
                 return
@@ -537,7 +539,9 @@ class Fleet(Traffic):
     def _idle(self) -> bool:
         state = self._state or {}
         return (
-            self._status == "online" and state.get("phase") == "idle" and self.plc.vehicle is None
+            self._status == "online"
+            and state.get("phase") == Phase.IDLE
+            and self.plc.vehicle is None
         )
 
     async def _drive(self, client: aiomqtt.Client) -> None:
@@ -615,7 +619,7 @@ class Fleet(Traffic):
             await self._pause()
 
     async def _operate(self, client: aiomqtt.Client, phase: str) -> None:
-        name, body = ("recover", {"decision": "abort"}) if phase == "recovery_required" else (
+        name, body = ("recover", {"decision": "abort"}) if phase == Phase.RECOVERY_REQUIRED else (
             "reset_fault", {})  # fmt: skip
         request = {"id": f"op-{uuid.uuid4().hex[:12]}", "by": "simulated operator", **body}
         reply = await self._request(client, name, request)

@@ -14,7 +14,23 @@ from controller.config.loader import load_config
 from controller.runtime.daemon import Daemon
 from controller.runtime.station import Station
 from simstation.broker import Mosquitto
+from simstation.charger import SimPack
 from simstation.station import SimRackSpec, SimStation
+
+# The station most tests run: one rack of four slots, a charged pack in 1, a half one in 2.
+SECTIONS = "[swap]\nmin_dispense_soc = 80\n"
+
+
+def rack() -> SimRackSpec:
+    """Rack `r1`: slots 1-4, PK-A (95 %) in 1, PK-B (60 %) in 2, polled every 50 ms."""
+    packs = {1: SimPack("PK-A", soc=95.0), 2: SimPack("PK-B", soc=60.0)}
+    return SimRackSpec("r1", [1, 2, 3, 4], packs=packs, poll_period_s=0.05)
+
+
+def arrive(sim: SimStation) -> None:
+    """EV-1 drives in with PK-OLD (12 %) and leaves 30 s after its swap."""
+    sim.arrive("EV-1", serial="PK-OLD", soc=12.0, leave_s=30.0)
+
 
 POLL_S = 0.01
 

@@ -15,9 +15,10 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from controller.charging.control import Rack, SlotControl
-from controller.charging.slots import RackInfo, SlotBook
+from controller.charging.control import SlotControl
+from controller.charging.setpoints import Rack
 from controller.config.model import StationConfig
+from controller.plant.slots import RackInfo, SlotBook
 from controller.safety.actuators import Actuators
 from controller.safety.motionlog import MotionEntry, select_sync
 from controller.safety.supervisor import Plant, SafetySupervisor

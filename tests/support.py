@@ -18,6 +18,7 @@ from typing import Self
 from controller.safety.motionlog import MotionEntry, select_sync
 from controller.store.journal import FILENAME
 from controller.swap import interlocks
+from controller.swap.phase import Phase
 from simstation.broker import Mosquitto
 
 REPO = Path(__file__).resolve().parent.parent
@@ -227,7 +228,7 @@ def assert_motion_within_interlocks(entries: list[MotionEntry]) -> int:
         if not e.motions or e.verdict != "allowed" or e.phase is None:
             continue
         facts = {k: v for k, v in e.facts.items() if v is None or isinstance(v, bool)}
-        failing = [c.name for c in interlocks.failing(e.phase, facts)]
+        failing = [c.name for c in interlocks.failing(Phase(e.phase), facts)]
         assert not failing, f"{e.command} sent in {e.phase} with {failing} false"
         checked += 1
     return checked

@@ -4,7 +4,7 @@
     .venv/bin/python -m tools.gendocs --check  # exit 1 if anything is out of date
 
 Sections sit between `<!-- generated:NAME -->` markers; docs/schemas/ holds one JSON Schema
-per MQTT message, from the pydantic models that build or parse it. tests/test_docs.py runs
+per MQTT message, from the pydantic models that build or parse it. tests/system/test_docs.py runs
 the check, so a doc cannot drift from the code it describes.
 """
 
@@ -113,14 +113,14 @@ def _swap_diagram() -> str:
 
 def _swap_phases() -> str:
     from controller.swap.interlocks import INTERLOCKS
-    from controller.swap.machine import MOTION, RESUMABLE, SwapMachine
+    from controller.swap.phase import MOTION, RESUMABLE, Phase, ordered
 
-    free = tuple(str(s.id) for s in SwapMachine.states if s.id not in INTERLOCKS)
+    free = tuple(p for p in Phase if p not in INTERLOCKS)
     return "\n".join(
         f"- {what}: " + ", ".join(f"`{phase}`" for phase in phases)
         for what, phases in (
-            ("`MOTION` (machinery moves, or a pack is out of its vehicle)", MOTION),
-            ("`RESUMABLE` (a restart may resume here, on proof)", RESUMABLE),
+            ("`MOTION` (machinery moves, or a pack is out of its vehicle)", ordered(MOTION)),
+            ("`RESUMABLE` (a restart may resume here, on proof)", ordered(RESUMABLE)),
             ("without interlocks (none in `controller/swap/interlocks.py`)", free),
         )
     )
@@ -145,12 +145,57 @@ def _swap_conditions() -> str:
 
 
 def _safety_invariants() -> str:
-    from controller.safety.supervisor import table
+    from controller.safety.invariants import table
 
     return table()
 
 
+def _layers() -> list[list[str]]:
+    """The controller's rooms, top to bottom, as pyproject's import-linter contract lists them."""
+    import tomllib
+
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    (contract,) = [c for c in config["tool"]["importlinter"]["contracts"] if c["id"] == "rooms"]
+    return [[room.strip() for room in layer.split("|")] for layer in contract["layers"]]
+
+
+def _summary(path: Path) -> str:
+    """A module's one-line contract: the first line of its docstring."""
+    import ast
+
+    doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+    return doc.splitlines()[0].replace("|", "\\|") if doc else ""
+
+
+def _rooms() -> str:
+    layers = _layers()
+    rows = ["| room | holds | may import |", "|---|---|---|"]
+    for i, layer in enumerate(layers):
+        below = [room for lower in layers[i + 1 :] for room in lower]
+        may = ", ".join(f"`{r}`" for r in below) or "nothing of the controller"
+        for room in layer:
+            path = REPO / "controller" / room
+            path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+            rows.append(f"| `{room}` | {_summary(path)} | {may}; `drivers` |")
+    return "\n".join(rows)
+
+
+def _modules() -> str:
+    rows = ["| module | holds |", "|---|---|"]
+    for layer in _layers():
+        for room in layer:
+            folder = REPO / "controller" / room
+            paths = sorted(folder.glob("*.py")) if folder.is_dir() else [folder.with_suffix(".py")]
+            for path in paths:
+                if path.name == "__init__.py":
+                    continue
+                rows.append(f"| `{path.relative_to(REPO)}` | {_summary(path)} |")
+    return "\n".join(rows)
+
+
 GENERATORS: dict[str, Callable[[], str]] = {
+    "rooms": _rooms,
+    "modules": _modules,
     "safety-invariants": _safety_invariants,
     "robot-messages": _robot_messages,
     "robot-codes": _robot_codes,

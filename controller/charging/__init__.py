@@ -1,1 +1,1 @@
-"""The chargers: slot views, supervision, alarms, slot control and the station's power."""
+"""The chargers: supervision, slot control, setpoints, operator commands, power, forecast."""

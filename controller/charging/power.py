@@ -1,4 +1,4 @@
-"""Charging power management: share the grid limit among the chargers, forecast ready packs.
+"""Charging power management: share the grid limit among the chargers.
 
 Every control period (each slot-control step) the allocator gives every slot that may charge
 a current limit such that the chargers together can never draw more than the budget:
@@ -20,7 +20,8 @@ The `demand` policy gives the power in a fixed priority order (docs/power-manage
 
 Each in turn gets as much as it can take; a slot left with less than `min_current_a` waits
 (charger off) and says so. `equal` shares the budget evenly (the baseline the policy is
-measured against). Everything here is pure and synchronous; no I/O.
+measured against). Everything here is pure and synchronous; no I/O. The ready-pack forecast
+runs this allocation ahead in time (controller/charging/forecast.py).
 """
 
 from __future__ import annotations
@@ -32,10 +33,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from datetime import time as dtime
 
-from pydantic import BaseModel, ConfigDict
-
-from controller.charging.slots import SlotView
 from controller.config.model import PackTypeConfig, PowerConfig, StationConfig
+from controller.plant.slots import SlotView
+from drivers.modbus.profile import SlotStatus
 
 HORIZONS_MIN = (5, 15, 30, 60)
 CV_VOLTAGE_TOLERANCE = 0.005  # within 0.5 % of the BMS voltage limit: constant voltage
@@ -169,7 +169,7 @@ class PowerModel:
         present = r.current_limit if r.charge_enable else None
         if not wants or volt_bound <= 0:
             committed = measured_w
-            if r.charge_enable is not False or r.status == "fault":  # on, or not known off
+            if r.charge_enable is not False or r.status == SlotStatus.FAULT:  # on, or unknown
                 limit = r.current_limit if r.current_limit is not None else self.max_current_a
                 bound = limit * volt_bound if volt_bound > 0 else self.charger_max_w
                 committed = max(committed, min(bound, self.charger_max_w))
@@ -308,151 +308,3 @@ def _equal(wanting: Sequence[Demand], left: float, min_current_a: float) -> dict
             left -= limits[d.slot] * d.volt_bound_v
             active.remove(d)
     return limits
-
-
-# --- the forecast ------------------------------------------------------------------------------
-
-
-class TypeForecast(BaseModel):
-    """Ready packs of one type, now and ahead (in the station's minutes)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    ready_now: int
-    ready_in_min: dict[str, int]  # "5", "15", "30", "60" -> packs ready by then
-    next_ready_min: int | None  # minutes (rounded up) until the next one is ready; 0: one is
-    next_ready_slot: int | None  # where it is charging (None when one is ready now)
-
-
-class Forecast(BaseModel):
-    """The forecast of every pack type, and each charging pack's predicted ready time."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    types: dict[str, TypeForecast]
-    ready_in_s: dict[int, float]  # slot -> seconds until its pack reaches the dispense SoC
-
-
-@dataclass
-class _Pack:
-    demand: Demand
-    soc: float
-    capacity_ah: float
-    k: float
-    ready_at: float | None = None
-
-
-def advance(
-    soc: float, amps: float, *, k: float, capacity_ah: float, dt: float, target: float
-) -> tuple[float, float | None]:
-    """Charge for `dt` s at up to `amps` (CC), tapering as k x (100 - SoC) (CV).
-
-    Returns the new SoC and, if it reached `target` within `dt`, the seconds that took.
-    """
-    if amps <= 0 or dt <= 0:
-        return soc, (0.0 if soc >= target else None)
-    rate = 100.0 / (capacity_ah * 3600.0)  # % per ampere-second
-    knee = 100.0 - amps / k  # SoC where the taper current falls below the limit
-    t = 0.0
-    crossed: float | None = 0.0 if soc >= target else None
-    if soc < knee:
-        stop = min(knee, 100.0)
-        t_knee = (stop - soc) / (amps * rate)
-        if crossed is None and target <= stop:
-            crossed = (target - soc) / (amps * rate)
-        if t_knee >= dt:
-            soc += amps * rate * dt
-            return soc, (crossed if crossed is not None and crossed <= dt else None)
-        t, soc = t_knee, stop
-    # Constant voltage: d(100 - s)/dt = -k x rate x (100 - s).
-    remaining = dt - t
-    decay = k * rate
-    if crossed is None and target < 100.0:
-        t_cross = t + math.log((100.0 - soc) / (100.0 - target)) / decay if soc < target else t
-        if t_cross <= dt:
-            crossed = t_cross
-    soc = 100.0 - (100.0 - soc) * math.exp(-decay * remaining)
-    return soc, crossed
-
-
-def forecast(
-    model: PowerModel, demands: Sequence[Demand], budget: float | None,
-    ready_now: Mapping[str, int],
-) -> Forecast:  # fmt: skip
-    """Run the allocator forward an hour (nobody arriving) and see when packs get ready.
-
-    Times are the packs' own (the station's clock; a simulated station's simulated time).
-    """
-    cfg = model.cfg
-    ready_soc = model.config.swap.min_dispense_soc
-    horizon = max(HORIZONS_MIN) * 60.0
-    packs = [
-        _Pack(d, d.soc or 0.0, d.capacity_ah, model.slope(d.pack_type))
-        for d in demands
-        if d.wants and d.soc is not None and d.soc < ready_soc and d.pack_type is not None
-    ]
-    fixed = [d for d in demands if not (d.wants and d.soc is not None and d.soc < ready_soc)]
-    ready = dict(ready_now)
-    t = 0.0
-    while t < horizon and any(p.ready_at is None for p in packs):
-        charging = [p for p in packs if p.ready_at is None]
-        current = [
-            _with_soc(p.demand, p.soc, _taper_cap(p.demand.cap_a, p.k, p.soc)) for p in charging
-        ]
-        alloc = allocate(
-            [*fixed, *current], budget, policy=cfg.policy, min_current_a=cfg.min_current_a,
-            ready_soc=ready_soc, ready_now=ready, min_ready=cfg.min_ready,
-        )  # fmt: skip
-        for p in charging:
-            amps = alloc.limits_a.get(p.demand.slot, 0.0)
-            p.soc, crossed = advance(
-                p.soc, amps, k=p.k, capacity_ah=p.capacity_ah, dt=FORECAST_STEP_S, target=ready_soc
-            )
-            if crossed is not None:
-                p.ready_at = t + crossed
-                kind = p.demand.pack_type or ""
-                ready[kind] = ready.get(kind, 0) + 1
-        t += FORECAST_STEP_S
-    types: dict[str, TypeForecast] = {}
-    kinds = set(ready_now) | {p.demand.pack_type or "" for p in packs}
-    for kind in sorted(kinds):
-        mine = sorted(
-            (p.ready_at, p.demand.slot) for p in packs
-            if p.demand.pack_type == kind and p.ready_at is not None
-        )  # fmt: skip
-        now = ready_now.get(kind, 0)
-        nxt = (0.0, None) if now else (mine[0] if mine else (None, None))
-        types[kind] = TypeForecast(
-            ready_now=now,
-            ready_in_min={
-                str(h): now + sum(1 for at, _ in mine if at <= h * 60.0) for h in HORIZONS_MIN
-            },
-            next_ready_min=None if nxt[0] is None else math.ceil(nxt[0] / 60.0),
-            next_ready_slot=nxt[1],
-        )
-    return Forecast(
-        types=types,
-        ready_in_s={p.demand.slot: round(p.ready_at, 1) for p in packs if p.ready_at is not None},
-    )
-
-
-def _taper_cap(cap_a: float, k: float, soc: float) -> float:
-    return max(0.0, min(cap_a, k * (100.0 - soc)))
-
-
-def _with_soc(d: Demand, soc: float, cap_a: float) -> Demand:
-    return Demand(d.slot, True, cap_a, d.volt_bound_v, 0.0, d.pack_type, soc, d.present_limit_a,
-                  d.capacity_ah)  # fmt: skip
-
-
-def ready_text(fc: Forecast | None, pack_type: str) -> str | None:
-    """When the next pack of a type should be ready, for a rejected swap's reason."""
-    if fc is None:
-        return None
-    tf = fc.types.get(pack_type)
-    if tf is None or (tf.next_ready_min is None and tf.ready_now == 0):
-        return f"none expected to be ready within {max(HORIZONS_MIN)} min"
-    if tf.next_ready_min is None or tf.ready_now:
-        return None
-    minutes = max(1, tf.next_ready_min)
-    return f"the next should be ready in about {minutes} min (slot {tf.next_ready_slot})"

@@ -33,9 +33,9 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from controller.charging.alarms import Cause, Severity
-from controller.charging.slots import SlotView
 from controller.config.model import SupervisionConfig
+from controller.plant.alarms import Cause, Severity
+from controller.plant.slots import SlotView
 from drivers.rack import SlotReading
 
 TRIPPING = frozenset(

@@ -8,22 +8,20 @@ from __future__ import annotations
 
 import difflib
 import os
-import tomllib
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
+from controller.config.checks import file_issues, profile_issues, semantic_issues
 from controller.config.model import StationConfig
+from controller.config.toml import read_toml
 from controller.errors import ConfigError, ConfigIssue
-from drivers.errors import SpecError, format_loc
-from drivers.modbus.codec import encode
-from drivers.modbus.ioprofile import load_io_profile
-from drivers.modbus.profile import find_profile, load_profile
+from drivers.errors import format_loc
 
 ENV_PREFIX = "SWAPSTATION_"
 ENV_NESTED = "__"
@@ -31,9 +29,6 @@ ENV_NESTED = "__"
 ENV_NOT_CONFIG = frozenset({"SWAPSTATION_CONFIG"})
 SECRET_KEYS = frozenset({"password"})
 MAX_GOT = 60
-MAX_CONFIG_CHARS = 1_000_000  # a station config is a few kB
-MAX_DEPTH = 16  # tables and arrays in a station config nest 3 deep
-_P = TypeVar("_P")
 
 
 class _EnvView(BaseSettings, StationConfig):
@@ -85,273 +80,12 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> S
         raise ConfigError(path, issues) from None
     issues += semantic_issues(config)
     issues += profile_issues(config)
-    issues += _file_issues(config)
+    issues += file_issues(config)
     config, password_issues = _with_password(config)
     issues += password_issues
     if issues:
         raise ConfigError(path, issues)
     return config
-
-
-def read_toml(path: Path) -> dict[str, Any]:
-    """Read a TOML file; any failure is one `ConfigError` line, never a traceback."""
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise ConfigError(path, [ConfigIssue("", "no such file")]) from None
-    except IsADirectoryError:
-        raise ConfigError(path, [ConfigIssue("", "is a directory, not a config file")]) from None
-    except PermissionError:
-        raise ConfigError(
-            path, [ConfigIssue("", "permission denied: the daemon's user cannot read it")]
-        ) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            path, [ConfigIssue("", f"not UTF-8 text (bad byte at offset {exc.start})")]
-        ) from None
-    except OSError as exc:
-        raise ConfigError(path, [ConfigIssue("", f"cannot read: {exc.strerror}")]) from None
-    if len(text) > MAX_CONFIG_CHARS:
-        raise ConfigError(
-            path, [ConfigIssue("", f"{len(text)} characters: at most {MAX_CONFIG_CHARS}")]
-        )
-    depth = _toml_depth(text)
-    if depth > MAX_DEPTH:
-        raise ConfigError(
-            path, [ConfigIssue("", f"arrays or tables nested {depth} deep: at most {MAX_DEPTH}")]
-        )
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, [ConfigIssue("", f"not valid TOML: {exc}")]) from None
-    except RecursionError:  # what the bracket scan cannot see (it is the parser's own limit)
-        raise ConfigError(path, [ConfigIssue("", "nested too deeply to read")]) from None
-    depth = _data_depth(data)
-    if depth > MAX_DEPTH:  # dotted keys nest without brackets
-        raise ConfigError(path, [ConfigIssue("", f"keys nested {depth} deep: at most {MAX_DEPTH}")])
-    return data
-
-
-def _toml_depth(text: str) -> int:
-    """The deepest nesting of `[`/`{` in TOML text, strings and comments skipped; iterative."""
-    depth = deepest = 0
-    quote: str | None = None  # the string delimiter we are in: ", ', \"\"\" or \'\'\'
-    i, n = 0, len(text)
-    while i < n:
-        ch = text[i]
-        if quote is not None:
-            if ch == "\\" and quote[0] == '"':
-                i += 2
-                continue
-            if text.startswith(quote, i):
-                i += len(quote)
-                quote = None
-                continue
-            if len(quote) == 1 and ch == "\n":
-                quote = None  # an unterminated one-line string: the parser says so
-        elif ch in "\"'":
-            quote = ch * 3 if text.startswith(ch * 3, i) else ch
-            i += len(quote)
-            continue
-        elif ch == "#":
-            end = text.find("\n", i)
-            i = n if end < 0 else end
-            continue
-        elif ch in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch in "]}":
-            depth = max(0, depth - 1)
-        i += 1
-    return deepest
-
-
-def _data_depth(data: object) -> int:
-    """The deepest nesting of tables and arrays in parsed TOML; iterative."""
-    deepest = 0
-    stack: list[tuple[object, int]] = [(data, 1)]
-    while stack:
-        node, depth = stack.pop()
-        deepest = max(deepest, depth)
-        children = (
-            node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
-        )
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return deepest
-
-
-def _load_named_profile(
-    config: StationConfig,
-    key: str,
-    name: str,
-    load: Callable[[Path], _P],
-    issues: list[ConfigIssue],
-) -> _P | None:
-    """Profile `name` from `profiles_dir`, loaded; None (and `issues` added) if it cannot be."""
-    path = find_profile(name, [config.profiles_dir])
-    if path is None:
-        issues.append(ConfigIssue(key, f"no such profile in {config.profiles_dir}", got=repr(name)))
-        return None
-    try:
-        return load(path)
-    except SpecError as exc:
-        issues += [
-            ConfigIssue(key, f"{exc.file}: {where + ': ' if where else ''}{message}")
-            for where, message in exc.issues
-        ]
-        return None
-
-
-def profile_issues(config: StationConfig) -> list[ConfigIssue]:
-    """Every rack's register profile must exist, be valid and fit the rack's addressing.
-
-    The station I/O profile too must exist and be valid.
-    """
-    issues: list[ConfigIssue] = []
-    for i, rack in enumerate(config.racks):
-        profile = _load_named_profile(
-            config, f"racks[{i}].profile", rack.profile, load_profile, issues
-        )
-        if profile is None:
-            continue
-        if profile.layout == "block" and rack.unit_id is None:
-            issues.append(
-                ConfigIssue(
-                    f"racks[{i}].unit_ids",
-                    f"profile {profile.name!r} has one unit per rack (layout block): give unit_id",
-                )
-            )
-        if profile.layout == "unit" and rack.unit_ids is None:
-            issues.append(
-                ConfigIssue(
-                    f"racks[{i}].unit_id",
-                    f"profile {profile.name!r} has one unit per slot (layout unit): give unit_ids",
-                )
-            )
-        limit = profile.slot_registers["current_limit"]
-        try:
-            encode(limit, config.charging.max_current_a, profile.word_order)
-        except (ValueError, TypeError) as exc:
-            issues.append(
-                ConfigIssue(
-                    "charging.max_current_a",
-                    f"rack {rack.name!r} (profile {profile.name!r}) cannot take it: {exc}",
-                    got=repr(config.charging.max_current_a),
-                )
-            )
-        if limit.max is not None and config.charging.max_current_a > limit.max:
-            issues.append(
-                ConfigIssue(
-                    "charging.max_current_a",
-                    f"above what rack {rack.name!r} accepts ({limit.max:g} A, profile"
-                    f" {profile.name!r})",
-                    got=repr(config.charging.max_current_a),
-                )
-            )
-        if len(rack.slots) > profile.max_slots():
-            issues.append(
-                ConfigIssue(
-                    f"racks[{i}].slots",
-                    f"profile {profile.name!r} addresses at most {profile.max_slots()} slots",
-                )
-            )
-    if config.station_io is not None:
-        _load_named_profile(
-            config, "station_io.profile", config.station_io.profile, load_io_profile, issues
-        )
-    return issues
-
-
-def semantic_issues(config: StationConfig) -> list[ConfigIssue]:
-    """Rules that span sections: unique names and slots, one owner per serial line."""
-    issues: list[ConfigIssue] = []
-    seen_names: dict[str, int] = {}
-    seen_slots: dict[int, str] = {}
-    lines: dict[Path, tuple[str, Any]] = {}
-    for i, rack in enumerate(config.racks):
-        if rack.name in seen_names:
-            issues.append(
-                ConfigIssue(
-                    f"racks[{i}].name",
-                    f"rack names must be unique, also used by racks[{seen_names[rack.name]}]",
-                    got=repr(rack.name),
-                )
-            )
-        seen_names.setdefault(rack.name, i)
-        for slot in rack.slots:
-            if slot in seen_slots:
-                issues.append(
-                    ConfigIssue(
-                        f"racks[{i}].slots",
-                        f"slot {slot} is already served by rack {seen_slots[slot]!r}",
-                    )
-                )
-            seen_slots.setdefault(slot, rack.name)
-        if rack.serial is not None:
-            key = rack.serial.device
-            # One line is one link: its timing must be the same for everything on it.
-            params = {
-                **rack.serial.model_dump(exclude={"device"}),
-                **rack.model_dump(include={"timeout_min_s", "timeout_max_s", "retries"}),
-            }
-            if key in lines and lines[key][1] != params:
-                issues.append(
-                    ConfigIssue(
-                        f"racks[{i}].serial",
-                        f"racks sharing {key} must use the same baudrate, parity, stopbits,"
-                        f" bytesize, timeouts and retries as {lines[key][0]}",
-                    )
-                )
-            lines.setdefault(key, (f"racks[{i}]", params))
-    if config.station_io is not None and config.station_io.serial is not None:
-        io_dev = config.station_io.serial.device
-        if io_dev in lines:
-            # Sharing an RS-485 line with racks is legitimate when parameters agree.
-            params = {
-                **config.station_io.serial.model_dump(exclude={"device"}),
-                **config.station_io.model_dump(
-                    include={"timeout_min_s", "timeout_max_s", "retries"}
-                ),
-            }
-            if lines[io_dev][1] != params:
-                issues.append(
-                    ConfigIssue(
-                        "station_io.serial",
-                        f"{io_dev} is shared with {lines[io_dev][0]} but its line parameters"
-                        " differ",
-                    )
-                )
-        lines.setdefault(io_dev, ("station_io", {}))
-    if config.robot is not None and config.robot.serial.device in lines:
-        dev = config.robot.serial.device
-        issues.append(
-            ConfigIssue(
-                "robot.serial.device",
-                f"the robot needs a serial port of its own; {dev} is used by {lines[dev][0]}",
-            )
-        )
-    return issues
-
-
-def _file_issues(config: StationConfig) -> list[ConfigIssue]:
-    """Files the daemon will need at run time must be readable now."""
-    issues: list[ConfigIssue] = []
-    tls = config.mqtt.tls
-    if tls is not None:
-        for key in ("ca_file", "cert_file", "key_file"):
-            path: Path | None = getattr(tls, key)
-            if path is None:
-                continue
-            try:
-                with path.open("rb"):
-                    pass
-            except OSError as exc:
-                issues.append(
-                    ConfigIssue(
-                        f"mqtt.tls.{key}", f"cannot read: {exc.strerror}", got=repr(str(path))
-                    )
-                )
-    return issues
 
 
 def _with_password(config: StationConfig) -> tuple[StationConfig, list[ConfigIssue]]:

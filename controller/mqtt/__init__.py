@@ -1,1 +1,1 @@
-"""The fleet back end over MQTT v5: the link, the command server and the publishers."""
+"""The fleet back end over MQTT v5: the link, commands, publishers and the events outbox."""

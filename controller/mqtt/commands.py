@@ -42,7 +42,8 @@ from controller.config.model import CommandsConfig
 from controller.errors import BrokerRefusedError, BusyError, NotConnectedError, RefusedError
 from controller.mqtt.link import MqttLink
 from controller.store.journal import Journal, transaction
-from controller.swap.sequencer import Mode, Sequencer
+from controller.swap import requests as swap
+from controller.swap.sequencer import Sequencer
 
 _log = logging.getLogger(__name__)
 
@@ -82,40 +83,28 @@ class Request(BaseModel):
     )
 
 
-class StartSwap(Request):
+class StartSwap(swap.StartSwap, Request):
     """Authorise a swap: the best charged pack of the type is reserved, and a free slot."""
 
-    vehicle_id: str = Field(min_length=1, max_length=16, pattern=r"^[\x20-\x7e]+$")
-    pack_type: str = Field(min_length=1, max_length=32, pattern=r"^[\x20-\x7e]+$")
 
-
-class Abort(Request):
+class Abort(swap.Abort, Request):
     """Abort the swap: before anything moved it is cancelled; later, made safe first."""
 
-    reason: str | None = Field(default=None, max_length=200)
 
-
-class ResetFault(Request):
+class ResetFault(swap.ResetFault, Request):
     """After a fault or a released E-stop: reset the robot, make the vehicle safe."""
 
 
-class Recover(Request):
+class Recover(swap.Recover, Request):
     """After `recovery_required`: the operator's decision."""
 
-    decision: Literal["resume", "abort", "clear"]
 
-
-class SetMode(Request):
+class SetMode(swap.SetMode, Request):
     """`auto` (swaps allowed), `maintenance` or `out_of_service` (new swaps refused)."""
 
-    mode: Mode
 
-
-class SetSlot(Request):
+class SetSlot(swap.SetSlot, Request):
     """Take a slot out of service (`enabled: false`) or back; kept across restarts."""
-
-    slot: int = Field(ge=1, le=65535)
-    enabled: bool
 
 
 class Ping(Request):
@@ -324,7 +313,7 @@ class CommandServer:
                 self._read_only_ids.popitem(last=False)
             return reply
         await self._remember(incoming.name, request.id, None)  # before it runs
-        reply = await self._run(incoming.name, request)
+        reply = await self._run(incoming.name, request.id, request)
         await self._remember(incoming.name, request.id, reply)
         return reply
 
@@ -405,29 +394,19 @@ class CommandServer:
             return _reply(request.id, "done", "retained topics published again")
         return _reply(request.id, "done", "pong", result={"at": datetime.now(UTC).isoformat()})
 
-    async def _run(self, name: str, request: Request) -> CommandReply:
-        args = request.model_dump(exclude={"id", "reply_to", "expires_at"})
+    async def _run(self, name: str, ident: str, request: BaseModel) -> CommandReply:
+        """Hand a request to the swap (by its type) and answer with its outcome."""
+        if not isinstance(request, swap.SwapRequest):
+            return _reply(ident, "unknown_command", f"{name} is not a request to the swap")
         try:
-            result = await self.seq.request(name, **args)
+            outcome = await self.seq.submit(request)
         except BusyError as exc:
-            return _reply(request.id, "busy", str(exc))
+            return _reply(ident, "busy", str(exc))
         except RefusedError as exc:
-            return _reply(request.id, "rejected", str(exc))
+            return _reply(ident, "rejected", str(exc))
         code: Code = "accepted" if name in ACCEPTED else "done"
-        if isinstance(request, StartSwap):
-            ctx = self.seq.ctx
-            info = {
-                "swap_id": result,
-                "reserved_slot": ctx.reserved_slot,
-                "reserved_serial": ctx.reserved_serial,
-                "free_slot": ctx.free_slot,
-            }
-            message = (
-                f"swap {result} for {request.vehicle_id}: pack {ctx.reserved_serial} in slot"
-                f" {ctx.reserved_slot} reserved; the vehicle's pack goes to slot {ctx.free_slot}"
-            )
-            return _reply(request.id, code, message, result=info)
-        return _reply(request.id, code, result)
+        result = dict(outcome.result) if outcome.result is not None else None
+        return _reply(ident, code, outcome.message, result=result)
 
 
 def _reply(

@@ -16,11 +16,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from controller.charging.alarms import Severity, slot_scope
 from controller.charging.control import SlotControl
 from controller.config.model import DeadbandsConfig, PublishConfig
 from controller.errors import BrokerRefusedError, NotConnectedError
 from controller.mqtt.link import MqttLink
+from controller.plant.alarms import Severity, slot_scope
 
 _log = logging.getLogger(__name__)
 

@@ -18,13 +18,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from controller.charging.alarms import Alarm, Severity
 from controller.charging.control import SlotControl
-from controller.charging.power import TypeForecast
+from controller.charging.forecast import TypeForecast
 from controller.errors import BrokerRefusedError, NotConnectedError
 from controller.mqtt.link import MqttLink
+from controller.plant.alarms import Alarm, Severity
 from controller.store.journal import Journal, transaction
-from controller.swap.sequencer import Mode, Sequencer
+from controller.swap.phase import STOPPED
+from controller.swap.requests import Mode
+from controller.swap.sequencer import Sequencer
 
 _log = logging.getLogger(__name__)
 
@@ -95,13 +97,13 @@ def station_state(seq: Sequencer, control: SlotControl, station_id: str) -> Stat
             reason=ctx.reason,
         )
     alarms = list(control.alarms.active())
-    if ctx.state in {"fault", "estop", "recovery_required"}:
+    if ctx.state in STOPPED:
         alarms.append(
             Alarm(
                 scope=SWAP_SCOPE,
-                code=ctx.state,
+                code=ctx.state.value,
                 severity=Severity.CRITICAL,
-                message=ctx.reason or ctx.state,
+                message=ctx.reason or ctx.state.value,
                 since=ctx.phase_started_at,
             )
         )

@@ -7,19 +7,21 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
-from controller.charging.control import Rack, SlotControl
-from controller.charging.slots import RackInfo, SlotBook
+from controller.charging.control import SlotControl
+from controller.charging.setpoints import Rack
 from controller.config.model import StationConfig
 from controller.mqtt.commands import CommandServer
 from controller.mqtt.infopub import InfoPublisher
 from controller.mqtt.link import MqttLink
+from controller.mqtt.outbox import Outbox
 from controller.mqtt.robotpub import RobotPublisher
 from controller.mqtt.slotpub import SlotPublisher
 from controller.mqtt.statepub import StatePublisher
+from controller.plant.slots import RackInfo, SlotBook
 from controller.runtime.devices import Links, build_pollers, build_robot, build_station_io
 from controller.safety.actuators import Actuators
 from controller.safety.supervisor import Plant, SafetySupervisor
-from controller.store.events import EventLog, JournalBatch, Outbox
+from controller.store.events import EventLog, JournalBatch
 from controller.store.journal import Journal
 from controller.swap.dispense import ready_counts
 from controller.swap.sequencer import Sequencer

@@ -4,7 +4,7 @@ Each command is judged by the safety supervisor (`controller/safety/supervisor.p
 in the motion log (`controller/safety/motionlog.py`) with the facts it was judged on, and sent
 only when allowed;
 a refused one raises `SafetyRefusedError` and goes nowhere. Stops are never refused. Nothing
-else in the controller writes to a device (`tests/test_architecture.py` checks it).
+else in the controller writes to a device (`tests/system/test_architecture.py` checks it).
 
 Log entries and refusal events wait here until the next journal commit of the slot control or
 the swap sequencer takes them (`take_journal`); a robot command is judged before the swap's
@@ -19,19 +19,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from controller.charging.alarms import slot_scope
 from controller.errors import SafetyRefusedError
+from controller.plant.alarms import slot_scope
+from controller.safety.commands import ChargerEnable, ChargerLimit, Command, Outputs, RobotMotion
 from controller.safety.motionlog import Device, NewMotionEntry, entry_of, insert_sync
-from controller.safety.supervisor import (
-    EVENT_EVERY_S,
-    ChargerEnable,
-    ChargerLimit,
-    Command,
-    Outputs,
-    RobotMotion,
-    SafetySupervisor,
-    Verdict,
-)
+from controller.safety.supervisor import EVENT_EVERY_S, SafetySupervisor, Verdict
 from controller.store.events import JournalBatch
 from drivers.rack import RackDriver
 from drivers.robot.link import RobotLink

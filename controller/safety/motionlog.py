@@ -20,7 +20,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from controller.safety.supervisor import Verdict, motions
+from controller.safety.commands import motions
+from controller.safety.supervisor import Verdict
 from controller.store.records import GENESIS_HASH, UtcDatetime, canonical_json
 
 Device = Literal["charger", "outputs", "robot"]

@@ -1,13 +1,14 @@
 """The safety supervisor: the one gate every command to machinery passes.
 
 A charger's current limit and its enable, the lift, gate and green-light outputs, a robot
-motion: each goes out through `SafetySupervisor`, which judges it against the invariants below
-(`INVARIANTS`, data) on the facts the devices report (slot readings, station I/O, the robot's
-status) and on its own ledger of what it let through, never on how the controller came to want
-it. A command that breaks an invariant is not sent: the refusal is counted, raised as an alarm
-named after the invariant, journalled as an event and in the motion log, and the caller gets
-`SafetyRefusedError` saying why. It is the second line: the controller's own checks
-(supervision, interlocks, the allocator) stay first and should never be caught here.
+motion: each goes out through `SafetySupervisor`, which judges it against the invariants
+(`INVARIANTS`, data, in controller/safety/invariants.py) on the facts the devices report (slot
+readings, station I/O, the robot's status) and on its own ledger of what it let through, never
+on how the controller came to want it. A command that breaks an invariant is not sent: the
+refusal is counted, raised as an alarm named after the invariant, journalled as an event and
+in the motion log, and the caller gets `SafetyRefusedError` saying why. It is the second line:
+the controller's own checks (supervision, interlocks, the allocator) stay first and should
+never be caught here.
 
 Stopping is never refused: a charger switched off, an output cleared and the robot's STOP are
 the safe state. The supervisor also watches (`must_be_off`): a charger that may be on while an
@@ -22,288 +23,36 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from controller.charging.alarms import Cause, Severity, slot_scope
-from controller.charging.slots import SlotBook
-from drivers.robot.protocol import MsgType, Target
+from controller.plant.alarms import Cause, Severity, slot_scope
+from controller.plant.slots import SlotBook
+from controller.safety.commands import (
+    ChargerEnable,
+    ChargerLimit,
+    Command,
+    Facts,
+    Outputs,
+    RobotMotion,
+    stopping,
+)
+from controller.safety.invariants import (
+    CHARGER_OFF_A,
+    INVARIANTS,
+    PEOPLE,
+    VEHICLE,
+    VERIFIED_WITHIN_S,
+    amps,
+    caps,
+)
 from drivers.stationio import IoSnapshot
 
 _log = logging.getLogger(__name__)
 
-Fact = bool | float | str | None
-Facts = dict[str, Fact]
-
-LIMIT_TOLERANCE_A = 0.05  # a register's resolution (0.1 A) read back
-VERIFIED_WITHIN_S = 5.0  # an enable must follow its limit's read-back this closely
-CHARGER_OFF_A = 2.0  # below this, with its enable cleared, a charger is off (a handover may go)
 REFUSAL_HOLD_S = 60.0  # a refusal alarm lasts this long after the last refusal ...
 EVENT_EVERY_S = 10.0  # ... and a repeated refusal is journalled at most this often
 STATION = "station"  # the alarm scope of refused motions
-
-
-# --- commands ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ChargerLimit:
-    """Write a slot's charge current limit (A)."""
-
-    slot: int
-    amps: float
-
-    def __str__(self) -> str:
-        return f"slot {self.slot} current limit {self.amps:g} A"
-
-
-@dataclass(frozen=True, slots=True)
-class ChargerEnable:
-    """Switch a slot's charger on or off."""
-
-    slot: int
-    on: bool
-
-    def __str__(self) -> str:
-        return f"slot {self.slot} charge {'on' if self.on else 'off'}"
-
-
-@dataclass(frozen=True, slots=True)
-class Outputs:
-    """Set the station's outputs (lift, gate, green light): names set on and cleared."""
-
-    on: frozenset[str]
-    off: frozenset[str] = frozenset()
-
-    def __str__(self) -> str:
-        parts = [f"{n}=on" for n in sorted(self.on)] + [f"{n}=off" for n in sorted(self.off)]
-        return "outputs " + ", ".join(parts)
-
-
-@dataclass(frozen=True, slots=True)
-class RobotMotion:
-    """A robot command; `target` and `slot` where it goes or works."""
-
-    kind: MsgType
-    target: Target | None = None
-    slot: int | None = None
-
-    def __str__(self) -> str:
-        where = "" if self.target is None else f" to {self.target.name.lower()}"
-        return f"robot {self.kind.name}{where}" + ("" if self.slot is None else f" {self.slot}")
-
-
-Command = ChargerLimit | ChargerEnable | Outputs | RobotMotion
-
-# Robot commands that move nothing (STOP stops: it is the safe state).
-NO_MOTION = frozenset({MsgType.STOP, MsgType.RESET, MsgType.STATUS, MsgType.SYNC})
-UNDER_VEHICLE = frozenset({MsgType.UNLOCK, MsgType.REMOVE, MsgType.INSTALL, MsgType.LOCK})
-
-
-def motions(cmd: Command) -> frozenset[str]:
-    """The motions a command starts, as the motion invariants name them."""
-    if isinstance(cmd, Outputs):
-        return cmd.on
-    if isinstance(cmd, RobotMotion) and cmd.kind not in NO_MOTION:
-        under = cmd.kind in UNDER_VEHICLE or (cmd.kind is MsgType.MOVE and cmd.target is Target.BAY)
-        handover = cmd.kind in {MsgType.STORE, MsgType.FETCH}
-        return frozenset(
-            {"robot"} | ({"robot_under_vehicle"} if under else set())
-            | ({"robot_handover"} if handover else set())
-        )  # fmt: skip
-    return frozenset()
-
-
-# --- the invariants ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Invariant:
-    """A rule every command of its kinds must keep; `check` says why it does not (or None)."""
-
-    name: str
-    rule: str
-    kinds: tuple[type, ...]
-    check: Callable[[Command, Facts], str | None]
-
-
-def _requires(
-    facts_needed: Mapping[str, tuple[str, ...]],
-) -> Callable[[Command, Facts], str | None]:
-    """A motion invariant: for each motion it names, the facts that must be true."""
-
-    def check(cmd: Command, facts: Facts) -> str | None:
-        failing = sorted(
-            {
-                name
-                for motion in motions(cmd) & facts_needed.keys()
-                for name in facts_needed[motion]
-                if facts.get(name) is not True
-            }
-        )
-        if not failing:
-            return None
-        shown = [f"{n} unknown" if facts.get(n) is None else f"{n} false" for n in failing]
-        return ", ".join(shown)
-
-    return check
-
-
-def _amps(value: Fact) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
-
-
-def _fresh(cmd: Command, facts: Facts) -> str | None:
-    if isinstance(cmd, ChargerEnable) and not cmd.on:
-        return None
-    return None if facts.get("data_fresh") is True else f"slot data {facts.get('stale_reason')}"
-
-
-def _within_limits(cmd: Command, facts: Facts) -> str | None:
-    allowed = _amps(facts.get("allowed_a")) or 0.0
-    if isinstance(cmd, ChargerLimit):
-        if not (math.isfinite(cmd.amps) and cmd.amps >= 0):
-            return f"a limit of {cmd.amps} A"
-        if cmd.amps > allowed + LIMIT_TOLERANCE_A:
-            return f"{cmd.amps:g} A above the {allowed:g} A allowed ({_caps(facts)})"
-        return None
-    if isinstance(cmd, ChargerEnable) and cmd.on:
-        if allowed <= 0:
-            return f"no current allowed ({_caps(facts)})"
-        limit = _amps(facts.get("limit_a"))
-        if limit is not None and limit > allowed + LIMIT_TOLERANCE_A:
-            return f"its limit {limit:g} A is above the {allowed:g} A allowed ({_caps(facts)})"
-    return None
-
-
-def _caps(facts: Facts) -> str:
-    bms = _amps(facts.get("bms_current_max_a"))
-    volts = _amps(facts.get("bms_voltage_max_v"))
-    alloc = facts.get("allocation_a")
-    return (
-        f"BMS {'unknown' if bms is None else f'{bms:g} A'}"
-        + ("" if volts is not None and volts > 0 else f" and {volts or 'no'} V")
-        + f", charger {facts.get('charger_max_a')} A"
-        + ("" if alloc is None else f", allocation {alloc} A")
-    )
-
-
-def _pack_present(cmd: Command, facts: Facts) -> str | None:
-    if isinstance(cmd, ChargerEnable) and cmd.on and facts.get("pack_present") is not True:
-        return "no pack reported in the slot"
-    return None
-
-
-def _no_handover(cmd: Command, facts: Facts) -> str | None:
-    if isinstance(cmd, ChargerEnable) and cmd.on and facts.get("handover") is not False:
-        return "the swap has claimed the slot for a handover"
-    return None
-
-
-def _limit_verified(cmd: Command, facts: Facts) -> str | None:
-    if isinstance(cmd, ChargerEnable) and cmd.on and facts.get("limit_a") is None:
-        return f"its current limit was not written and read back within {VERIFIED_WITHIN_S:g} s"
-    return None
-
-
-def _min_off(cmd: Command, facts: Facts) -> str | None:
-    if not (isinstance(cmd, ChargerEnable) and cmd.on) or facts.get("on") is True:
-        return None
-    off_for, minimum = _amps(facts.get("off_for_s")), _amps(facts.get("min_off_s")) or 0.0
-    if off_for is None or off_for >= minimum:
-        return None
-    return f"switched off {off_for:.1f} s ago; its contactor's minimum off-time is {minimum:g} s"
-
-
-PEOPLE = ("estop_ok", "light_curtain_clear", "plc_ok")
-VEHICLE = ("vehicle_present", "vehicle_in_position", "vehicle_hv_off", "doors_closed",
-           "brake_gear_ok")  # fmt: skip
-ANY_MOTION = ("lift_raise", "lift_lower", "gate_open", "signal_go", "robot")
-
-INVARIANTS: tuple[Invariant, ...] = (
-    Invariant(
-        "charger_data_fresh",
-        "a charger is switched on or given a limit only on fresh data (a reading younger than"
-        " its stale limit, its heartbeat alive)",
-        (ChargerLimit, ChargerEnable),
-        _fresh,
-    ),
-    Invariant(
-        "pack_present",
-        "a charger is switched on only with a pack reported in its slot",
-        (ChargerEnable,),
-        _pack_present,
-    ),
-    Invariant(
-        "current_within_limits",
-        "a current limit is never above min(the pack's BMS limit, the charger's maximum, the"
-        " power allocation); an unknown BMS limit counts as 0 and 0 means 0 (a BMS voltage"
-        " limit of 0 or unknown too): no switch-on, and a charger that is on is switched off",
-        (ChargerLimit, ChargerEnable),
-        _within_limits,
-    ),
-    Invariant(
-        "no_charging_during_handover",
-        "a charger is not switched on while the swap hands a pack over at its slot (the robot"
-        " working there, or about to)",
-        (ChargerEnable,),
-        _no_handover,
-    ),
-    Invariant(
-        "limit_verified_before_enable",
-        f"a charger is switched on only after its limit was written and read back (within"
-        f" {VERIFIED_WITHIN_S:g} s)",
-        (ChargerEnable,),
-        _limit_verified,
-    ),
-    Invariant(
-        "min_off_time",
-        "a charger is switched on only once it has been off for `charging.min_off_s`",
-        (ChargerEnable,),
-        _min_off,
-    ),
-    Invariant(
-        "people_safe",
-        "nothing moves unless the E-stop chain is closed, the light curtain clear and the PLC"
-        " healthy, on fresh station I/O",
-        (Outputs, RobotMotion),
-        _requires(dict.fromkeys(ANY_MOTION, PEOPLE)),
-    ),
-    Invariant(
-        "vehicle_secured_before_lift",
-        "the lift raises only a vehicle in position, high voltage off, doors closed, brake and"
-        " gear ok, with the gate closed and the robot parked clear",
-        (Outputs,),
-        _requires({"lift_raise": (*VEHICLE, "gate_closed", "robot_clear", "lift_lower_off")}),
-    ),
-    Invariant(
-        "locked_pack_before_lowering",
-        "the lift lowers only a vehicle holding a verified, locked pack, with the robot clear",
-        (Outputs,),
-        _requires({"lift_lower": ("pack_locked", "robot_clear", "lift_raise_off")}),
-    ),
-    Invariant(
-        "locked_pack_before_release",
-        "the green light (drive out) only for a vehicle with a locked pack on the lowered lift;"
-        " the gate opens only with the lift down",
-        (Outputs,),
-        _requires({"signal_go": ("pack_locked", "lift_down"), "gate_open": ("lift_down",)}),
-    ),
-    Invariant(
-        "lifted_vehicle_for_robot",
-        "the robot works under the bay only with the lift up and the vehicle secured on it",
-        (RobotMotion,),
-        _requires({"robot_under_vehicle": (*VEHICLE, "lift_up")}),
-    ),
-    Invariant(
-        "charger_off_for_handover",
-        "a pack is stored in or fetched from a slot only while its charger is off (enable"
-        f" cleared, under {CHARGER_OFF_A:g} A) on fresh data",
-        (RobotMotion,),
-        _requires({"robot_handover": ("slot_charger_off",)}),
-    ),
-)
-BY_NAME = {i.name: i for i in INVARIANTS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -498,9 +247,9 @@ class SafetySupervisor:
         facts = self._charger_facts(slot, now)
         if r.pack_present is not True:
             return "pack_present", "on without a pack reported in the slot"
-        bms, volts = _amps(facts["bms_current_max_a"]), _amps(facts["bms_voltage_max_v"])
+        bms, volts = amps(facts["bms_current_max_a"]), amps(facts["bms_voltage_max_v"])
         if bms is None or bms <= 0 or volts is None or volts <= 0:
-            return "current_within_limits", f"on, but the BMS allows no charge ({_caps(facts)})"
+            return "current_within_limits", f"on, but the BMS allows no charge ({caps(facts)})"
         # A limit above what is allowed now (the BMS lowered its own, the power was shared
         # anew) is lowered by the controller, within the gate: no reason to cut the charge.
         return None
@@ -629,27 +378,7 @@ class SafetySupervisor:
         return facts
 
 
-def stopping(cmd: Command) -> bool:
-    """The command only stops something (never refused)."""
-    if isinstance(cmd, ChargerEnable):
-        return not cmd.on
-    if isinstance(cmd, Outputs):
-        return not cmd.on
-    return isinstance(cmd, RobotMotion) and cmd.kind is MsgType.STOP
-
-
 def _scope(cmd: Command) -> str:
     if isinstance(cmd, (ChargerLimit, ChargerEnable)):
         return slot_scope(cmd.slot)
     return STATION
-
-
-def table() -> str:
-    """The invariants as Markdown (docs/architecture.md is generated from it)."""
-    kinds = {ChargerLimit: "charger limit", ChargerEnable: "charger on", Outputs: "outputs",
-             RobotMotion: "robot"}  # fmt: skip
-    rows = ["| invariant | commands | rule |", "|---|---|---|"]
-    rows += [
-        f"| `{i.name}` | {', '.join(kinds[k] for k in i.kinds)} | {i.rule} |" for i in INVARIANTS
-    ]
-    return "\n".join(rows)

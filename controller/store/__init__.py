@@ -1,1 +1,1 @@
-"""Durable state: the SQLite journal, the event log with its outbox, and swap records."""
+"""Durable state: the SQLite journal, the event log and the swap records."""

@@ -1,5 +1,7 @@
 """Events: appended to the journal first, published from it (the outbox) in order.
 
+The outbox that publishes them is in the MQTT room (controller/mqtt/outbox.py).
+
 An event survives a crash, a power cut and a broker outage: it is committed before anything
 is published, and the outbox task publishes unpublished events in sequence order whenever the
 broker is reachable. Delivery is at least once; `seq` lets a consumer drop a repeat.
@@ -19,16 +21,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from controller.errors import BrokerRefusedError, NotConnectedError
-from controller.mqtt.link import MqttLink
 from controller.store.journal import Journal, transaction
 
 _log = logging.getLogger(__name__)
 
 OUTBOX_BATCH = 100
-RETRY_PAUSE_S = 0.2
-REFUSED_PAUSE_S = 5.0
-REFUSED_LOG_PERIOD_S = 60.0
 
 
 class EventEnvelope(BaseModel):
@@ -142,49 +139,3 @@ class EventLog:
         # Lost in a power cut, the mark only makes the outbox publish those events again (at
         # least once; subscribers drop a `seq` they have seen).
         await self._journal.call(update, durable=False)
-
-
-class Outbox:
-    """Publishes the event log to MQTT in order, across broker outages."""
-
-    def __init__(self, log: EventLog, link: MqttLink) -> None:
-        self._log = log
-        self._link = link
-        self.topic = f"{link.topic_root}/events"
-        self.published = 0
-        self._refused_logged = -REFUSED_LOG_PERIOD_S
-
-    async def run(self) -> None:
-        """Drain the log whenever there is something to publish and a broker to take it."""
-        while True:
-            await self._link.connected.wait()
-            self._log.wake.clear()
-            batch = await self._log.unpublished()
-            if not batch:
-                await self._log.wake.wait()
-                continue
-            done = 0
-            try:
-                for event in batch:
-                    await self._link.publish(self.topic, event.model_dump_json(), qos=1)
-                    done = event.seq
-                    self.published += 1
-            except NotConnectedError as exc:
-                _log.info("outbox paused: %s", exc)
-                if done:
-                    await self._log.mark_published(done)
-                # The link notices the loss a moment later; do not spin until it does.
-                await asyncio.sleep(RETRY_PAUSE_S)
-                continue
-            except BrokerRefusedError as exc:
-                # Held, in order, until the broker takes it (an ACL fixed, say): an event is
-                # never skipped. Loud, because nothing reaches the back end meanwhile.
-                now = time.monotonic()
-                if now - self._refused_logged >= REFUSED_LOG_PERIOD_S:
-                    _log.error("outbox held: %s; retrying every %g s", exc, REFUSED_PAUSE_S)
-                    self._refused_logged = now
-                if done:
-                    await self._log.mark_published(done)
-                await asyncio.sleep(REFUSED_PAUSE_S)
-                continue
-            await self._log.mark_published(done)

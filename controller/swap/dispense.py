@@ -19,11 +19,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from controller.charging.alarms import slot_scope
 from controller.charging.control import SlotControl
-from controller.charging.slots import SlotView
 from controller.config.model import StationConfig
 from controller.errors import NoPackError
+from controller.plant.alarms import slot_scope
+from controller.plant.slots import SlotView
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from controller.swap.phase import Phase
+
 
 @dataclass(frozen=True, slots=True)
 class Condition:
@@ -44,26 +46,26 @@ IO_OK = _c("plc_ok", "station PLC not healthy")
 VEHICLE_SAFE = (IN_POSITION, HV_OFF, DOORS, BRAKE)
 PEOPLE_SAFE = (ESTOP, CURTAIN, IO_OK)
 
+_UNDER_LIFTED = (*PEOPLE_SAFE, PRESENT, *VEHICLE_SAFE, LIFT_UP)
+
 # Phase -> what must hold while it runs (and before its motion starts).
-INTERLOCKS: Mapping[str, tuple[Condition, ...]] = {
-    "lifting": (*PEOPLE_SAFE, PRESENT, *VEHICLE_SAFE, GATE_SHUT),
-    "removing": (*PEOPLE_SAFE, PRESENT, *VEHICLE_SAFE, LIFT_UP),
+INTERLOCKS: Mapping[Phase, tuple[Condition, ...]] = {
+    Phase.LIFTING: (*PEOPLE_SAFE, PRESENT, *VEHICLE_SAFE, GATE_SHUT),
     # Door opened, gear shifted or brake pressed anywhere while lifted aborts the swap.
-    "storing": (*PEOPLE_SAFE, PRESENT, *VEHICLE_SAFE, LIFT_UP),
-    "fetching": (*PEOPLE_SAFE, PRESENT, *VEHICLE_SAFE, LIFT_UP),
-    "installing": (*PEOPLE_SAFE, PRESENT, *VEHICLE_SAFE, LIFT_UP),
-    "locking": (*PEOPLE_SAFE, PRESENT, *VEHICLE_SAFE, LIFT_UP),
+    Phase.REMOVING: _UNDER_LIFTED,
+    Phase.STORING: _UNDER_LIFTED,
+    Phase.FETCHING: _UNDER_LIFTED,
+    Phase.INSTALLING: _UNDER_LIFTED,
+    Phase.LOCKING: _UNDER_LIFTED,
     # Never lowered without a verified locked pack, nor onto the robot.
-    "lowering": (*PEOPLE_SAFE, PACK_LOCKED, ROBOT_CLEAR),
-    "releasing": (*PEOPLE_SAFE, PACK_LOCKED, LIFT_DOWN),
+    Phase.LOWERING: (*PEOPLE_SAFE, PACK_LOCKED, ROBOT_CLEAR),
+    Phase.RELEASING: (*PEOPLE_SAFE, PACK_LOCKED, LIFT_DOWN),
+    # While aborting, the robot works under the vehicle, like installing.
+    Phase.ABORTING: _UNDER_LIFTED,
 }
-# While aborting, the robot works under the vehicle, like installing.
-INTERLOCKS = {**INTERLOCKS, "aborting": INTERLOCKS["installing"]}
-# Phases where the robot moves under the lifted vehicle: its position matters.
-UNDER_VEHICLE = frozenset({"removing", "installing", "locking"})
 
 
-def failing(phase: str, facts: Mapping[str, bool | None]) -> list[Condition]:
+def failing(phase: Phase, facts: Mapping[str, bool | None]) -> list[Condition]:
     """The conditions of `phase` that do not hold (None, unknown, counts as not holding)."""
     return [c for c in INTERLOCKS.get(phase, ()) if facts.get(c.name) is not True]
 

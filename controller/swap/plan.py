@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from controller.swap.phase import Phase
 from drivers.robot.protocol import (
     Empty,
     MoveArgs,
@@ -33,7 +35,7 @@ class StepTime(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    phase: str
+    phase: Phase
     started_at: float
     ended_at: float | None = None
 
@@ -58,7 +60,7 @@ class SwapContext(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     swap_id: str = Field(default_factory=lambda: str(uuid.uuid4()))
-    state: str = "idle"  # the swap machine's state (python-statemachine reads and writes it)
+    state: Phase = Phase.IDLE  # the swap machine's (python-statemachine reads and writes it)
     vehicle_id: str = ""
     pack_type: str = ""
     reserved_slot: int = 0
@@ -85,7 +87,7 @@ class SwapContext(BaseModel):
     step_slot: int | None = None  # slot of a MOVE, STORE or FETCH
     outcome: Outcome | None = None
     reason: str | None = None
-    fault_from: str | None = None  # the phase a fault or E-stop interrupted
+    fault_from: Phase | None = None  # the phase a fault or E-stop interrupted
     # The daemon's orderly stop sent the robot a STOP during this swap: after the restart the
     # robot's STOPPED latch is ours, not a fault's, and is reset (no motion) before recovery.
     stopped_on_shutdown: bool = False
@@ -97,7 +99,7 @@ class SwapContext(BaseModel):
     @property
     def active(self) -> bool:
         """A swap is in progress."""
-        return self.state != "idle"
+        return self.state is not Phase.IDLE
 
     @property
     def pack_locked(self) -> bool:
@@ -157,31 +159,50 @@ class RobotAction:
         return RobotAction(MsgType.HOME, Empty(), "park at home")
 
 
-def phase_plan(phase: str, ctx: SwapContext) -> list[RobotAction]:
-    """The robot commands a phase runs, in order."""
-    if phase == "removing":
-        return [
-            RobotAction.move_bay(),
-            RobotAction(MsgType.UNLOCK, Empty(), "unlock the vehicle's pack"),
-            RobotAction(MsgType.REMOVE, Empty(), "remove the vehicle's pack"),
-        ]
-    if phase == "storing":
-        return [
-            RobotAction.move_slot(ctx.free_slot),
-            RobotAction(MsgType.STORE, SlotArgs(ctx.free_slot), f"store in slot {ctx.free_slot}"),
-        ]
-    if phase == "fetching":
-        return [
-            RobotAction.move_slot(ctx.reserved_slot),
-            RobotAction(
-                MsgType.FETCH, SlotArgs(ctx.reserved_slot), f"fetch from slot {ctx.reserved_slot}"
-            ),
-        ]
-    if phase == "installing":
-        return [RobotAction.move_bay(), RobotAction(MsgType.INSTALL, Empty(), "install the pack")]
-    if phase == "locking":
-        return [RobotAction(MsgType.LOCK, Empty(), "lock the pack"), RobotAction.home()]
-    return []
+def phase_plan(phase: Phase, ctx: SwapContext) -> list[RobotAction]:
+    """The robot commands a phase runs, in order (none outside the robot's phases)."""
+    plan = _PLANS.get(phase)
+    return plan(ctx) if plan is not None else []
+
+
+def _removing(_ctx: SwapContext) -> list[RobotAction]:
+    return [
+        RobotAction.move_bay(),
+        RobotAction(MsgType.UNLOCK, Empty(), "unlock the vehicle's pack"),
+        RobotAction(MsgType.REMOVE, Empty(), "remove the vehicle's pack"),
+    ]
+
+
+def _storing(ctx: SwapContext) -> list[RobotAction]:
+    return [
+        RobotAction.move_slot(ctx.free_slot),
+        RobotAction(MsgType.STORE, SlotArgs(ctx.free_slot), f"store in slot {ctx.free_slot}"),
+    ]
+
+
+def _fetching(ctx: SwapContext) -> list[RobotAction]:
+    slot = ctx.reserved_slot
+    return [
+        RobotAction.move_slot(slot),
+        RobotAction(MsgType.FETCH, SlotArgs(slot), f"fetch from slot {slot}"),
+    ]
+
+
+def _installing(_ctx: SwapContext) -> list[RobotAction]:
+    return [RobotAction.move_bay(), RobotAction(MsgType.INSTALL, Empty(), "install the pack")]
+
+
+def _locking(_ctx: SwapContext) -> list[RobotAction]:
+    return [RobotAction(MsgType.LOCK, Empty(), "lock the pack"), RobotAction.home()]
+
+
+_PLANS: dict[Phase, Callable[[SwapContext], list[RobotAction]]] = {
+    Phase.REMOVING: _removing,
+    Phase.STORING: _storing,
+    Phase.FETCHING: _fetching,
+    Phase.INSTALLING: _installing,
+    Phase.LOCKING: _locking,
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import re
 import tomllib
+from enum import StrEnum, auto
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
@@ -26,7 +27,19 @@ Table = Literal["input", "holding"]
 WORDS = {"u16": 1, "i16": 1, "u32": 2, "i32": 2, "f32": 2}
 MAX_READ = 125  # Modbus: at most 125 registers per read
 
-SLOT_STATUSES = ("empty", "idle", "charging", "full", "fault", "disabled")
+
+class SlotStatus(StrEnum):
+    """A charger's status, as its register reports it through the profile's status codes."""
+
+    EMPTY = auto()
+    IDLE = auto()
+    CHARGING = auto()
+    FULL = auto()
+    FAULT = auto()
+    DISABLED = auto()
+
+
+SLOT_STATUSES: tuple[str, ...] = tuple(SlotStatus)
 # What the controller needs of every slot, by name.
 REQUIRED_SLOT_REGISTERS = frozenset(
     {

@@ -1,0 +1,194 @@
+"""What a config must satisfy beyond its schema: profiles that fit, files that exist, sense.
+
+Each check returns every problem it finds as a `ConfigIssue` (key path, rule, value), so that
+a commissioning engineer fixes a config in one pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from controller.config.model import StationConfig
+from controller.errors import ConfigIssue
+from drivers.errors import SpecError
+from drivers.modbus.codec import encode
+from drivers.modbus.ioprofile import load_io_profile
+from drivers.modbus.profile import find_profile, load_profile
+
+_P = TypeVar("_P")
+
+
+def _load_named_profile(
+    config: StationConfig,
+    key: str,
+    name: str,
+    load: Callable[[Path], _P],
+    issues: list[ConfigIssue],
+) -> _P | None:
+    """Profile `name` from `profiles_dir`, loaded; None (and `issues` added) if it cannot be."""
+    path = find_profile(name, [config.profiles_dir])
+    if path is None:
+        issues.append(ConfigIssue(key, f"no such profile in {config.profiles_dir}", got=repr(name)))
+        return None
+    try:
+        return load(path)
+    except SpecError as exc:
+        issues += [
+            ConfigIssue(key, f"{exc.file}: {where + ': ' if where else ''}{message}")
+            for where, message in exc.issues
+        ]
+        return None
+
+
+def profile_issues(config: StationConfig) -> list[ConfigIssue]:
+    """Every rack's register profile must exist, be valid and fit the rack's addressing.
+
+    The station I/O profile too must exist and be valid.
+    """
+    issues: list[ConfigIssue] = []
+    for i, rack in enumerate(config.racks):
+        profile = _load_named_profile(
+            config, f"racks[{i}].profile", rack.profile, load_profile, issues
+        )
+        if profile is None:
+            continue
+        if profile.layout == "block" and rack.unit_id is None:
+            issues.append(
+                ConfigIssue(
+                    f"racks[{i}].unit_ids",
+                    f"profile {profile.name!r} has one unit per rack (layout block): give unit_id",
+                )
+            )
+        if profile.layout == "unit" and rack.unit_ids is None:
+            issues.append(
+                ConfigIssue(
+                    f"racks[{i}].unit_id",
+                    f"profile {profile.name!r} has one unit per slot (layout unit): give unit_ids",
+                )
+            )
+        limit = profile.slot_registers["current_limit"]
+        try:
+            encode(limit, config.charging.max_current_a, profile.word_order)
+        except (ValueError, TypeError) as exc:
+            issues.append(
+                ConfigIssue(
+                    "charging.max_current_a",
+                    f"rack {rack.name!r} (profile {profile.name!r}) cannot take it: {exc}",
+                    got=repr(config.charging.max_current_a),
+                )
+            )
+        if limit.max is not None and config.charging.max_current_a > limit.max:
+            issues.append(
+                ConfigIssue(
+                    "charging.max_current_a",
+                    f"above what rack {rack.name!r} accepts ({limit.max:g} A, profile"
+                    f" {profile.name!r})",
+                    got=repr(config.charging.max_current_a),
+                )
+            )
+        if len(rack.slots) > profile.max_slots():
+            issues.append(
+                ConfigIssue(
+                    f"racks[{i}].slots",
+                    f"profile {profile.name!r} addresses at most {profile.max_slots()} slots",
+                )
+            )
+    if config.station_io is not None:
+        _load_named_profile(
+            config, "station_io.profile", config.station_io.profile, load_io_profile, issues
+        )
+    return issues
+
+
+def semantic_issues(config: StationConfig) -> list[ConfigIssue]:
+    """Rules that span sections: unique names and slots, one owner per serial line."""
+    issues: list[ConfigIssue] = []
+    seen_names: dict[str, int] = {}
+    seen_slots: dict[int, str] = {}
+    lines: dict[Path, tuple[str, Any]] = {}
+    for i, rack in enumerate(config.racks):
+        if rack.name in seen_names:
+            issues.append(
+                ConfigIssue(
+                    f"racks[{i}].name",
+                    f"rack names must be unique, also used by racks[{seen_names[rack.name]}]",
+                    got=repr(rack.name),
+                )
+            )
+        seen_names.setdefault(rack.name, i)
+        for slot in rack.slots:
+            if slot in seen_slots:
+                issues.append(
+                    ConfigIssue(
+                        f"racks[{i}].slots",
+                        f"slot {slot} is already served by rack {seen_slots[slot]!r}",
+                    )
+                )
+            seen_slots.setdefault(slot, rack.name)
+        if rack.serial is not None:
+            key = rack.serial.device
+            # One line is one link: its timing must be the same for everything on it.
+            params = {
+                **rack.serial.model_dump(exclude={"device"}),
+                **rack.model_dump(include={"timeout_min_s", "timeout_max_s", "retries"}),
+            }
+            if key in lines and lines[key][1] != params:
+                issues.append(
+                    ConfigIssue(
+                        f"racks[{i}].serial",
+                        f"racks sharing {key} must use the same baudrate, parity, stopbits,"
+                        f" bytesize, timeouts and retries as {lines[key][0]}",
+                    )
+                )
+            lines.setdefault(key, (f"racks[{i}]", params))
+    if config.station_io is not None and config.station_io.serial is not None:
+        io_dev = config.station_io.serial.device
+        if io_dev in lines:
+            # Sharing an RS-485 line with racks is legitimate when parameters agree.
+            params = {
+                **config.station_io.serial.model_dump(exclude={"device"}),
+                **config.station_io.model_dump(
+                    include={"timeout_min_s", "timeout_max_s", "retries"}
+                ),
+            }
+            if lines[io_dev][1] != params:
+                issues.append(
+                    ConfigIssue(
+                        "station_io.serial",
+                        f"{io_dev} is shared with {lines[io_dev][0]} but its line parameters"
+                        " differ",
+                    )
+                )
+        lines.setdefault(io_dev, ("station_io", {}))
+    if config.robot is not None and config.robot.serial.device in lines:
+        dev = config.robot.serial.device
+        issues.append(
+            ConfigIssue(
+                "robot.serial.device",
+                f"the robot needs a serial port of its own; {dev} is used by {lines[dev][0]}",
+            )
+        )
+    return issues
+
+
+def file_issues(config: StationConfig) -> list[ConfigIssue]:
+    """Files the daemon will need at run time must be readable now."""
+    issues: list[ConfigIssue] = []
+    tls = config.mqtt.tls
+    if tls is not None:
+        for key in ("ca_file", "cert_file", "key_file"):
+            path: Path | None = getattr(tls, key)
+            if path is None:
+                continue
+            try:
+                with path.open("rb"):
+                    pass
+            except OSError as exc:
+                issues.append(
+                    ConfigIssue(
+                        f"mqtt.tls.{key}", f"cannot read: {exc.strerror}", got=repr(str(path))
+                    )
+                )
+    return issues

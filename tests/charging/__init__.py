@@ -1,0 +1,1 @@
+"""The charging room: supervision, slot control, setpoints, power and the forecast."""

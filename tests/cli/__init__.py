@@ -1,0 +1,1 @@
+"""swapctl's sub-commands."""

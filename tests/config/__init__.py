@@ -1,0 +1,1 @@
+"""The config loader, against hostile and broken files."""

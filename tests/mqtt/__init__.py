@@ -1,0 +1,1 @@
+"""The MQTT API: commands, publishers, security, hostile input."""

@@ -1,0 +1,1 @@
+"""The daemon's lifecycle, logging, sd_notify and the systemd unit."""

@@ -1,0 +1,1 @@
+"""The simulator, its CLI and its reports."""

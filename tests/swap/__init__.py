@@ -1,0 +1,1 @@
+"""The swap sequence on a real simulated station."""
