@@ -38,7 +38,7 @@ want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "bootstrap: installing Python packages into .venv" >&2
     log=.venv/pip-install.log
-    if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e '.[dev]'; } >"$log" 2>&1; then
+    if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e '.[dev,sim]'; } >"$log" 2>&1; then
         tail -n 40 "$log" >&2
         echo "bootstrap: pip install failed (full log: $log)" >&2
         exit 1

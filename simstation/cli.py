@@ -43,10 +43,11 @@ from controller.errors import ConfigError
 from controller.swap.phase import BEFORE_MOTION, MOTION, Phase, ordered
 from simstation.broker import Mosquitto
 from simstation.children import die_with_parent
+from simstation.paths import config_dir
 from simstation.station import SimStation
 from simstation.traffic import Traffic, TrafficOptions, TrafficStats
 
-REPO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.toml"
+REPO_CONFIG = config_dir() / "demo.toml"
 DAEMON_STOP_TIMEOUT_S = 10.0
 VIEW_PERIOD_S = 1.0  # the view is redrawn at least this often (elapsed times move on) ...
 RENDER_MIN_S = 0.2  # ... and on a change of the station, at most this often

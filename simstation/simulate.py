@@ -30,6 +30,7 @@ from simstation.broker import Mosquitto
 from simstation.charger import SimPack
 from simstation.children import die_with_parent
 from simstation.cli import stop_daemon
+from simstation.paths import scenario as shipped_or_path
 from simstation.report import (
     AlarmEntry,
     FaultEntry,
@@ -80,7 +81,11 @@ def simulate_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "simulate",
         help="run a simulated day (scenario file) against the real daemon and write a report",
     )
-    p.add_argument("scenario", type=Path, help="scenario file (config/scenarios/*.toml)")
+    p.add_argument(
+        "scenario",
+        type=Path,
+        help="scenario file (config/scenarios/*.toml), or the name of one that ships (pss13)",
+    )
     p.add_argument(
         "--out", type=Path, default=None, help="report folder (default ./simulate-NAME-TIME/)"
     )
@@ -98,7 +103,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     """Load the scenario (exit 2 if it is bad), run it, write the report, print a summary."""
     try:
         loaded = apply_overrides(
-            load_scenario(args.scenario),
+            load_scenario(shipped_or_path(args.scenario)),
             speed=args.speed,
             start_h=args.start_h,
             duration_h=args.duration_h,

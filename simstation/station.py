@@ -22,13 +22,13 @@ from drivers.modbus.ioprofile import load_io_profile
 from drivers.modbus.profile import find_profile, load_profile
 from simstation.charger import SimPack
 from simstation.clock import SimClock
+from simstation.paths import config_dir
 from simstation.plc import SimPlc, SimVehicle
 from simstation.ptypair import PtyPair
 from simstation.rack import SimRack
 from simstation.robot import SimBay, SimRobot, Timing
 
-REPO = Path(__file__).resolve().parent.parent
-PROFILES = REPO / "config" / "profiles"
+PROFILES = config_dir() / "profiles"
 CONTACTOR_S = 30.0  # the simulated chargers' minimum on and off times (simulated seconds)
 
 

@@ -37,6 +37,7 @@ from paho.mqtt.properties import Properties
 
 from controller.swap.phase import STOPPED as SWAP_STOPPED
 from controller.swap.phase import Phase
+from drivers.backoff import Backoff
 from simstation.plc import SimPlc, SimVehicle
 from simstation.station import SimStation
 
@@ -136,7 +137,7 @@ class Traffic:
 
     async def run(self) -> None:
         """Connect (again and again), and send vehicles for ever."""
-        delay = RECONNECT_MIN_S
+        backoff = Backoff(RECONNECT_MIN_S, RECONNECT_MAX_S, rng=self._rng)
         failures = 0
         while True:
             connected = False
@@ -145,7 +146,8 @@ class Traffic:
                     connected = True
                     if failures:
                         self.say(f"fleet: connected to the broker {self.host}:{self.port}")
-                    failures, delay = 0, RECONNECT_MIN_S
+                    failures = 0
+                    backoff.reset()
                     await self._session(client)
             except aiomqtt.MqttError as exc:
                 failures += 1
@@ -156,8 +158,7 @@ class Traffic:
                         f"fleet: broker {self.host}:{self.port} not reachable ({exc});"
                         f" retrying (attempt {failures})"
                     )
-            await asyncio.sleep(delay * self._rng.uniform(0.5, 1.0))
-            delay = min(delay * 2, RECONNECT_MAX_S)
+            await asyncio.sleep(backoff.next())
 
     def _client(self) -> aiomqtt.Client:
         return aiomqtt.Client(

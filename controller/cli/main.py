@@ -35,7 +35,9 @@ Handler = Callable[[argparse.Namespace], int]
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `swapctl`; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "any_arguments", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     func: Handler | None = getattr(args, "func", None)
     if func is None:
         parser.print_help()
@@ -115,10 +117,28 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             register = ep.load()
         except ImportError as exc:  # an optional plugin whose dependencies are absent
-            _log.debug("swapctl plugin %s unavailable: %s", ep.name, exc)
+            _unavailable(sub, ep.name, exc)
             continue
         register(sub)
     return parser
+
+
+def _unavailable(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, exc: ImportError
+) -> None:
+    """A plugin command that cannot load still answers, saying what to install."""
+    missing = exc.name or str(exc)
+
+    def refuse(_args: argparse.Namespace) -> int:
+        print(
+            f"swapctl {name}: needs the simulator's extra (missing: {missing});"
+            " install it with: pip install 'swapstation[sim]'",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+
+    p = sub.add_parser(name, help="(not installed: pip install 'swapstation[sim]')")
+    p.set_defaults(func=refuse, any_arguments=True)  # its own options are unknown here
 
 
 def _add_remote_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -24,6 +24,7 @@ import aiomqtt
 
 from controller.cli.cmd import EXIT_NO_REPLY, Remote, broker_name, remote_client
 from controller.config.model import StationConfig
+from drivers.backoff import Backoff
 
 TOPICS = ("status", "info", "state", "slots/+", "robot")
 GRACE_S = 0.5  # after the state: the other retained messages come right behind it
@@ -380,7 +381,7 @@ async def _draw(view: StationView, screen: Screen, dirty: asyncio.Event) -> None
 
 async def _follow(remote: Remote, view: StationView, dirty: asyncio.Event) -> None:
     """Keep the view up to date, reconnecting with a capped backoff."""
-    backoff = RECONNECT_MIN_S
+    backoff = Backoff(RECONNECT_MIN_S, RECONNECT_MAX_S, jitter=0.0)
     while True:
         connected_at = None
         try:
@@ -396,6 +397,5 @@ async def _follow(remote: Remote, view: StationView, dirty: asyncio.Event) -> No
             view.broker_problem = f"{broker_name(remote)}: {exc}; reconnecting"
             dirty.set()
         if connected_at is not None and time.monotonic() - connected_at > RECONNECT_MAX_S:
-            backoff = RECONNECT_MIN_S
-        await asyncio.sleep(backoff)
-        backoff = min(backoff * 2, RECONNECT_MAX_S)
+            backoff.reset()
+        await asyncio.sleep(backoff.next())

@@ -17,15 +17,14 @@ import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 import aiomqtt
-import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
 from controller.config.model import MqttConfig
 from controller.errors import BrokerRefusedError, NotConnectedError
+from controller.mqtt.pubacks import CheckedClient, PublishRefusedError
+from drivers.backoff import Backoff
 
 _log = logging.getLogger(__name__)
 
@@ -75,14 +74,14 @@ class MqttLink:
         self._on_connect: list[ConnectHook] = []
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._tls = tls_context(cfg)
-        self._client: _CheckedClient | None = None
+        self._client: CheckedClient | None = None
         self._stop = asyncio.Event()
         self.connected = asyncio.Event()
         self.state = LinkState.IDLE
         self.connects = 0
         self.failures = 0
         self._last_warning = 0.0
-        self._backoff = cfg.reconnect_min_s
+        self._backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s, rng=self._rng)
         self._connected_at: float | None = None
 
     def route(self, topic_filter: str, handler: MessageHandler) -> None:
@@ -131,7 +130,7 @@ class MqttLink:
 
     async def run(self) -> None:
         """Connect, stay connected, reconnect; return after `stop()` once `offline` is out."""
-        self._backoff = self._cfg.reconnect_min_s
+        self._backoff.reset()
         try:
             while not self._stop.is_set():
                 self.state = LinkState.CONNECTING
@@ -145,8 +144,8 @@ class MqttLink:
                         # A connection that held: start over at the shortest backoff. One that
                         # drops right after connecting keeps backing off (a flapping broker
                         # must not be hammered).
-                        self._backoff = self._cfg.reconnect_min_s
-                    delay = self._backoff * self._rng.uniform(0.5, 1.0)
+                        self._backoff.reset()
+                    delay = self._backoff.next()
                     self.failures += 1
                     now = time.monotonic()
                     # A broker outage can last days: warn on the first failure and then once
@@ -163,7 +162,6 @@ class MqttLink:
                         self.failures,
                         delay,
                     )
-                    self._backoff = min(self._backoff * 2, self._cfg.reconnect_max_s)
                     self.state = LinkState.BACKOFF
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(delay):
@@ -245,9 +243,9 @@ class MqttLink:
         except (aiomqtt.MqttError, asyncio.CancelledError, RuntimeError) as exc:
             _log.debug("could not publish offline: %s", exc)
 
-    def _make_client(self) -> _CheckedClient:
+    def _make_client(self) -> CheckedClient:
         cfg = self._cfg
-        return _CheckedClient(
+        return CheckedClient(
             cfg.host,
             cfg.port,
             identifier=self._client_id,
@@ -271,60 +269,3 @@ def tls_context(cfg: MqttConfig) -> ssl.SSLContext | None:
     if cfg.tls.cert_file is not None and cfg.tls.key_file is not None:
         ctx.load_cert_chain(str(cfg.tls.cert_file), str(cfg.tls.key_file))
     return ctx
-
-
-class PublishRefusedError(aiomqtt.MqttError):
-    """The broker answered a publish with a failure reason code (MQTT v5 PUBACK)."""
-
-
-class _CheckedClient(aiomqtt.Client):
-    """aiomqtt's client, minding the reason code of a v5 PUBACK.
-
-    aiomqtt 2.x counts any PUBACK as success, so a publish the broker refused (an ACL, a
-    quota) would pass as delivered. `publish_checked` is aiomqtt's `publish` plus that check;
-    it uses aiomqtt internals, which is why aiomqtt is pinned below 3.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._refused: dict[int, ReasonCode] = {}
-
-    def _on_publish(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        mid: int,
-        reason_code: ReasonCode,
-        properties: Properties,
-    ) -> None:
-        if reason_code.is_failure:
-            self._refused[mid] = reason_code
-        super()._on_publish(client, userdata, mid, reason_code, properties)
-
-    async def publish_checked(
-        self,
-        topic: str,
-        payload: bytes | str,
-        *,
-        qos: int,
-        retain: bool,
-        properties: Properties | None,
-        timeout: float | None,  # noqa: ASYNC109 - aiomqtt's own per-call timeout
-    ) -> None:
-        """Publish; raise `PublishRefusedError` when the broker refuses the message."""
-        info = self._client.publish(topic, payload, qos, retain, properties)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
-        if not info.is_published():
-            confirmation = asyncio.Event()
-            with self._pending_call(info.mid, confirmation, self._pending_publishes):
-                # asyncio.timeout, not aiomqtt's wait_for: on Python 3.11 wait_for can swallow
-                # a cancellation that coincides with the confirmation.
-                try:
-                    async with asyncio.timeout(self.timeout if timeout is None else timeout):
-                        await confirmation.wait()
-                except TimeoutError:
-                    raise aiomqtt.MqttError("Operation timed out") from None
-        refused = self._refused.pop(info.mid, None)
-        if refused is not None:
-            raise PublishRefusedError(f"broker refused the message on {topic}: {refused}")

@@ -25,6 +25,7 @@ from typing import Any
 
 import serial_asyncio_fast
 
+from drivers.backoff import Backoff
 from drivers.errors import (
     DecodeError,
     RobotError,
@@ -223,7 +224,9 @@ class RobotLink:
         self._pending: dict[int, _Txn] = {}
         self._seq = self._rng.randrange(1, 256)
         self._lost = asyncio.Event()
-        self._backoff = params.reconnect_min_s
+        self._backoff = Backoff(
+            params.reconnect_min_s, params.reconnect_max_s, jitter=0.25, rng=self._rng
+        )
         self.maybe_moving = False
         frame_s = MAX_FRAME * 10 / params.baudrate
         self.idle_resync_s = max(IDLE_RESYNC_MIN_S, IDLE_RESYNC_FRAMES * frame_s)
@@ -251,7 +254,7 @@ class RobotLink:
 
     async def run(self) -> None:
         """Keep the link up until closed: connect, synchronise, watch liveness, reconnect."""
-        self._backoff = self.params.reconnect_min_s
+        self._backoff.reset()
         try:
             while not self.closed:
                 try:
@@ -260,11 +263,10 @@ class RobotLink:
                     # Down now, not after the pause: a command in flight learns at once that
                     # its outcome is unknown, and nobody sends into a dead line meanwhile.
                     self._drop(str(exc))
-                    delay = self._backoff * self._rng.uniform(0.75, 1.0)
+                    delay = self._backoff.next()
                     _log.warning(
                         "robot %s: %s; reconnecting in %.1f s", self.params.device, exc, delay
                     )
-                    self._backoff = min(self._backoff * 2, self.params.reconnect_max_s)
                     await asyncio.sleep(delay)
         finally:
             self._drop("link down")
@@ -298,7 +300,7 @@ class RobotLink:
             raise RobotLinkError("closed")
         self.state = LinkState.READY
         self.ready.set()
-        self._backoff = self.params.reconnect_min_s  # a link that came up starts over
+        self._backoff.reset()  # a link that came up starts over
         _log.info(
             "robot %s: ready (boot %04x, %s at %s)",
             p.device,

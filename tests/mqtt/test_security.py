@@ -26,7 +26,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from controller.mqtt.link import PublishRefusedError, _CheckedClient
+from controller.mqtt.pubacks import CheckedClient, PublishRefusedError
 from controller.store.journal import FILENAME
 from simstation.broker import BrokerTls, Mosquitto
 from simstation.station import SimRackSpec
@@ -145,9 +145,9 @@ def client(
     *,
     password: str | None = None,
     protocol: aiomqtt.ProtocolVersion = V5,
-) -> _CheckedClient:
-    """A test client; `_CheckedClient` raises when a v5 PUBACK refuses a publish."""
-    return _CheckedClient(
+) -> CheckedClient:
+    """A test client; `CheckedClient` raises when a v5 PUBACK refuses a publish."""
+    return CheckedClient(
         broker.host,
         broker.port,
         identifier=f"test-{user}-{uuid.uuid4().hex[:8]}",
@@ -159,9 +159,7 @@ def client(
     )
 
 
-async def publish(
-    c: _CheckedClient, topic: str, body: str, props: Properties | None = None
-) -> None:
+async def publish(c: CheckedClient, topic: str, body: str, props: Properties | None = None) -> None:
     await c.publish_checked(topic, body, qos=1, retain=False, properties=props, timeout=5)
 
 
@@ -190,7 +188,7 @@ def reply_topic(user: str) -> str:
 
 
 async def send_command(
-    c: _CheckedClient,
+    c: CheckedClient,
     name: str,
     reply_to: str,
     *,
