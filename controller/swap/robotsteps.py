@@ -164,7 +164,15 @@ class RobotSteps:
         self._task = None
         self.swap.event_at = done.at
         ctx = self.swap.ctx
-        if isinstance(done.result, (DriverError, SafetyRefusedError)):
+        if isinstance(done.result, SafetyRefusedError):
+            # Refused at the last moment (the facts moved while the write-ahead was committed,
+            # or the process was frozen meanwhile): nothing went out, so the step is neither
+            # done nor failed. It is judged again, as before it was sent; the phase's timeout
+            # still bounds the wait.
+            ctx.step_sent = False
+            _log.warning("robot %s not sent: %s", done.action.label, done.result)
+            return None
+        if isinstance(done.result, DriverError):
             return Stop.fault(f"robot could not {done.action.label}: {done.result}")
         batch = JournalBatch()
         try:

@@ -126,7 +126,9 @@ def test_a_charger_is_switched_on_only_when_every_rule_holds(
         assert bms is not None and bms > 0
         assert verified is not None and verified_ago <= 5.0
         assert verified <= min(bms, 150.0, math.inf if alloc is None else alloc) + 0.05
-        assert off_for >= 30.0
+        # A charger that reports itself on since the off (a reading after it) is not switched
+        # on again: the enable does not cycle its contactor.
+        assert off_for >= 30.0 or (reading.charge_enable and reading.at > NOW - off_for)
     assert safety.permit(ChargerEnable(1, on=False)).allowed  # stopping: always
 
 
@@ -143,6 +145,30 @@ def test_a_command_that_keeps_the_invariant_clears_its_refusal() -> None:
     assert "current_within_limits" in safety.causes(NOW)["slot:1"]
     assert safety.permit(ChargerLimit(1, 80.0)).allowed
     assert safety.causes(NOW) == {}
+
+
+def test_the_min_off_time_counts_from_the_charger_s_own_report() -> None:
+    """Off 29.9 s ago by our write: on again is refused, unless the charger reports itself on
+    since (then the enable cycles nothing); the off-time counts from the latest report of off."""
+    reading = SlotReading(
+        slot=1, at=NOW, wall=0.0, status="idle", pack_present=True, pack_serial="P",
+        pack_type="T", soc=50.0, soh=95.0, voltage=380.0, current=0.0, power_w=0.0,
+        temp_max=25.0, temp_min=23.0, fault_code=0, energy_wh=0.0, charge_enable=False,
+        current_limit=None, bms_voltage_max=403.2, bms_current_max=80.0, heartbeat=1,
+        heartbeat_since=NOW,
+    )  # fmt: skip
+    for reports_on, allowed in ((False, False), (True, True)):
+        safety, clock = supervisor(dataclasses.replace(reading, charge_enable=reports_on))
+        clock.t = NOW - 29.9
+        safety.applied(ChargerEnable(1, on=False), read_back=False)
+        clock.t = NOW - 1.0
+        safety.applied(ChargerLimit(1, 80.0), read_back=80.0)
+        clock.t = NOW
+        verdict = safety.permit(ChargerEnable(1, on=True))
+        assert verdict.allowed is allowed, verdict.why
+        if not allowed:
+            assert "min_off_time" in verdict.why
+            assert safety.on_allowed_in(1, NOW) == pytest.approx(0.1)
 
 
 def test_unknown_or_zero_bms_and_stale_data_while_answering_switch_off() -> None:
