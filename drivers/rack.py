@@ -1,7 +1,8 @@
 """A charger rack: its slots' readings, decoded from the planned reads, and its setpoints.
 
-`RackDriver` does the batched I/O of one rack; `RackPoller` runs it every poll period, counts
-failures, declares the rack offline after N in a row and re-probes it with backoff.
+`RackDriver` does the batched I/O of one rack (what it reads, and when: `drivers.rackplan`);
+`RackPoller` runs it every poll period, counts failures, declares the rack offline after N in
+a row and re-probes it with backoff.
 Readings are immutable and stamped; a value outside its plausible range is a sensor fault, not
 a reading (the field is None and named in `sensor_faults`).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -22,14 +24,16 @@ from drivers.errors import (
     DeviceRejectedError,
     DriverError,
 )
-from drivers.modbus.codec import Decoder, Value, compile_decoder, decode, encode
+from drivers.modbus.codec import Value, decode, encode
 from drivers.modbus.link import ModbusLink
-from drivers.modbus.plan import Item, Read, bridge_limit_rtu, bridge_limit_tcp, plan_reads
+from drivers.modbus.plan import Item, Read, ReadGroup, bridge_limit_rtu, bridge_limit_tcp
 from drivers.modbus.profile import RackProfile
+from drivers.rackplan import Extract, RackPlan, StaticValues, compile_reads
 
 _log = logging.getLogger(__name__)
 
 UNIT_REST_MIN_S = 1.0
+GRID_SKIP = 0.1  # a regular poll this close (x period) after an early one is skipped
 UNIT_REST_MAX_S = 30.0
 NUMERIC_FIELDS = (
     "soc",
@@ -130,6 +134,7 @@ class RackDriver:
         unit_id: int | None = None,
         unit_ids: Sequence[int] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        static_period_s: float | None = None,
     ) -> None:
         if profile.layout == "block" and unit_id is None:
             raise ValueError(f"rack {name}: profile {profile.name} needs unit_id")
@@ -151,41 +156,37 @@ class RackDriver:
             if link.params.serial is not None
             else bridge_limit_tcp(profile.max_read)
         )
-        items = [
-            Item(self._units[i], reg.table, profile.slot_address(reg, i), reg, (slot, reg.name))
-            for i, slot in enumerate(self.slots)
-            for reg in profile.slot
-        ]
-        self.items = items
+        self.plan = RackPlan.build(profile, self.slots, self._units, limit)
+        # What one poll reads, every time (the bench compares it with `fast.minimum()`).
+        self.items: list[Item] = list(self.plan.fast.items)
         self.reads: list[Read] = []
-        self._extract: list[list[tuple[int, str, int, Decoder]]] = []
-        self.set_plan(
-            plan_reads(
-                items,
-                max_read=profile.max_read,
-                readable_gaps=profile.readable_gaps,
-                bridge_limit=limit,
-            )
+        self._extract: list[Extract] = []
+        self.set_plan(list(self.plan.fast.reads))
+        self.static = StaticValues(
+            self.plan, profile.static_period_s if static_period_s is None else static_period_s
         )
+        self._static_reads: dict[frozenset[int], list[tuple[Read, Extract]]] = {}
         self._heartbeats: dict[int, tuple[int | None, float]] = {}
         self._unit_rest: dict[int, tuple[float, float, str]] = {}  # unit -> (until, pause, why)
 
+    @property
+    def fast(self) -> ReadGroup:
+        """The group read every poll, as planned (`planned` requests, `minimum()` at best)."""
+        return self.plan.fast
+
+    @property
+    def poll_blocks(self) -> list[Read]:
+        """Every block polls read: the fast group's and the static group's of every slot."""
+        return [*self.reads, *self.plan.static.reads]
+
     def set_plan(self, reads: list[Read]) -> None:
-        """Use these reads for polling (the planner's, or another plan to compare with)."""
+        """Use these reads for the fast group (the planner's, or another plan to compare with)."""
         self.reads = reads
-        order = self.profile.word_order
-        # Per read: (slot, name, offset in the read, decoder), compiled once.
-        self._extract = [
-            [
-                (i.key[0], i.key[1], i.address - read.address, compile_decoder(i.spec, order))
-                for i in read.items
-            ]
-            for read in reads
-        ]
+        self._extract = [extract for _, extract in compile_reads(reads, self.profile.word_order)]
 
     @property
     def registers_per_cycle(self) -> int:
-        """Registers transferred by one poll (gaps bridged included)."""
+        """Registers transferred by a poll that reads the fast group only (gaps included)."""
         return sum(r.count for r in self.reads)
 
     async def read_all(self) -> dict[int, SlotReading]:
@@ -196,8 +197,11 @@ class RackDriver:
         return result.readings
 
     async def poll(self) -> PollResult:
-        """One poll: every planned read, decoded into a reading per slot.
+        """One poll: the fast group's reads, decoded into a reading per slot.
 
+        The static values that do not ride in them (`drivers.rackplan`) are read in the same
+        poll for the slots that need them (a new pack, or `static_period_s` elapsed), before
+        the readings are built; otherwise a reading carries them from the previous poll's.
         On a rack of several units (RS-485, a charger per unit) one silent charger must not
         blind the station to the others, nor slow the line down for them: a unit that fails is
         skipped for the rest of the poll, its slots are reported in `failed`, and it is
@@ -207,20 +211,56 @@ class RackDriver:
         """
         now = self.clock()
         wall = time.time() - now  # wall clock = the stamp + this
-        values: dict[int, dict[str, Value | None]] = {slot: {} for slot in self.slots}
-        stamps: dict[int, float] = {}
-        failed_units: dict[int, str] = {}
         many = len(set(self._units)) > 1
-        resting = {u for u, (until, _, _) in self._unit_rest.items() if many and until > now}
-        plan = list(zip(self.reads, self._extract, strict=True))
+        state = _PollState(
+            {slot: {} for slot in self.slots},
+            many=many,
+            resting={u for u, (until, _, _) in self._unit_rest.items() if many and until > now},
+        )
+        due = self.static.start_poll(now)
+        await self._read_into(state, list(zip(self.reads, self._extract, strict=True)))
+        # A pack's static values are read in the same poll that first sees it, before any
+        # reading is built: no reading carries a new pack with the old pack's serial.
+        wanted = frozenset(
+            slot
+            for slot, unit in zip(self.slots, self._units, strict=True)
+            if slot in state.stamps
+            and unit not in state.failed_units
+            and self.static.to_read(slot, state.values[slot], due=due)
+        )
+        if wanted:
+            await self._read_into(state, self._static_plan(wanted))
+        for unit in set(self._units) - state.failed_units.keys() - state.resting:
+            self._unit_rest.pop(unit, None)
+        failed = {}
+        for slot, unit in zip(self.slots, self._units, strict=True):
+            if unit in state.failed_units:
+                failed[slot] = state.failed_units[unit]
+            elif unit in state.resting:
+                until, _, why = self._unit_rest[unit]
+                failed[slot] = f"unit {unit}: {why} (next try in {until - now:.0f} s)"
+        if len(failed) == len(self.slots):
+            raise state.first_error or DeviceRejectedError(next(iter(failed.values())))
+        readings: dict[int, SlotReading] = {}
+        for slot, vals in state.values.items():
+            stamp = state.stamps.get(slot)
+            if slot in failed or stamp is None:
+                continue
+            if slot not in wanted:
+                self.static.fill(slot, vals)
+            reading = readings[slot] = self._reading(slot, vals, stamp, stamp + wall)
+            self.static.remember(slot, vals, present=reading.pack_present)
+        return PollResult(readings, failed)
+
+    async def _read_into(self, state: _PollState, plan: list[tuple[Read, Extract]]) -> None:
+        """Make the reads of `plan`, decoding into `state`; a unit that fails is skipped after."""
         # Healthy units first; units due for a re-probe last; resting units not at all.
-        plan.sort(key=lambda pair: pair[0].unit in self._unit_rest)
-        first_error: DriverError | None = None
+        plan = sorted(plan, key=lambda pair: pair[0].unit in self._unit_rest)
         for read, extract in plan:
-            if read.unit in failed_units or read.unit in resting:
+            if read.unit in state.failed_units or read.unit in state.resting:
                 continue
             sent = self.clock()
-            probe = read.unit in self._unit_rest and many
+            probe = read.unit in self._unit_rest and state.many
             try:
                 words = await self.link.read_registers(
                     read.table,
@@ -232,30 +272,23 @@ class RackDriver:
             except DeviceConnectionError:
                 raise  # the line itself is down: nothing else can be read
             except DriverError as exc:
-                failed_units[read.unit] = str(exc)
-                first_error = first_error or exc
+                state.failed_units[read.unit] = str(exc)
+                state.first_error = state.first_error or exc
                 self._rest(read.unit, str(exc))
                 continue
             for slot, name, start, decoder in extract:
-                values[slot][name] = decoder(words, start)
-                stamps.setdefault(slot, sent)
-        for unit in {r.unit for r, _ in plan} - failed_units.keys() - resting:
-            self._unit_rest.pop(unit, None)
-        failed = {}
-        for slot, unit in zip(self.slots, self._units, strict=True):
-            if unit in failed_units:
-                failed[slot] = failed_units[unit]
-            elif unit in resting:
-                until, _, why = self._unit_rest[unit]
-                failed[slot] = f"unit {unit}: {why} (next try in {until - now:.0f} s)"
-        if len(failed) == len(self.slots):
-            raise first_error or DeviceRejectedError(next(iter(failed.values())))
-        readings = {
-            slot: self._reading(slot, vals, stamps[slot], stamps[slot] + wall)
-            for slot, vals in values.items()
-            if slot not in failed and slot in stamps
-        }
-        return PollResult(readings, failed)
+                state.values[slot][name] = decoder(words, start)
+                state.stamps.setdefault(slot, sent)
+
+    def _static_plan(self, slots: frozenset[int]) -> list[tuple[Read, Extract]]:
+        """The static group's reads for `slots`, compiled once per set of slots."""
+        plan = self._static_reads.get(slots)
+        if plan is None:
+            if len(self._static_reads) >= 64:  # a bound: in practice single slots and all
+                self._static_reads.clear()
+            reads = self.plan.static_reads(slots)
+            plan = self._static_reads[slots] = compile_reads(reads, self.profile.word_order)
+        return plan
 
     def _rest(self, unit: int, why: str) -> None:
         """A unit failed: leave it out of polls for a while, longer each time."""
@@ -264,12 +297,16 @@ class RackDriver:
         self._unit_rest[unit] = (self.clock() + pause, pause, why)
 
     async def read_identity(self) -> RackIdentity:
-        """Read the rack-level registers (identity, rack heartbeat) from the first unit."""
+        """Read the identity registers (and rack heartbeat) from the first unit, on demand."""
         values: dict[str, Value] = {}
-        unit = self._units[0]
-        for reg in self.profile.rack:
-            words = await self.link.read_registers(reg.table, unit, reg.offset, reg.words)
-            values[reg.name] = decode(reg, words, self.profile.word_order)
+        order = self.profile.word_order
+        for read in self.plan.identity.reads:
+            words = await self.link.read_registers(read.table, read.unit, read.address, read.count)
+            for item in read.items:
+                start = item.address - read.address
+                values[item.key[1]] = decode(
+                    item.spec, words[start : start + item.spec.words], order
+                )
         return RackIdentity(values)
 
     async def read_heartbeat(self) -> int | None:
@@ -398,6 +435,18 @@ class RackDriver:
 
 
 @dataclass
+class _PollState:
+    """What one poll has gathered so far."""
+
+    values: dict[int, dict[str, Value | None]]
+    many: bool  # several units: one that fails is left out, the others are still read
+    resting: set[int]  # units left out of this poll
+    stamps: dict[int, float] = field(default_factory=dict)  # slot -> its first read's send time
+    failed_units: dict[int, str] = field(default_factory=dict)
+    first_error: DriverError | None = None
+
+
+@dataclass
 class PollerStats:
     """Counters of one poller."""
 
@@ -419,9 +468,13 @@ class RackPoller:
         backoff_max_s: float = 30.0,
         keep_cycle_times: bool = False,
         rng: random.Random | None = None,
+        phase_s: float = 0.0,
     ) -> None:
         self.driver = driver
         self.period = poll_period_s
+        # The first poll goes at once; the schedule after it is shifted by `phase_s`, so that
+        # racks with one period do not all answer in the same instant (their work spreads).
+        self.phase_s = phase_s
         self.offline_after = offline_after
         self.backoff_max_s = max(backoff_max_s, poll_period_s)
         self._on_snapshot = on_snapshot
@@ -442,15 +495,18 @@ class RackPoller:
     async def run(self) -> None:
         """Poll forever."""
         backoff = self.period
+        grid = time.monotonic() + self.phase_s  # the schedule: grid + k x period
         while True:
             started = time.monotonic()
             self._wake.clear()  # a poll_soon() from now on asks for the poll after this one
             await self.poll_once()
             if self.online or self.failures < self.offline_after:
                 backoff = self.period
-                # One period after this poll began (an early poll, after a command, moves the
-                # schedule rather than stretching it).
-                next_at = started + self.period
+                # The schedule's next point: a fixed grid, so that racks keep their phases
+                # (an early poll, after a command, does not move it; it skips a regular poll
+                # that would follow within a tenth of a period).
+                k = math.floor((started + GRID_SKIP * self.period - grid) / self.period) + 1
+                next_at = grid + k * self.period
             else:
                 # Offline: re-probe with capped exponential backoff and jitter.
                 next_at = time.monotonic() + backoff * self._rng.uniform(0.75, 1.0)

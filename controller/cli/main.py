@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from controller import __version__
-from controller.config.loader import load_config
+from controller.config.loader import config_warnings, load_config
 from controller.config.model import ModbusEndpoint, SerialLine, StationConfig
 from controller.errors import ConfigError, UsageError
 
@@ -219,6 +219,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     secrets = [config.mqtt.password.get_secret_value()] if config.mqtt.password else []
     setup_logging(config.logging.format, config.logging.level, secrets)
+    for line in config_warnings(args.config, config):
+        _log.warning("%s", line)
     return eventloop.run(Daemon(config).run())
 
 
@@ -226,6 +228,8 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     config = load_or_report(args.path)
     if config is None:
         return EXIT_USAGE
+    for line in config_warnings(args.path, config):
+        print(line, file=sys.stderr)
     print(f"{args.path}: valid")
     print(summarise(config))
     return 0

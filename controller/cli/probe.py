@@ -127,7 +127,7 @@ async def _probe_rack(
                 heartbeat,
                 timeout_s,
             )
-            mine = [r for r in driver.reads if r.unit == unit]
+            mine = [r for r in driver.poll_blocks if r.unit == unit]
             out.append(await _with_blocks(result, driver, mine, timeout_s))
         return out
 
@@ -135,7 +135,7 @@ async def _probe_rack(
         return str(await driver.read_heartbeat())
 
     result = await _ask(f"rack {driver.name}", address, lambda: _identity(driver), ping, timeout_s)
-    result = await _with_blocks(result, driver, driver.reads, timeout_s)
+    result = await _with_blocks(result, driver, driver.poll_blocks, timeout_s)
     counted = _reported_slots(result.detail)
     if result.reachable and counted is not None and counted < len(driver.slots):
         problem = f"the rack reports {counted} slots, {len(driver.slots)} are configured"

@@ -102,6 +102,35 @@ def profile_issues(config: StationConfig) -> list[ConfigIssue]:
     return issues
 
 
+def profile_warnings(config: StationConfig) -> list[ConfigIssue]:
+    """Register names of the racks' profiles that nothing reads: allowed, but not read.
+
+    A slot register is read when a reading carries it, a rack register when `swapctl probe`
+    shows it; any other name (a typo, or a value the controller has no use for) is never read.
+    One warning per profile file and name; a profile that does not load is left to
+    `profile_issues`.
+    """
+    warnings: list[ConfigIssue] = []
+    seen: set[Path] = set()
+    for i, rack in enumerate(config.racks):
+        path = find_profile(rack.profile, [config.profiles_dir])
+        if path is None or path in seen:
+            continue
+        seen.add(path)
+        try:
+            profile = load_profile(path)
+        except SpecError:
+            continue
+        warnings += [
+            ConfigIssue(
+                f"racks[{i}].profile",
+                f"warning: {path}: {section} register {name!r} is not read (nothing uses it)",
+            )
+            for section, name in profile.unread_registers()
+        ]
+    return warnings
+
+
 def semantic_issues(config: StationConfig) -> list[ConfigIssue]:
     """Rules that span sections: unique names and slots, one owner per serial line."""
     issues: list[ConfigIssue] = []

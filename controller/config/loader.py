@@ -17,7 +17,12 @@ from typing import Any
 from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
-from controller.config.checks import file_issues, profile_issues, semantic_issues
+from controller.config.checks import (
+    file_issues,
+    profile_issues,
+    profile_warnings,
+    semantic_issues,
+)
 from controller.config.model import StationConfig
 from controller.config.toml import read_toml
 from controller.errors import ConfigError, ConfigIssue
@@ -86,6 +91,14 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> S
     if issues:
         raise ConfigError(path, issues)
     return config
+
+
+def config_warnings(path: Path | str, config: StationConfig) -> list[str]:
+    """One `FILE: key: warning: ...` line per thing a valid config says but likely not means.
+
+    `swapctl check-config` prints them and the daemon logs them at start; neither refuses.
+    """
+    return [issue.line(str(path)) for issue in profile_warnings(config)]
 
 
 def _with_password(config: StationConfig) -> tuple[StationConfig, list[ConfigIssue]]:

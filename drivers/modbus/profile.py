@@ -63,6 +63,15 @@ REQUIRED_SLOT_REGISTERS = frozenset(
     }
 )
 WRITABLE_SLOT_REGISTERS = frozenset({"charge_enable", "current_limit"})
+# Every slot register a reading carries (`drivers.rack.SlotReading`); `power_w` is optional.
+# The poller reads these and nothing else of a slot.
+READ_SLOT_REGISTERS = REQUIRED_SLOT_REGISTERS | {"power_w"}
+# Of those, what stays put while a pack stays in its slot: read when a pack comes and slowly
+# after (unless they ride in a read that is made anyway, where they cost nothing).
+STATIC_SLOT_REGISTERS = frozenset({"pack_serial", "pack_type", "soh"})
+# Rack registers that `swapctl probe` reads on demand (identity, liveness); never polled.
+IDENTITY_REGISTERS = frozenset({"vendor", "model", "firmware", "slot_count", "rack_heartbeat"})
+DEFAULT_STATIC_PERIOD_S = 10.0
 IDENT_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 Address = Annotated[int, Field(ge=0, le=65535)]
@@ -120,6 +129,13 @@ class RackProfile(BaseModel):
         description="true if any address between two registers of a table may be read, so"
         " that the poller may bridge gaps (many devices answer 'illegal address' instead)",
     )
+    static_period_s: float = Field(
+        default=DEFAULT_STATIC_PERIOD_S,
+        gt=0,
+        le=3600,
+        description="seconds between reads of the static pack values (serial, type, SoH) that"
+        " do not ride in the every-poll reads; they are also read as soon as a pack comes",
+    )
     status_codes: dict[str, int]
     rack: list[RegisterSpec] = Field(default_factory=list)
     slot: list[RegisterSpec] = Field(min_length=1)
@@ -166,6 +182,12 @@ class RackProfile(BaseModel):
     def slot_registers(self) -> dict[str, RegisterSpec]:
         """Slot registers by name."""
         return {r.name: r for r in self.slot}
+
+    def unread_registers(self) -> list[tuple[str, str]]:
+        """(section, name) of every register nothing reads: neither polled nor probed."""
+        return [("slot", r.name) for r in self.slot if r.name not in READ_SLOT_REGISTERS] + [
+            ("rack", r.name) for r in self.rack if r.name not in IDENTITY_REGISTERS
+        ]
 
     @cached_property
     def status_names(self) -> dict[int, str]:
