@@ -2,8 +2,8 @@
 
 The real link (over Modbus TCP), driver, slot book, safety supervisor, actuators, slot control
 and journal (a real SQLite file); each `step(dt)` advances the clock, ticks the rack's physics,
-polls once and runs one control step. Used by the adversarial stateful test and by the
-regressions of issue 12's review.
+polls once and runs the control step that poll wakes (the daemon's own event-driven path).
+Used by the adversarial stateful test and by the regressions of issue 12's review.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from controller.store.events import EventLog
 from controller.store.journal import Journal
 from drivers.modbus.link import LinkParams, ModbusLink, TcpParams
 from drivers.modbus.profile import load_profile
-from drivers.rack import RackDriver, RackPoller
+from drivers.rack import RackDriver, RackPoller, RackSnapshot
 from tests.peers.rack import PeerRack
 from tests.support import REPO
 
@@ -116,8 +116,12 @@ class SteppedStation:
             clock=self.clock,
         )
         self.actuators = Actuators(self.safety, {"p": self.driver}, self.book.rack_of)
+        # As the daemon wires them: a poll result wakes the slot control for that rack's slots.
         self.poller = RackPoller(
-            self.driver, poll_period_s=POLL_S, offline_after=3, on_snapshot=self.book.update
+            self.driver,
+            poll_period_s=POLL_S,
+            offline_after=3,
+            on_snapshot=self._on_snapshot,
         )
         self.control = SlotControl(
             self.config,
@@ -129,6 +133,9 @@ class SteppedStation:
             clock=self.clock,
         )
         self.run(self.control.load())
+
+    def _on_snapshot(self, snapshot: RackSnapshot) -> None:
+        self.slot_control.on_snapshot(snapshot)
 
     @property
     def slot_control(self) -> SlotControl:
@@ -143,7 +150,7 @@ class SteppedStation:
         self.clock.t += dt
         self.rack.tick(dt)
         self.run(self.poller.poll_once())
-        self.run(self.slot_control.step(self.clock.t))
+        self.run(self.slot_control.step_pending(self.clock.t))
 
     def on(self, i: int) -> bool:
         """The charger at position i is switched on (its register, on the rack)."""

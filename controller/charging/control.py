@@ -1,8 +1,12 @@
 """Slot control: supervision, alarms, trips and quarantine, and the chargers' setpoints.
 
-One task consumes the racks' poll results (and a timer, so staleness is noticed between
-polls). Each step evaluates the supervision rules for every slot, reconciles the alarms and
-latches trips and quarantines, then acts in a fixed order:
+One task, driven by events: a rack's poll result wakes it for that rack's slots only, an
+operator's command or the swap for the slot they touch, and a deadline for a slot whose
+decision changes with time alone (its data going stale, a write's retry, a contactor's
+minimum off-time ending, a refusal alarm expiring). Nothing is looked at on a fixed period.
+Each step evaluates the supervision rules of the slots it was woken for, reconciles their
+alarms and latches trips and quarantines, shares the power again when a demand changed, then
+acts in a fixed order:
 
 1. stop every charger that must stop (all racks at once, each bounded in time);
 2. commit alarms, latches and events to the journal in one transaction;
@@ -19,9 +23,10 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import time
-from collections.abc import Callable, Mapping
-from datetime import datetime
+from collections.abc import Callable, Collection, Mapping
+from datetime import UTC, datetime
 
 from controller.charging.forecast import Forecast, forecast
 from controller.charging.latches import Latch, latch, report, restore
@@ -29,6 +34,7 @@ from controller.charging.operator import OperatorCommands
 from controller.charging.power import Allocation, Demand, PowerModel, allocate, budget_w
 from controller.charging.setpoints import (
     LIMIT_TOLERANCE_A,
+    WRITE_RETRY_S,
     Rack,
     Setpoints,
     Writing,
@@ -47,7 +53,6 @@ from drivers.rack import RackSnapshot, SlotReading
 
 _log = logging.getLogger(__name__)
 
-TICK_S = 0.1
 STARTS_BUDGET_S = 1.0  # the starts of one step, all racks in parallel: at most this long
 NOT_APPLIED = "setpoint_not_applied"
 
@@ -86,18 +91,34 @@ class SlotControl:
         self.last_step = time.monotonic()  # wall time: the watchdog's
         self.power = PowerModel(config)
         self.allocation = Allocation({}, None, 0.0, 0.0)
-        self.demands: list[Demand] = []
+        self._demands: dict[int, Demand] = {}
+        # Per slot, the watts committed and allocated without a grid limit (`_merged`).
+        self._committed_w: dict[int, float] = {}
+        self._allocated_w: dict[int, float] = {}
+        self.demands_changed = 0  # counts changes of any slot's demand (the forecast's input)
         self.forecast: Forecast | None = None
         self.on_forecast: Callable[[], None] = lambda: None
         # Packs dispensable now per type (set by the station: the dispense policy decides).
         self.ready_counts: Callable[[], dict[str, int]] = dict
-        self._queue: asyncio.Queue[RackSnapshot] = asyncio.Queue(maxsize=1000)
+        self._pending: set[int] = set()  # slots whose inputs changed since their last step
+        self._due: dict[int, float] = {}  # slot -> when its decision may change with time alone
+        self._wake = asyncio.Event()
+        self._learned: dict[int, float] = {}  # slot -> stamp of the reading the taper learnt
+        self.dirty: set[int] = set()  # slots whose published view may have changed
+        self.stepped = asyncio.Event()  # set after every step (packs ready may have changed)
+        self.on_station_change: Callable[[], None] = lambda: None  # alarms, ready packs
+        self._busy_since: float | None = None  # when the step in progress began
         # slot -> the serial its charger reported full: not charged again until another pack
         self._complete: dict[int, str] = {}
         self.setpoints = Setpoints(
             racks, book, actuators, clock=clock, blocked=lambda s: self.blockers(s, power=False)
         )
         self.operator = OperatorCommands(self)
+
+    @property
+    def demands(self) -> list[Demand]:
+        """Every slot's demand as last evaluated, in slot order (for the forecast)."""
+        return [self._demands[s] for s in sorted(self._demands)]
 
     def allocation_of(self, slot: int) -> float | None:
         """The power allocation of a slot in A (None: no grid limit bounds it)."""
@@ -108,15 +129,22 @@ class SlotControl:
     # --- inputs ------------------------------------------------------------------------------
 
     def on_snapshot(self, snapshot: RackSnapshot) -> None:
-        """Pollers call this after every poll (never blocks)."""
-        try:
-            self._queue.put_nowait(snapshot)
-        except asyncio.QueueFull:
-            _log.error("slot control is not keeping up; dropping a poll of rack %s", snapshot.rack)
+        """Pollers call this after every poll (never blocks): the rack's slots are looked at.
 
-    def _drain(self) -> None:
-        while not self._queue.empty():
-            self.book.update(self._queue.get_nowait())
+        The book takes the result at once (whoever reads it sees the latest poll); the step
+        that supervises it follows in the control task.
+        """
+        self.book.update(snapshot)
+        self.touch(*self.book.racks[snapshot.rack].slots)
+
+    def touch(self, *slots: int) -> None:
+        """Something a slot's decision depends on changed (an operator, the swap): look again."""
+        self._pending.update(slots)
+        self._wake.set()
+
+    def liveness(self, now: float) -> float:
+        """`now` while waiting for work; the start of the step in progress otherwise."""
+        return now if self._busy_since is None else self._busy_since
 
     async def load(self) -> None:
         """Restore trips, quarantines and active alarms from the journal."""
@@ -131,25 +159,69 @@ class SlotControl:
                 self.rules.hold(alarm.slot, alarm.code, Cause(alarm.severity, alarm.message))
 
     async def run(self) -> None:
-        """Consume poll results and the timer, forever."""
+        """Step whenever a poll result, a touch or a deadline asks for it, forever."""
         while True:
+            self._busy_since = None
+            due = min(self._due.values(), default=None)
+            wait = None if due is None else max(0.0, due - self.clock())
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(TICK_S):
-                    snapshot = await self._queue.get()
-                self.book.update(snapshot)
-            self._drain()
-            await self.step(self.clock())
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
+            self._wake.clear()
+            self._busy_since = time.monotonic()
+            await self.step_pending(self.clock())
+
+    async def step_pending(self, now: float) -> None:
+        """One step for what is pending: polled racks' slots, touched slots, deadlines due."""
+        due = {slot for slot, at in self._due.items() if at <= now}
+        slots, self._pending = self._pending | due, set()
+        if slots:
+            await self.step(now, slots)
+
+    def _due_next(self, slot: int, now: float, expiries: Mapping[str, float]) -> None:
+        """When `slot`'s decision may next change with time alone; nothing else wakes it then.
+
+        Its data going stale, a write's retry (the earliest it can be due), the end of its
+        contactor's minimum off-time or on-time, a refusal alarm of its lapsing (`expiries`: the
+        supervisor's, per scope).
+        """
+        times: list[float] = []
+        view = self.book.view(slot, now)
+        if view.reading is not None and not view.stale:
+            times.append(view.reading.at + self.book.racks[view.rack].stale_after_s + 1e-3)
+        writing = self.setpoints.writes.get(slot)
+        if writing is not None:
+            times.append(writing.at + WRITE_RETRY_S)
+        wait = self.safety.on_allowed_in(slot, now)
+        if wait > 0:
+            times.append(now + wait)
+        since = self.safety.on_since(slot)
+        if since is not None and now - since < self.config.charging.min_on_s:
+            times.append(since + self.config.charging.min_on_s)
+        lapse = expiries.get(slot_scope(slot))
+        if lapse is not None:
+            times.append(lapse + 1e-3)
+        if times:
+            self._due[slot] = min(times)
+        else:
+            self._due.pop(slot, None)
 
     # --- the control step ----------------------------------------------------------------------
 
-    async def step(self, now: float) -> None:
-        """Evaluate every slot, stop what must stop, record, then start what may start."""
+    async def step(self, now: float, slots: Collection[int] | None = None) -> None:
+        """Evaluate slots (every one, or `slots`), stop what must stop, record, then start.
+
+        Besides `slots`, every slot whose power share changed is looked at again.
+        """
         batch = JournalBatch()
-        views, measured = self._evaluate(now, batch)
-        self._allocate(views, measured, now)
+        targets = self.book.slots if slots is None else sorted(s for s in slots if s)
+        views, measured = self._evaluate(now, batch, targets)
+        reshared = self._allocate(views, measured, now)
+        for slot in reshared - views.keys():
+            views[slot] = self.setpoints.as_commanded(self.book.view(slot, now))
         stops: list[tuple[SlotView, tuple[bool, float]]] = []
         starts: list[tuple[SlotView, tuple[bool, float]]] = []
-        for view in views:
+        for view in views.values():
             want = self._wanted(view, now)
             if want is not None:
                 (starts if raises(view, want) else stops).append((view, want))
@@ -169,15 +241,29 @@ class SlotControl:
                 self.changed.set()
         if starts and not self.stopping:
             await self._start(starts, failed)
+        now, expiries = self.clock(), self.safety.expiries()
+        for slot in views:
+            self._due_next(slot, now, expiries)
+        station = expiries.get(STATION)  # the station's own refusal alarms: under slot 0
+        if station is not None:
+            self._due[0] = station + 1e-3
+        else:
+            self._due.pop(0, None)
+        self.dirty.update(views)
+        self.changed.set()
+        self.stepped.set()
         self.last_step = time.monotonic()
 
-    def _evaluate(self, now: float, batch: JournalBatch) -> tuple[list[SlotView], list[SlotView]]:
-        """Supervision and alarms of every rack and slot; (views as commanded, as measured).
+    def _evaluate(
+        self, now: float, batch: JournalBatch, slots: Collection[int]
+    ) -> tuple[dict[int, SlotView], list[SlotView]]:
+        """Supervision and alarms of `slots` and their racks; (views as commanded, as measured).
 
         Supervision judges what the chargers reported; the setpoint decisions take the
         setpoints last written where the reading is older (`_as_commanded`).
         """
-        for rack in self.book.racks:
+        alarms_before = self.alarms.generation
+        for rack in sorted({self.book.rack_of[s] for s in slots}):
             if self.book.snapshot(rack) is None:
                 continue  # not polled yet: nothing known, a restored alarm stays as it was
             causes = (
@@ -186,7 +272,7 @@ class SlotControl:
                 else {}
             )
             report(*self.alarms.reconcile(rack_scope(rack), causes, rack=rack), batch)
-        measured = self.book.views(now)
+        measured = [self.book.view(slot, now) for slot in slots]
         refusals = self.safety.causes(now)
         for view in measured:
             self.safety.observe(view.slot, now)
@@ -207,7 +293,9 @@ class SlotControl:
             if check.trips:
                 latch(self.trips, self.quarantine, view, check, batch)
         report(*self.alarms.reconcile(STATION, refusals.get(STATION, {})), batch)
-        return [self.setpoints.as_commanded(v) for v in measured], measured
+        if self.alarms.generation != alarms_before:
+            self.on_station_change()
+        return {v.slot: self.setpoints.as_commanded(v) for v in measured}, measured
 
     async def _start(
         self, starts: list[tuple[SlotView, tuple[bool, float]]], failed: set[int]
@@ -220,7 +308,8 @@ class SlotControl:
             _log.warning("not raising charge limits: slot(s) %s above their share",
                          sorted(above))  # fmt: skip
             return
-        self._drain()  # the writes and the disk took time: act on the freshest data
+        # The writes and the disk took time: each start is judged again on the freshest data
+        # (the book has every poll at once; its slots are stepped again next).
         wanted = [(v, w) for v, w in starts if self._still_wanted(v.slot, w)]
         try:
             # A slow rack must not hold the next step's stops back for long.
@@ -247,39 +336,112 @@ class SlotControl:
                 out.add(measured.slot)
         return out
 
-    def _allocate(self, views: list[SlotView], measured: list[SlotView], now: float) -> None:
+    def _allocate(
+        self, views: Mapping[int, SlotView], measured: list[SlotView], now: float
+    ) -> set[int]:
         """Share the power budget among the slots that may charge (controller/charging/power.py).
 
-        `views` carry the setpoints as commanded, `measured` what the chargers reported (the
-        taper is learnt from measurements only).
+        `views` (the slots looked at: their setpoints as commanded) get new demands; `measured`
+        is what their chargers reported (the taper is learnt from measurements only, once per
+        reading). Without a grid limit every slot's share is its own, so only theirs change;
+        under one, all of them are shared again. Returns the other slots whose share changed.
         """
         cfg = self.config.power
-        budget = budget_w(cfg, datetime.now().astimezone())
-        self.power.learn(measured)
-        self.demands = demands = [
-            self._held_on(
-                self.power.demand(v, wants=self._may_charge(v, now), taper=budget is not None),
-                now,
+        limited = cfg.grid_limit_kw is not None or bool(cfg.time_limits)
+        budget = budget_w(cfg, datetime.now().astimezone()) if limited else None
+        self.power.learn(self._unlearnt(measured))
+        fresh: list[int] = list(views)
+        if len(self._demands) < len(self.book.rack_of):  # never looked at yet: the worst case
+            for slot in self.book.slots:
+                if slot not in self._demands and slot not in views:
+                    unknown = self.book.view(slot, now)
+                    self._demands[slot] = self.power.demand(unknown, wants=False)
+                    self.demands_changed += 1
+                    fresh.append(slot)
+        for slot, view in views.items():
+            wants = self._may_charge(view, now)
+            demand = self._held_on(
+                self.power.demand(view, wants=wants, taper=budget is not None), now
             )
-            for v in views
-        ]
-        before = self.allocation.waiting
+            if self._demands.get(slot) != demand:
+                self._demands[slot] = demand
+                self.demands_changed += 1
+        before = self.allocation
+        if budget is None and before.budget_w is None:
+            part = allocate(
+                [self._demands[s] for s in views], None, policy=cfg.policy,
+                min_current_a=cfg.min_current_a, ready_soc=self.config.swap.min_dispense_soc,
+                ready_now={}, min_ready={},
+            )  # fmt: skip
+            self.allocation = self._merged(before, part, fresh)
+            return set()
+        self._committed_w.clear()  # shared again as a whole: the per-slot sums start over
+        self._allocated_w.clear()
         self.allocation = allocate(
-            demands,
+            self.demands,
             budget,
             policy=cfg.policy,
             min_current_a=cfg.min_current_a,
             ready_soc=self.config.swap.min_dispense_soc,
-            ready_now=self.ready_counts(),
+            ready_now=self.ready_counts() if budget is not None else {},
             min_ready=cfg.min_ready,
         )
-        if self.allocation.waiting != before:
-            self.changed.set()
+        after = self.allocation
+        return {
+            slot
+            for slot in before.limits_a.keys() | after.limits_a.keys()
+            if before.limits_a.get(slot) != after.limits_a.get(slot)
+            or before.waiting.get(slot) != after.waiting.get(slot)
+        } - views.keys()
+
+    def _merged(self, before: Allocation, part: Allocation, slots: list[int]) -> Allocation:
+        """`before` with the shares of `slots` taken from `part` (no grid limit: independent).
+
+        The totals are kept per slot (`_committed_w`, `_allocated_w`), so that a step costs
+        what it looked at, not the station's size.
+        """
+        limits, waiting = dict(before.limits_a), dict(before.waiting)
+        if not self._committed_w:  # after a shared allocation: every slot once
+            slots = list(self._demands)
+            part_limits = {**before.limits_a, **part.limits_a}
+        else:
+            part_limits = part.limits_a
+        for slot in slots:
+            limits.pop(slot, None)
+            waiting.pop(slot, None)
+            d = self._demands[slot]
+            amps = part_limits.get(slot)
+            if amps is not None:
+                limits[slot] = amps
+            self._committed_w[slot] = 0.0 if d.wants else d.committed_w
+            self._allocated_w[slot] = 0.0 if amps is None else amps * d.volt_bound_v
+        waiting.update(part.waiting)
+        committed = math.fsum(self._committed_w.values())
+        allocated = math.fsum(self._allocated_w.values())
+        return Allocation(limits, None, committed, allocated, waiting)
+
+    def _unlearnt(self, measured: list[SlotView]) -> list[SlotView]:
+        """The views whose fresh reading the taper model has not learnt from yet."""
+        out = []
+        for view in measured:
+            r = view.fresh
+            if r is not None and self._learned.get(view.slot) != r.at:
+                self._learned[view.slot] = r.at
+                out.append(view)
+        return out
 
     async def run_forecast(self) -> None:
-        """Recompute the ready-pack forecast periodically, off the event loop."""
+        """Recompute the ready-pack forecast periodically, off the event loop.
+
+        Only when an input moved since the last one (a demand, the budget): nothing changed,
+        nothing to do.
+        """
+        last: tuple[int, float | None] | None = None
         while True:
-            await self.update_forecast()
+            inputs = (self.demands_changed, self.allocation.budget_w)
+            if inputs != last:
+                last = inputs
+                await self.update_forecast()
             await asyncio.sleep(self.config.power.forecast_every_s)
 
     async def update_forecast(self) -> Forecast:
@@ -359,7 +521,10 @@ class SlotControl:
         """What charging waits for that is not a safety reason: the contactor, the power."""
         wait = self.safety.on_allowed_in(slot, now)
         if wait > 0:
-            return [f"the charger's minimum off-time: on again in {wait:.0f} s"]
+            # When, not how long: a countdown would change the slot's published state every
+            # second for nothing.
+            at = datetime.fromtimestamp(round(time.time() + wait), UTC).strftime("%H:%M:%S")
+            return [f"the charger's minimum off-time: on again at {at} UTC"]
         if slot in self.allocation.waiting:
             return [self.allocation.waiting[slot]]
         return []
@@ -431,12 +596,12 @@ class SlotControl:
         """The swap sequence needs the slot's charger off (a pack is about to move)."""
         if self.swap_held.get(slot) != why:
             self.swap_held[slot] = why
-            self.changed.set()
+            self.touch(slot)
 
     def release_from_swap(self, slot: int) -> None:
         """The swap sequence is done with the slot: it may charge again."""
         if self.swap_held.pop(slot, None) is not None:
-            self.changed.set()
+            self.touch(slot)
 
 
 def _bms_reasons(r: SlotReading) -> list[str]:

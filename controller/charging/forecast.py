@@ -19,6 +19,7 @@ from controller.charging.power import (
     Demand,
     PowerModel,
     allocate,
+    quantise,
 )
 
 
@@ -102,8 +103,22 @@ def forecast(
     ]
     fixed = [d for d in demands if not (d.wants and d.soc is not None and d.soc < ready_soc)]
     ready = dict(ready_now)
+    if budget is None:
+        # No grid limit: each pack gets what the allocator would give it alone (its own cap,
+        # in whole amps), whatever the others do; the same steps, without sharing.
+        for p in packs:
+            t = 0.0
+            while t < horizon and p.ready_at is None:
+                amps = quantise(_taper_cap(p.demand.cap_a, p.k, p.soc), cfg.min_current_a)
+                p.soc, crossed = advance(
+                    p.soc, amps, k=p.k, capacity_ah=p.capacity_ah, dt=FORECAST_STEP_S,
+                    target=ready_soc,
+                )  # fmt: skip
+                if crossed is not None:
+                    p.ready_at = t + crossed
+                t += FORECAST_STEP_S
     t = 0.0
-    while t < horizon and any(p.ready_at is None for p in packs):
+    while budget is not None and t < horizon and any(p.ready_at is None for p in packs):
         charging = [p for p in packs if p.ready_at is None]
         current = [
             _with_soc(p.demand, p.soc, _taper_cap(p.demand.cap_a, p.k, p.soc)) for p in charging

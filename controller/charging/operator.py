@@ -75,7 +75,7 @@ class OperatorCommands:
             raise RefusedError(f"slot {slot}: {exc or 'no answer'}") from exc
         if was_off:
             await self._store("DELETE FROM charging_off WHERE slot = ?", (slot,))
-            c.changed.set()
+        c.touch(slot)
 
     def _refusing_on(self, slot: int, view: SlotView, limit: float, bms: float | None) -> list[str]:
         """Why an operator's switch-on is refused (empty: it may go)."""
@@ -98,7 +98,7 @@ class OperatorCommands:
         else:
             await self._store("DELETE FROM charging_off WHERE slot = ?", (slot,))
             c.manual_off.discard(slot)
-        c.changed.set()
+        c.touch(slot)
 
     async def reset_trip(self, slot: int) -> None:
         """An operator releases a slot's trip (its causes must be gone, on fresh data)."""
@@ -115,7 +115,7 @@ class OperatorCommands:
         if c.trips.pop(slot, None) is not None:
             await self._store("DELETE FROM slot_trips WHERE slot = ?", (slot,))
             await c.events.append("slot_trip_reset", {"slot": slot})
-            c.changed.set()
+            c.touch(slot)
 
     async def release_pack(self, serial: str) -> None:
         """An operator releases a quarantined pack."""
@@ -123,7 +123,7 @@ class OperatorCommands:
         if c.quarantine.pop(serial, None) is not None:
             await self._store("DELETE FROM pack_quarantine WHERE serial = ?", (serial,))
             await c.events.append("pack_released", {"serial": serial})
-            c.changed.set()
+            c.touch(*c.book.slots)  # wherever the pack is now
 
     async def set_slot_enabled(self, slot: int, *, enabled: bool) -> None:
         """An operator takes a slot out of service or back (kept across restarts)."""
@@ -146,7 +146,7 @@ class OperatorCommands:
             c.disabled_slots.discard(slot)
         else:
             c.disabled_slots.add(slot)
-        c.changed.set()
+        c.touch(slot)
 
     async def _store(self, sql: str, args: tuple[object, ...]) -> None:
         def write(conn: sqlite3.Connection) -> None:

@@ -236,7 +236,7 @@ def allocate(
     committed = sum(d.committed_w for d in demands if not d.wants)
     wanting = [d for d in demands if d.wants]
     if budget is None:
-        limits = {d.slot: _quantise(d.cap_a, min_current_a) for d in wanting}
+        limits = {d.slot: quantise(d.cap_a, min_current_a) for d in wanting}
         allocated = sum(limits[d.slot] * d.volt_bound_v for d in wanting)
         return Allocation(limits, None, committed, allocated, _waiting_cap(wanting, limits))
     left = budget - committed
@@ -245,7 +245,7 @@ def allocate(
     # order while the budget lasts; the policy then shares what is left on top of it.
     floors: dict[int, float] = {}
     for d in order if policy == "demand" else sorted(wanting, key=lambda d: d.slot):
-        amps = _quantise(min(d.floor_a, d.cap_a), min_current_a) if d.floor_a > 0 else 0.0
+        amps = quantise(min(d.floor_a, d.cap_a), min_current_a) if d.floor_a > 0 else 0.0
         if amps > 0 and amps * d.volt_bound_v <= left:
             floors[d.slot] = amps
             left -= amps * d.volt_bound_v
@@ -260,7 +260,7 @@ def allocate(
         by_slot = {d.slot: d for d in rest}
         for d in (by_slot[o.slot] for o in order):
             least = 1.0 if d.slot in floors else min_current_a  # on top of a floor: any amp
-            amps = _quantise(min(d.cap_a, max(0.0, left) / d.volt_bound_v), least)
+            amps = quantise(min(d.cap_a, max(0.0, left) / d.volt_bound_v), least)
             extra[d.slot] = amps
             left -= amps * d.volt_bound_v
     limits = {d.slot: floors.get(d.slot, 0.0) + extra.get(d.slot, 0.0) for d in wanting}
@@ -274,7 +274,7 @@ def allocate(
     return Allocation(limits, budget, committed, allocated, waiting)
 
 
-def _quantise(amps: float, min_current_a: float) -> float:
+def quantise(amps: float, min_current_a: float) -> float:
     """Whole amps, rounded down (never above the bound); below the minimum: nothing."""
     whole = math.floor(amps + 1e-9)
     return float(whole) if whole >= max(min_current_a, 1.0) else 0.0
@@ -301,10 +301,10 @@ def _equal(wanting: Sequence[Demand], left: float, min_current_a: float) -> dict
         capped = [d for d in active if d.cap_a * d.volt_bound_v <= share]
         if not capped:
             for d in active:
-                limits[d.slot] = _quantise(share / d.volt_bound_v, min_current_a)
+                limits[d.slot] = quantise(share / d.volt_bound_v, min_current_a)
             break
         for d in capped:
-            limits[d.slot] = _quantise(d.cap_a, min_current_a)
+            limits[d.slot] = quantise(d.cap_a, min_current_a)
             left -= limits[d.slot] * d.volt_bound_v
             active.remove(d)
     return limits

@@ -126,7 +126,10 @@ class Setpoints:
             "on" if enable else "off",
             f" at {limit:g} A" if enable else "",
         )
-        rack.poller.poll_soon()
+        if enable != already_on:
+            # Switched on or off: the charger's state is read at once. A new limit for a
+            # charger already on was read back when written; the next poll shows its effect.
+            rack.poller.poll_soon()
         return True
 
     async def send(self, slot: int, *, enable: bool, limit: float, already_on: bool) -> None:

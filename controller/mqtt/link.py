@@ -128,6 +128,30 @@ class MqttLink:
         except aiomqtt.MqttError as exc:
             raise NotConnectedError(f"publish to {topic} failed: {exc}") from exc
 
+    async def publish_many(
+        self, messages: Sequence[tuple[str, str]], *, qos: int = 1, retain: bool = False
+    ) -> list[BrokerRefusedError | NotConnectedError | None]:
+        """Publish `messages` (topic, payload) together, pipelined.
+
+        Per message, in order: None when delivered, `BrokerRefusedError` if refused,
+        `NotConnectedError` if not sent.
+        """
+        client = self._client
+        if client is None or not self.connected.is_set():
+            return [
+                NotConnectedError(f"not connected to the broker; cannot publish {topic}")
+                for topic, _ in messages
+            ]
+        errors = await client.publish_many(messages, qos=qos, retain=retain, timeout=None)
+        return [
+            None
+            if exc is None
+            else BrokerRefusedError(str(exc))
+            if isinstance(exc, PublishRefusedError)
+            else NotConnectedError(f"publish to {topic} failed: {exc}")
+            for (topic, _), exc in zip(messages, errors, strict=True)
+        ]
+
     async def run(self) -> None:
         """Connect, stay connected, reconnect; return after `stop()` once `offline` is out."""
         self._backoff.reset()

@@ -1,18 +1,19 @@
 """Slot state on MQTT: retained JSON per slot at `<root>/slots/<n>`.
 
 Published when something changed beyond the configured deadbands (any change of status,
-pack, staleness, alarms or latches counts), as a periodic full refresh, and all again after
-every reconnect.
+pack, staleness, alarms or latches counts), again `slot_refresh_s` after its last publish,
+and all again after every reconnect.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -24,7 +25,8 @@ from controller.plant.alarms import Severity, slot_scope
 
 _log = logging.getLogger(__name__)
 
-TICK_S = 0.1
+WINDOW = 64  # publishes in flight at once (QoS 1: each waits for its PUBACK)
+T = TypeVar("T")
 
 
 class PackInfo(BaseModel):
@@ -140,25 +142,20 @@ def slot_state(control: SlotControl, slot: int, now: float) -> SlotState:
 
 
 def significant_change(old: SlotState, new: SlotState, bands: DeadbandsConfig) -> bool:
-    """True when `new` differs from `old` by more than the deadbands."""
-    a, b = old.model_dump(), new.model_dump()
-    for key, value in b.items():
-        if key in VOLATILE:
-            continue
+    """True when `new` differs from `old` by at least a deadband (any change, for the rest)."""
+    a = old.__dict__
+    for key, value in new.__dict__.items():
         before = a[key]
-        if key == "pack" and value and before:
-            if {k: v for k, v in value.items() if k != "soc"} != {
-                k: v for k, v in before.items() if k != "soc"
-            }:
+        if key in VOLATILE or before == value:
+            continue
+        if key == "pack" and value is not None and before is not None:
+            if {**value.__dict__, "soc": None} != {**before.__dict__, "soc": None}:
                 return True
-            if _moved(before.get("soc"), value.get("soc"), bands.soc):
+            if _moved(before.soc, value.soc, bands.soc):
                 return True
             continue
         band = DEADBAND_FIELDS.get(key)
-        if band is not None:
-            if _moved(before, value, getattr(bands, band)):
-                return True
-        elif before != value:
+        if band is None or _moved(before, value, getattr(bands, band)):
             return True
     return False
 
@@ -170,58 +167,97 @@ def _moved(before: Any, after: Any, band: float) -> bool:
 
 
 class SlotPublisher:
-    """Keeps `<root>/slots/<n>` up to date."""
+    """Keeps `<root>/slots/<n>` up to date, driven by the slot control's changes.
+
+    The slot control names the slots whose view may have changed after each step; only those
+    are built and compared, and the ones that moved go out together (QoS 1, pipelined in a
+    bounded window), each slot's newest state replacing an older one not yet sent. A slot is
+    published again `slot_refresh_s` after its last publish (the refresh, spread over the
+    period), and every slot after a reconnect.
+    """
 
     def __init__(self, control: SlotControl, link: MqttLink, cfg: PublishConfig) -> None:
         self.control = control
         self.link = link
         self.cfg = cfg
         self._last: dict[int, SlotState] = {}
-        self._last_full = 0.0
+        self._refresh: collections.deque[tuple[float, int]] = collections.deque()
+        self._published_at: dict[int, float] = {}
         self.published = 0
         link.add_connect_hook(self._on_connect)
 
     async def _on_connect(self) -> None:
         self._last.clear()  # the broker may have lost retained messages: send all again
+        self.control.dirty.update(self.control.book.slots)
+        self.control.changed.set()
+
+    def last(self, slot: int) -> SlotState | None:
+        """The slot's state as last published (None: not yet)."""
+        return self._last.get(slot)
 
     def topic(self, slot: int) -> str:
         """Topic of a slot."""
         return f"{self.link.topic_root}/slots/{slot}"
 
     async def run(self) -> None:
-        """Publish changes as they happen."""
+        """Publish changes as the slot control reports them, and each slot's refresh when due."""
+        self.control.dirty.update(self.control.book.slots)  # everything once at start
+        self.control.changed.set()
         while True:
+            due = self._refresh[0][0] if self._refresh else None
+            wait = None if due is None else max(0.0, due - time.monotonic())
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(TICK_S):
+                async with asyncio.timeout(wait):
                     await self.control.changed.wait()
             self.control.changed.clear()
-            if self.link.connected.is_set():
-                await self.publish_changes(time.monotonic())
+            if not self.link.connected.is_set():
+                continue  # the connect hook asks for every slot again
+            await self.publish_changes(time.monotonic())
 
     async def publish_changes(self, now: float) -> None:
-        """Publish every slot whose state moved (or all, when the refresh is due)."""
-        full = now - self._last_full >= self.cfg.slot_refresh_s
-        for slot in self.control.book.slots:
+        """Publish the slots whose state moved beyond the deadbands, and the refreshes due."""
+        slots, self.control.dirty = self.control.dirty, set()
+        refresh = self._due_refreshes(now)
+        out: dict[int, SlotState] = {}
+        for slot in sorted(slots | refresh):
             state = slot_state(self.control, slot, now)
             old = self._last.get(slot)
             if (
-                not full
+                slot not in refresh
                 and old is not None
                 and not significant_change(old, state, self.cfg.deadbands)
             ):
                 continue
-            try:
-                await self.link.publish(
-                    self.topic(slot), state.model_dump_json(), qos=1, retain=True
-                )
-            except NotConnectedError:
-                return
-            except BrokerRefusedError as exc:
-                # Not retried until it changes or the periodic refresh: no flood of refusals.
-                _log.warning("slot %d state not published: %s", slot, exc)
+            out[slot] = state
+        for chunk in _chunks(list(out.items()), WINDOW):
+            results = await self.link.publish_many(
+                [(self.topic(slot), state.model_dump_json()) for slot, state in chunk],
+                qos=1,
+                retain=True,
+            )
+            now = time.monotonic()
+            for (slot, state), result in zip(chunk, results, strict=True):
+                if isinstance(result, NotConnectedError):
+                    self.control.dirty.add(slot)  # sent again after the reconnect
+                    continue
+                if isinstance(result, BrokerRefusedError):
+                    # Not retried until it changes or its refresh: no flood of refusals.
+                    _log.warning("slot %d state not published: %s", slot, result)
+                else:
+                    self.published += 1
                 self._last[slot] = state
-                continue
-            self._last[slot] = state
-            self.published += 1
-        if full:
-            self._last_full = now
+                self._published_at[slot] = now
+                self._refresh.append((now + self.cfg.slot_refresh_s, slot))
+
+    def _due_refreshes(self, now: float) -> set[int]:
+        """Slots whose last publish is `slot_refresh_s` old (entries of older publishes skipped)."""
+        due: set[int] = set()
+        while self._refresh and self._refresh[0][0] <= now:
+            at, slot = self._refresh.popleft()
+            if self._published_at.get(slot) == at - self.cfg.slot_refresh_s:
+                due.add(slot)
+        return due
+
+
+def _chunks(items: list[T], size: int) -> list[list[T]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]

@@ -30,7 +30,9 @@ from controller.swap.sequencer import Sequencer
 
 _log = logging.getLogger(__name__)
 
-TICK_S = 0.5  # slot data and alarms are looked at this often; the swap wakes it at once
+SLOT_DATA_EVERY_S = (
+    0.5  # after slot-control steps, packs ready are counted again at most this often
+)
 SWAP_SCOPE = "swap"
 
 
@@ -142,23 +144,21 @@ class StatePublisher:
         link.add_connect_hook(self._on_connect)
 
         control.on_forecast = self.seq.changed.set
+        control.on_station_change = self.seq.changed.set  # alarms raised or cleared
 
     async def _on_connect(self) -> None:
         self._reconnected.set()
         self.seq.changed.set()
 
     async def run(self) -> None:
-        """Journal and publish the state whenever it changes (looked at every half second)."""
+        """Journal and publish the state whenever it changes."""
         row = await self.journal.call(
             lambda c: c.execute("SELECT body, published FROM station_state").fetchone()
         )
         if row is not None and not row[1]:
             self._pending = str(row[0])
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(TICK_S):
-                    await self.seq.changed.wait()
-            self.seq.changed.clear()
+            await self._woken()
             state = station_state(self.seq, self.control, self.station_id)
             old = self._last
             if old is None or _content(old) != _content(state):
@@ -170,6 +170,26 @@ class StatePublisher:
             self._reconnected.clear()
             if self._pending is not None:
                 await self._publish(self._pending)
+
+    async def _woken(self) -> None:
+        """Until the swap or an alarm changed (at once), or slot data did (at most so often).
+
+        Nothing is looked at while nothing changes.
+        """
+        seq, stepped = self.seq.changed, self.control.stepped
+        if not seq.is_set():
+            waits = {asyncio.ensure_future(seq.wait()), asyncio.ensure_future(stepped.wait())}
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiting in waits:
+                    waiting.cancel()
+            if not seq.is_set():  # slot data only: let a burst of polls settle
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(SLOT_DATA_EVERY_S):
+                        await seq.wait()
+        seq.clear()
+        stepped.clear()
 
     async def _journal(self, body: str) -> None:
         def write(conn: sqlite3.Connection) -> None:

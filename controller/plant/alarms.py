@@ -45,10 +45,11 @@ class Alarm(BaseModel):
 
 
 class AlarmBook:
-    """The active alarms of the station."""
+    """The active alarms of the station, by scope (a slot's are found without the others)."""
 
     def __init__(self) -> None:
-        self._active: dict[tuple[str, str], Alarm] = {}
+        self._by_scope: dict[str, dict[str, Alarm]] = {}
+        self.generation = 0  # counts raises, clears and updates: a reader sees that one came
 
     def reconcile(
         self,
@@ -60,15 +61,16 @@ class AlarmBook:
         now: float | None = None,
     ) -> tuple[list[Alarm], list[Alarm]]:
         """Make the scope's alarms exactly `causes`; return (raised, cleared)."""
+        active = self._by_scope.get(scope)
+        if not active and not causes:
+            return [], []  # the common case: nothing was wrong and nothing is
+        if active is None:
+            active = self._by_scope[scope] = {}
         wall = time.time() if now is None else now
         raised: list[Alarm] = []
-        cleared: list[Alarm] = []
-        for s, code in list(self._active):
-            if s == scope and code not in causes:
-                cleared.append(self._active.pop((s, code)))
+        cleared = [active.pop(code) for code in list(active) if code not in causes]
         for code, cause in causes.items():
-            key = (scope, code)
-            current = self._active.get(key)
+            current = active.get(code)
             if current is None:
                 alarm = Alarm(
                     scope=scope,
@@ -79,28 +81,37 @@ class AlarmBook:
                     slot=slot,
                     rack=rack,
                 )
-                self._active[key] = alarm
+                active[code] = alarm
                 raised.append(alarm)
             elif current.message != cause.message or current.severity != cause.severity:
                 # Same cause, new figures: update in place, not a new alarm.
-                self._active[key] = current.model_copy(
+                active[code] = current.model_copy(
                     update={"message": cause.message, "severity": cause.severity}
                 )
+                self.generation += 1
+        if not active:
+            del self._by_scope[scope]
+        if raised or cleared:
+            self.generation += 1
         return raised, cleared
 
     def restore(self, alarms: Iterable[Alarm]) -> None:
         """Take alarms that were active before a restart (from the journal)."""
         for alarm in alarms:
-            self._active[(alarm.scope, alarm.code)] = alarm
+            self._by_scope.setdefault(alarm.scope, {})[alarm.code] = alarm
+        self.generation += 1
 
     def active(self, scope: str | None = None) -> list[Alarm]:
         """Active alarms, of one scope or all, oldest first."""
-        alarms = [a for (s, _), a in self._active.items() if scope is None or s == scope]
+        if scope is not None:
+            alarms = list(self._by_scope.get(scope, {}).values())
+        else:
+            alarms = [a for active in self._by_scope.values() for a in active.values()]
         return sorted(alarms, key=lambda a: (a.since, a.scope, a.code))
 
     def codes(self, scope: str) -> set[str]:
         """Codes active in a scope."""
-        return {code for (s, code) in self._active if s == scope}
+        return set(self._by_scope.get(scope, ()))
 
 
 def slot_scope(slot: int) -> str:

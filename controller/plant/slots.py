@@ -53,16 +53,22 @@ class SlotBook:
     def __init__(self, racks: Iterable[RackInfo]) -> None:
         self.racks = {r.name: r for r in racks}
         self.rack_of = {slot: r.name for r in self.racks.values() for slot in r.slots}
+        self._slots = sorted(self.rack_of)
         self._snapshots: dict[str, RackSnapshot] = {}
+        # Views as of one `now`, computed once: a step asks for the same slot many times.
+        self._views_at: float | None = None
+        self._views: dict[int, SlotView] = {}
 
     @property
     def slots(self) -> list[int]:
         """Every slot of the station, in order."""
-        return sorted(self.rack_of)
+        return list(self._slots)
 
     def update(self, snapshot: RackSnapshot) -> None:
         """Take a rack's latest poll result."""
         self._snapshots[snapshot.rack] = snapshot
+        for slot in self.racks[snapshot.rack].slots if snapshot.rack in self.racks else ():
+            self._views.pop(slot, None)
 
     def rack_online(self, rack: str) -> bool:
         """True when the rack's last poll succeeded."""
@@ -80,6 +86,14 @@ class SlotBook:
 
     def view(self, slot: int, now: float) -> SlotView:
         """The slot as of `now` (monotonic)."""
+        if now != self._views_at:
+            self._views_at, self._views = now, {}
+        view = self._views.get(slot)
+        if view is None:
+            view = self._views[slot] = self._view(slot, now)
+        return view
+
+    def _view(self, slot: int, now: float) -> SlotView:
         rack = self.rack_of[slot]
         info = self.racks[rack]
         snap = self._snapshots.get(rack)
@@ -117,4 +131,4 @@ class SlotBook:
 
     def views(self, now: float) -> list[SlotView]:
         """Every slot's view."""
-        return [self.view(slot, now) for slot in self.slots]
+        return [self.view(slot, now) for slot in self._slots]

@@ -93,13 +93,15 @@ def build_pollers(
 ) -> dict[str, RackPoller]:
     """A poller per rack."""
     pollers: dict[str, RackPoller] = {}
-    for rack in config.racks:
+    for i, rack in enumerate(config.racks):
         driver = build_rack(config, rack, links)
         pollers[rack.name] = RackPoller(
             driver,
             poll_period_s=rack.poll_period_s,
             offline_after=rack.offline_after,
             on_snapshot=on_snapshot,
+            # Spread over the period: n racks polled in n phases, not all in one instant.
+            phase_s=rack.poll_period_s * i / len(config.racks),
         )
     return pollers
 

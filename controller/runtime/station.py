@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -222,10 +223,15 @@ class Station:
         return True
 
     def liveness(self) -> float:
-        """When the slot control and the swap sequencer last both completed a step."""
+        """How far back the slot control and the swap sequencer are known to have been alive.
+
+        The slot control is event-driven: waiting for work is alive; a step that does not end
+        is not. The sequencer steps at least every 50 ms.
+        """
+        control = self.control.liveness(time.monotonic())
         if self.sequencer is None:
-            return self.control.last_step
-        return min(self.control.last_step, self.sequencer.last_step)
+            return control
+        return min(control, self.sequencer.last_step)
 
     async def close(self) -> None:
         """Close the device links."""

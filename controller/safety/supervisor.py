@@ -280,6 +280,15 @@ class SafetySupervisor:
             out.setdefault(scope, {})[name] = Cause(Severity.CRITICAL, episode.message + count)
         return out
 
+    def expiries(self) -> dict[str, float]:
+        """When each scope's refusal alarms lapse next (its clock), if nothing more is refused."""
+        out: dict[str, float] = {}
+        for (scope, _), episode in self._episodes.items():
+            if not episode.cleared:
+                at = episode.last + self.hold_s
+                out[scope] = min(out.get(scope, at), at)
+        return out
+
     def take_events(self) -> list[tuple[str, dict[str, object]]]:
         """Refusal events not yet journalled (the caller commits them)."""
         events, self._pending = self._pending, []

@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 
 from controller.charging.control import SlotControl
+from controller.plant.slots import SlotView
 from controller.store.events import JournalBatch
 from controller.swap.current import CurrentSwap
 from controller.swap.handover import HANDOVER_SETTLE_S, Handovers, polled_after
 from controller.swap.inventory import Place
+from drivers.rack import RackSnapshot
 from drivers.robot.link import RobotLink
 
 _log = logging.getLogger(__name__)
@@ -27,16 +29,32 @@ class RackReconciler:
         self.control = control
         self.handovers = handovers
         self._seen: dict[int, float] = {}  # slot -> time of the reading reconciled
+        self._polls: dict[str, RackSnapshot] = {}  # rack -> the poll last looked at
 
     def forget_readings(self) -> None:
         """Reconcile every slot again from its next reading (after an operator's clear)."""
         self._seen.clear()
+        self._polls.clear()
 
     def reconcile(self, now: float) -> JournalBatch:
-        """Place packs where the chargers report them (outside the swap's own handovers)."""
+        """Place packs where the chargers report them (outside the swap's own handovers).
+
+        Only racks polled since the last look are looked at (a slot left for later, in a
+        handover's settling time, is looked at again with its rack's next poll).
+        """
         batch = JournalBatch()
         busy = set(self.control.swap_held)
-        for view in self.control.book.views(now):
+        book = self.control.book
+        for rack, info in book.racks.items():
+            snapshot = book.snapshot(rack)
+            if snapshot is None or self._polls.get(rack) is snapshot:
+                continue
+            self._polls[rack] = snapshot
+            self._reconcile([book.view(slot, now) for slot in info.slots], busy, batch)
+        return batch
+
+    def _reconcile(self, views: list[SlotView], busy: set[int], batch: JournalBatch) -> None:
+        for view in views:
             r = view.fresh
             if r is None or view.slot in busy:
                 continue
@@ -54,7 +72,6 @@ class RackReconciler:
                     self.swap.inventory.forget(
                         here.serial, batch, why=f"slot {view.slot} reports no pack"
                     )
-        return batch
 
     def _present(self, slot: int, serial: str, pack_type: str | None, batch: JournalBatch) -> None:
         inventory = self.swap.inventory

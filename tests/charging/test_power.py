@@ -177,3 +177,29 @@ def test_forecast_counts_ready_packs_ahead_and_explains_a_wait() -> None:
     text = ready_text(fc, "STD75")
     assert text is not None and "slot 1" in text
     assert ready_text(fc, "XL") == "none expected to be ready within 60 min"
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    packs=st.lists(
+        st.tuples(
+            st.floats(0, 100),
+            st.sampled_from([0.0, 0.5, 5.0, 80.0, 150.0, 400.0]),
+            st.sampled_from(["STD75", "LR100"]),
+        ),
+        max_size=12,
+    ),
+    idle_w=st.sampled_from([0.0, 3_000.0]),
+    ready=st.integers(0, 3),
+)
+def test_without_a_grid_limit_the_forecast_is_the_shared_one_with_room_for_all(
+    packs: list[tuple[float, float, str]], idle_w: float, ready: int
+) -> None:
+    """The forecast's shortcut without a budget (each pack on its own) gives what sharing an
+    unbounded budget step by step gives."""
+    model = PowerModel(StationConfig.model_validate({"station_id": "t"}))
+    demands = [want(i + 1, soc, cap=cap, kind=kind) for i, (soc, cap, kind) in enumerate(packs)]
+    demands.append(idle(99, idle_w))
+    alone = forecast(model, demands, None, {"STD75": ready})
+    shared = forecast(model, demands, math.inf, {"STD75": ready})
+    assert alone == shared

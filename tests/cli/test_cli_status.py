@@ -15,7 +15,7 @@ import pytest
 from controller.cli.status import StationView, render
 from simstation.broker import Mosquitto
 from tests.cli.test_cli_cmd import swapctl
-from tests.rig import rack, running
+from tests.rig import rack, running, until
 from tests.support import REPO, station_toml
 
 
@@ -28,6 +28,15 @@ def slot_row(out: str, slot: int) -> str:
 @pytest.mark.timeout(60)
 async def test_status_once(tmp_path: Path, broker: Mosquitto) -> None:
     async with running(tmp_path, broker, [rack()], robot=True, plc=True) as rig:
+        # Slots 1 and 2 switch on once their chargers' minimum off-time from the start has
+        # passed, and their state is out: only then is there charging to show.
+        pub = rig.station.slot_publisher
+        await until(
+            lambda: all(
+                (s := pub.last(slot)) is not None and s.status == "charging" for slot in (1, 2)
+            ),
+            what="slots 1 and 2 charging, published",
+        )
         code, out, err = await swapctl("status", "--once", "--config", str(rig.config_path))
     assert code == 0, err
     header = out.splitlines()[0]
