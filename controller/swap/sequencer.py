@@ -242,6 +242,11 @@ class Sequencer:
             except MismatchError as exc:
                 await self.stops.fault(f"pack mismatch: {exc}")
             self.last_step = time.monotonic()
+            if self.last_step - now > self.senses.io_stale_after_s:
+                # Frozen in the middle of a step (awaiting its write-ahead commit, say): the
+                # station I/O aged meanwhile just the same; the next step must know why.
+                self.senses.stall = (self.last_step - now, self.last_step)
+                _log.error("one swap sequencer step took %.1f s", self.last_step - now)
 
     async def _handle(self, event: _Event) -> None:
         if isinstance(event, RobotDone):
