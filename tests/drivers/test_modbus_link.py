@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,27 @@ async def test_errors_by_kind(tmp_path: Path) -> None:
     finally:
         await link.close()
         await sim.stop()
+
+
+@given(st.binary(max_size=260))
+def test_the_fast_register_decode_is_pymodbus_s_own(data: bytes) -> None:
+    """Our one-unpack register decode gives pymodbus's registers, or refuses what it cannot."""
+    from pymodbus.exceptions import ModbusIOException
+    from pymodbus.pdu.register_message import ReadHoldingRegistersResponse
+
+    from drivers.modbus.link import FAST_REGISTER_RESPONSES
+
+    theirs = ReadHoldingRegistersResponse()
+    try:
+        theirs.decode(data)
+        expected: list[int] | None = list(theirs.registers)
+    except (ModbusIOException, struct.error, IndexError):
+        expected = None
+    for cls in FAST_REGISTER_RESPONSES:
+        ours = cls()
+        if expected is None or (data and data[0] % 2):
+            with pytest.raises(ModbusIOException):
+                ours.decode(data)
+        else:
+            ours.decode(data)
+            assert ours.registers == expected
