@@ -234,6 +234,8 @@ async def simulate(
     loaded: LoadedScenario, workdir: Path, *, progress: Progress | None = None
 ) -> Report:
     """Run the scenario against the real daemon; the report."""
+    # As the user meant it: relative to where they are now (the daemon runs elsewhere).
+    workdir = workdir.absolute()
     workdir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before the run
     with Mosquitto(workdir / "broker") as broker:
         return await _run(loaded, workdir, broker, progress)

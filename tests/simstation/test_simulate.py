@@ -149,3 +149,16 @@ async def test_the_busy_peak_hours_of_pss13_are_accounted(tmp_path: Path) -> Non
     assert 0.5 * limit < report.peak_grid_kw <= 1.05 * limit, report.peak_grid_kw
     assert max(s.grid_kw for s in report.samples) <= 1.05 * limit
     assert report.energy_kwh > 0
+
+
+@pytest.mark.timeout(60)
+def test_a_relative_out_is_where_the_user_meant(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--out run-60` from a folder: the report lands in that folder's run-60 (issue 16 item 7:
+    the robot was looked for at run-60/run-60/sim/robot and the run failed after 60 s)."""
+    monkeypatch.chdir(tmp_path)
+    scenario = str(SCENARIOS / "fault-injection.toml")
+    assert main([scenario, "--out", "run-60", "--duration-h", "0.05"]) == 0
+    assert (tmp_path / "run-60" / "report.json").is_file()
+    assert not (tmp_path / "run-60" / "run-60").exists()
