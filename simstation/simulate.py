@@ -236,7 +236,7 @@ async def simulate(
     """Run the scenario against the real daemon; the report."""
     # As the user meant it: relative to where they are now (the daemon runs elsewhere).
     workdir = workdir.absolute()  # noqa: ASYNC240 - once, before the run (a getcwd)
-    workdir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before the run
+    workdir.mkdir(parents=True, exist_ok=True)
     with Mosquitto(workdir / "broker") as broker:
         return await _run(loaded, workdir, broker, progress)
 
