@@ -34,7 +34,6 @@ from controller.charging.operator import OperatorCommands
 from controller.charging.power import Allocation, Demand, PowerModel, allocate, budget_w
 from controller.charging.setpoints import (
     LIMIT_TOLERANCE_A,
-    WRITE_RETRY_S,
     Rack,
     Setpoints,
     Writing,
@@ -52,6 +51,8 @@ from drivers.modbus.profile import SlotStatus
 from drivers.rack import RackSnapshot, SlotReading
 
 _log = logging.getLogger(__name__)
+
+MIN_RESTEP_S = 0.1  # a slot's next deadline is at least this far ahead
 
 STARTS_BUDGET_S = 1.0  # the starts of one step, all racks in parallel: at most this long
 NOT_APPLIED = "setpoint_not_applied"
@@ -75,6 +76,7 @@ class SlotControl:
         self.book = book
         self.actuators = actuators
         self.safety: SafetySupervisor = actuators.safety
+        self.safety.on_booked = self._on_refusal
         self.clock = clock
         self.journal = journal
         self.events = events
@@ -142,6 +144,16 @@ class SlotControl:
         self._pending.update(slots)
         self._wake.set()
 
+    def _on_refusal(self, scope: str) -> None:
+        """A command was refused (a slot's, or the station's motion): its alarm, at once."""
+        if scope == STATION:
+            self._due[0] = 0.0  # due now: the station's refusals are reconciled in a step
+            self._wake.set()
+        elif scope.startswith("slot:") and self._busy_since is None:
+            # Not from inside a step (a write it refused): that slot is stepped again by its
+            # next poll, and a refusal repeated every step must not make steps back to back.
+            self.touch(int(scope.removeprefix("slot:")))
+
     def liveness(self, now: float) -> float:
         """`now` while waiting for work; the start of the step in progress otherwise."""
         return now if self._busy_since is None else self._busy_since
@@ -190,8 +202,10 @@ class SlotControl:
         if view.reading is not None and not view.stale:
             times.append(view.reading.at + self.book.racks[view.rack].stale_after_s + 1e-3)
         writing = self.setpoints.writes.get(slot)
-        if writing is not None:
-            times.append(writing.at + WRITE_RETRY_S)
+        if writing is not None and view.answers:
+            # Its retry, with its back-off (a charger that does not answer is written to when
+            # it answers again: its next poll steps the slot).
+            times.append(writing.due_at(steady=not raises(view, writing.want)))
         wait = self.safety.on_allowed_in(slot, now)
         if wait > 0:
             times.append(now + wait)
@@ -202,7 +216,9 @@ class SlotControl:
         if lapse is not None:
             times.append(lapse + 1e-3)
         if times:
-            self._due[slot] = min(times)
+            # Never in the past: a deadline the step did not act on would be stepped again at
+            # once, for ever (the safety net: at worst the old timer's pace).
+            self._due[slot] = max(min(times), now + MIN_RESTEP_S)
         else:
             self._due.pop(slot, None)
 
@@ -404,8 +420,9 @@ class SlotControl:
         if not self._committed_w:  # after a shared allocation: every slot once
             slots = list(self._demands)
             part_limits = {**before.limits_a, **part.limits_a}
+            part_waiting = {**before.waiting, **part.waiting}
         else:
-            part_limits = part.limits_a
+            part_limits, part_waiting = part.limits_a, part.waiting
         for slot in slots:
             limits.pop(slot, None)
             waiting.pop(slot, None)
@@ -415,7 +432,7 @@ class SlotControl:
                 limits[slot] = amps
             self._committed_w[slot] = 0.0 if d.wants else d.committed_w
             self._allocated_w[slot] = 0.0 if amps is None else amps * d.volt_bound_v
-        waiting.update(part.waiting)
+        waiting.update({s: part_waiting[s] for s in slots if s in part_waiting})
         committed = math.fsum(self._committed_w.values())
         allocated = math.fsum(self._allocated_w.values())
         return Allocation(limits, None, committed, allocated, waiting)
@@ -436,9 +453,11 @@ class SlotControl:
         Only when an input moved since the last one (a demand, the budget): nothing changed,
         nothing to do.
         """
-        last: tuple[int, float | None] | None = None
+        last: tuple[int, float | None, dict[str, int]] | None = None
         while True:
-            inputs = (self.demands_changed, self.allocation.budget_w)
+            # The packs ready now move without any demand moving (a reservation, an alarm,
+            # a disabled slot on an idle pack): counted every period, O(slots).
+            inputs = (self.demands_changed, self.allocation.budget_w, self.ready_counts())
             if inputs != last:
                 last = inputs
                 await self.update_forecast()
@@ -561,6 +580,10 @@ class SlotControl:
             return None
         want_on, want_limit = target
         if want_on and not r.charge_enable and self.safety.on_allowed_in(view.slot, now) > 0:
+            writing = self.setpoints.writes.get(view.slot)
+            if r.charge_enable is False and writing is not None and not writing.want[0]:
+                self.setpoints.writes.pop(view.slot)  # the stop took: nothing to retry
+                self.changed.set()
             return None  # the contactor's minimum off-time first (shown in `blockers`)
         if r.charge_enable == want_on and (
             not want_on or abs((r.current_limit or 0.0) - want_limit) <= LIMIT_TOLERANCE_A

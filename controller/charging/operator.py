@@ -70,6 +70,7 @@ class OperatorCommands:
         except (SafetyRefusedError, RefusedError, DriverError, TimeoutError) as exc:
             if was_off:
                 c.manual_off.add(slot)  # refused or failed: the operator's off stands
+            c.touch(slot)  # a refusal is an alarm of the slot's: raised by its next step
             if isinstance(exc, RefusedError):
                 raise
             raise RefusedError(f"slot {slot}: {exc or 'no answer'}") from exc

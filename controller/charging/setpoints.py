@@ -50,9 +50,12 @@ class Writing:
 
         `steady`: every 1 s however often it failed (a stop, a lower limit: never delayed).
         """
+        return now >= self.due_at(steady=steady)
+
+    def due_at(self, *, steady: bool = False) -> float:
+        """When a retry is due (see `due`)."""
         backoff = 0 if steady else min(max(self.failures - 1, 0), 6)
-        pause = min(WRITE_RETRY_MAX_S, WRITE_RETRY_S * 2.0**backoff)
-        return now - self.at >= pause
+        return self.at + min(WRITE_RETRY_MAX_S, WRITE_RETRY_S * 2.0**backoff)
 
 
 class Setpoints:

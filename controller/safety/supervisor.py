@@ -130,6 +130,8 @@ class SafetySupervisor:
         self._ledger: dict[int, _Ledger] = {}
         self._episodes: dict[tuple[str, str], _Episode] = {}
         self._pending: list[tuple[str, dict[str, object]]] = []  # events to journal
+        # Told the scope of every refusal booked (the slot control raises its alarm at once).
+        self.on_booked: Callable[[str], None] = lambda _scope: None
 
     # --- judging -------------------------------------------------------------------------------
 
@@ -189,6 +191,7 @@ class SafetySupervisor:
 
     def _book(self, scope: str, name: str, message: str, at: float, facts: Facts) -> None:
         self.counts[name] += 1
+        self.on_booked(scope)
         key = (scope, name)
         episode = self._episodes.get(key)
         if episode is None or episode.cleared:
