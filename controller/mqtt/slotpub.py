@@ -8,8 +8,8 @@ and all again after every reconnect.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
+import heapq
 import logging
 import time
 from datetime import UTC, datetime
@@ -181,7 +181,9 @@ class SlotPublisher:
         self.link = link
         self.cfg = cfg
         self._last: dict[int, SlotState] = {}
-        self._refresh: collections.deque[tuple[float, int]] = collections.deque()
+        # One entry per slot (its refresh time, a heap): a slot published again meanwhile has
+        # its entry moved when it comes up, not one entry per publish.
+        self._refresh: list[tuple[float, int]] = []
         self._published_at: dict[int, float] = {}
         self.published = 0
         link.add_connect_hook(self._on_connect)
@@ -246,16 +248,22 @@ class SlotPublisher:
                 else:
                     self.published += 1
                 self._last[slot] = state
+                if slot not in self._published_at:
+                    heapq.heappush(self._refresh, (now + self.cfg.slot_refresh_s, slot))
                 self._published_at[slot] = now
-                self._refresh.append((now + self.cfg.slot_refresh_s, slot))
 
     def _due_refreshes(self, now: float) -> set[int]:
-        """Slots whose last publish is `slot_refresh_s` old (entries of older publishes skipped)."""
+        """Slots whose last publish is `slot_refresh_s` old (a newer publish moves the entry)."""
         due: set[int] = set()
         while self._refresh and self._refresh[0][0] <= now:
-            at, slot = self._refresh.popleft()
-            if self._published_at.get(slot) == at - self.cfg.slot_refresh_s:
+            _, slot = heapq.heappop(self._refresh)
+            at = self._published_at[slot] + self.cfg.slot_refresh_s
+            if at <= now:
                 due.add(slot)
+            # Due: next one a period after this publish; else: when its last publish is old.
+            heapq.heappush(
+                self._refresh, (now + self.cfg.slot_refresh_s if at <= now else at, slot)
+            )
         return due
 
 

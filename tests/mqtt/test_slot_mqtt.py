@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from controller.config.model import DeadbandsConfig
 from controller.mqtt.slotpub import SlotState, significant_change
@@ -174,3 +178,33 @@ def test_deadbands() -> None:
     assert significant_change(old, _state(current_a=101.0), bands)
     assert significant_change(old, _state(stale=True), bands)
     assert significant_change(old, _state(status="full"), bands)
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_a_quiet_slot_is_published_again_a_refresh_period_after_its_last(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """An empty slot (nothing changes) goes out again every `slot_refresh_s`; the refresh is
+    per slot, one pending entry each, however often the slot was published."""
+    # Slot 1 charges (published at every poll: deadbands 0), slot 2 is empty and quiet.
+    spec = SimRackSpec("r1", [1, 2], packs={1: SimPack("PK-A", soc=40.0)}, poll_period_s=0.1)
+    bands = "[publish.deadbands]\n" + "".join(f"{k} = 0\n" for k in DeadbandsConfig.model_fields)
+    refresh = 0.6
+    async with running(
+        tmp_path, broker, [spec], sections=f"[publish]\nslot_refresh_s = {refresh}\n{bands}"
+    ) as rig:
+        pub = rig.station.slot_publisher
+        link = rig.station.link
+        sent: list[float] = []
+        publish_many = link.publish_many
+
+        async def probe(messages: Any, **kw: Any) -> Any:
+            sent.extend(time.monotonic() for topic, _ in messages if topic.endswith("/slots/2"))
+            return await publish_many(messages, **kw)
+
+        link.publish_many = probe  # type: ignore[method-assign]
+        await until(lambda: len(sent) >= 4, timeout=10, what="four refreshes of slot 2")
+        gaps = [b - a for a, b in itertools.pairwise(sent)]
+        assert all(refresh * 0.9 <= g <= refresh + 0.5 for g in gaps), gaps
+        assert len(pub._refresh) <= len(rig.station.book.slots)  # one entry per slot
