@@ -109,7 +109,7 @@ class TwoRacks:
             link = ModbusLink(
                 LinkParams(
                     name, tcp=TcpParams("127.0.0.1", port),
-                    timeout_min_s=0.01, timeout_max_s=0.03, retries=0,
+                    timeout_min_s=0.5, timeout_max_s=2.0, retries=0,  # never late on loopback
                 )
             )  # fmt: skip
             slots = list(range(1 + k * n, 1 + (k + 1) * n))

@@ -77,7 +77,9 @@ def test_the_event_driven_step_leaves_nothing_a_full_step_would_do(
     grid_kw: float | None, script: list[tuple[Any, ...]]
 ) -> None:
     config = station_config(grid_kw, min_on_s=5.0, min_off_s=5.0)
-    events, full = SteppedStation(N, config), SteppedStation(N, config)
+    # Long timeouts: a reply late on a loaded machine must not fail one station's poll only.
+    events = SteppedStation(N, config, timeout_min_s=0.5, timeout_max_s=2.0)
+    full = SteppedStation(N, config, timeout_min_s=0.5, timeout_max_s=2.0)
     try:
         for station in (events, full):
             for i in range(N):
