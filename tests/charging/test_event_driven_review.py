@@ -210,6 +210,13 @@ class TwoRacks:
 # --- defects: run() busy-loops on a deadline that stays in the past ---------------------------
 
 
+def assert_no_spin(s: SteppedStation) -> None:
+    """Every deadline ahead of the clock, and `run()` does not step back to back."""
+    c = s.slot_control
+    assert all(t > s.clock.t for t in c._due.values()), f"a deadline in the past: {c._due}"
+    assert steps_of_run(c, s.loop) <= 2
+
+
 @pytest.mark.timeout(60)
 def test_no_busy_loop_while_a_stopped_charger_waits_for_its_minimum_off_time() -> None:
     """A stop for a passing cause (the BMS allowed 0 A for one poll), then the cause clears.
@@ -221,7 +228,6 @@ def test_no_busy_loop_while_a_stopped_charger_waits_for_its_minimum_off_time() -
     """
     s = SteppedStation(1, station_config(min_on_s=0.5, min_off_s=5.0))
     try:
-        c = s.slot_control
         s.rack.set_pack(0, "PK-0", soc=40.0)
         for _ in range(8):
             s.step()
@@ -232,10 +238,7 @@ def test_no_busy_loop_while_a_stopped_charger_waits_for_its_minimum_off_time() -
         s.rack.set_value(0, "bms_current_max", 200.0)
         s.step()  # the stop is seen taken; the charger waits for its minimum off-time
         assert not s.on(0)
-        assert all(t > s.clock.t for t in c._due.values()), (
-            f"a deadline in the past: {c._due} at {s.clock.t}"
-        )
-        assert steps_of_run(c, s.loop) <= 2
+        assert_no_spin(s)
     finally:
         s.close()
 
@@ -258,10 +261,7 @@ def test_no_busy_loop_while_a_rack_is_down_after_a_write() -> None:
         for _ in range(4):
             s.step()
         assert c.book.rack_offline("p")
-        assert all(t > s.clock.t for t in c._due.values()), (
-            f"a deadline in the past: {c._due} at {s.clock.t}"
-        )
-        assert steps_of_run(c, s.loop) <= 2
+        assert_no_spin(s)
     finally:
         s.close()
 
@@ -282,10 +282,7 @@ def test_no_busy_loop_while_a_refused_switch_on_backs_off() -> None:
             s.step()
         writing = c.setpoints.writes[1]
         assert writing.failures >= 3 and not writing.due(s.clock.t)
-        assert all(t > s.clock.t for t in c._due.values()), (
-            f"a deadline in the past: {c._due} at {s.clock.t}"
-        )
-        assert steps_of_run(c, s.loop) <= 2
+        assert_no_spin(s)
     finally:
         s.close()
 
