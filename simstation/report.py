@@ -106,6 +106,10 @@ class Report(Model):
     faults: list[FaultEntry] = Field(default_factory=list)
     energy_kwh: float = 0.0
     peak_grid_kw: float = 0.0
+    # The machine while it ran: its 1-minute load average at the start, the highest seen, at
+    # the end, and its cores (a loaded machine delays a wall-clock-scaled run's round trips).
+    load: list[float] = Field(default_factory=list)  # [start, max, end]
+    cores: int = 0
 
     def accounted(self) -> bool:
         """Every arrival is served, failed, turned away or still waiting."""

@@ -470,6 +470,10 @@ def _header(report: Report) -> str:
         ("speed", f"{_num(report.speed)}&#215;"),
         ("wall clock", _duration(report.wall_s)),
     ]
+    if report.load:
+        start, peak, end = report.load
+        load = f"{start:.2f} / {peak:.2f} / {end:.2f} (start / max / end), {report.cores} cores"
+        items.append(("machine load", load))
     desc = f'<p class="lead">{escape(report.description)}</p>' if report.description else ""
     meta = "".join(f"<li>{k}: <b>{v}</b></li>" for k, v in items)
     return (

@@ -181,6 +181,7 @@ class Recorder:
     rack_t: dict[str, float] = field(default_factory=dict)
     energy_kwh: float = 0.0
     peak_w: float = 0.0
+    load: list[float] = field(default_factory=list)  # the 1-min load: start, max, end
     counting: bool = False
 
     def on_event(self, event: dict[str, Any]) -> None:
@@ -373,8 +374,9 @@ async def _run(
         rec.counting = True
         fleet.begin(now)
         wall_s = await _play(
-            fleet, daemon=daemon, tasks=tasks, progress=progress, work=work, window=(start_s, end_s)
-        )
+            fleet, rec, daemon=daemon, tasks=tasks, progress=progress, work=work,
+            window=(start_s, end_s),
+        )  # fmt: skip
         rec.counting = False
         (work / "fleet.log").write_text("\n".join(log_lines) + "\n")
         for t, what in fleet.operator_log:
@@ -391,6 +393,7 @@ async def _run(
 
 async def _play(
     fleet: Fleet,
+    rec: Recorder,
     *,
     daemon: asyncio.subprocess.Process,
     tasks: list[asyncio.Task[Any]],
@@ -402,7 +405,9 @@ async def _play(
     start_s, end_s = window
     run_s = end_s - start_s
     wall0 = time.monotonic()
+    rec.load = [os.getloadavg()[0]] * 3
     while (now := fleet.now()) < end_s:
+        rec.load[1] = max(rec.load[1], os.getloadavg()[0])
         if daemon.returncode is not None:
             raise RuntimeError(
                 f"the daemon exited with code {daemon.returncode}; see {work / 'daemon.log'}"
@@ -414,6 +419,8 @@ async def _play(
             progress.update(fleet, now - start_s, run_s, time.monotonic() - wall0)
         await asyncio.sleep(min(PROGRESS_EVERY_S, max(0.0, fleet.sim.clock.real(end_s - now))))
     wall_s = time.monotonic() - wall0
+    rec.load[2] = os.getloadavg()[0]
+    rec.load[1] = max(rec.load[1], rec.load[2])
     if progress is not None:
         progress.update(fleet, run_s, run_s, wall_s)
         progress.done()
@@ -637,6 +644,8 @@ def build_report(loaded: LoadedScenario, fleet: Fleet, rec: Recorder, wall_s: fl
         faults=sorted(rec.faults, key=lambda f: f.t_s),
         energy_kwh=round(rec.energy_kwh, 1),
         peak_grid_kw=round(rec.peak_w / 1000.0, 1),
+        load=[round(x, 2) for x in rec.load],
+        cores=os.cpu_count() or 0,
     )
 
 
@@ -677,6 +686,12 @@ def summary(report: Report) -> str:
         ),
         f"  alarms raised {raised}, fault entries {len(report.faults)}",
     ]
+    if report.load:
+        start, peak, end = report.load
+        lines.append(
+            f"  machine: load {start:.2f} at the start, {peak:.2f} at most, {end:.2f} at the end"
+            f" ({report.cores} cores)"
+        )
     return "\n".join(lines)
 
 

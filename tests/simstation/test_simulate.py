@@ -89,6 +89,8 @@ def check_report(report: Report, out: Path) -> None:
     again = Report.model_validate(json.loads((out / "report.json").read_text()))
     assert again == report
     assert report.samples, "a sample every simulated minute"
+    start, peak, end = report.load  # the machine's load while it ran is in the report
+    assert 0 <= start <= peak and 0 <= end <= peak and report.cores >= 1
     assert len(report.samples) >= report.duration_s / 60 - 2
     for car in report.cars:
         if car.outcome in {"served", "failed"}:
