@@ -571,6 +571,9 @@ class Fleet(Traffic):
             return
         result = reply.get("result")
         if reply.get("ok") and isinstance(result, dict) and "swap_id" in result:
+            if self.now() - car.arrive_s > self.fleet.max_wait_s:
+                await self._gave_up_meanwhile(client, car, str(result["swap_id"]))
+                return
             car.accepted_s = self.now()
             car.swap_id = str(result["swap_id"])
             self.queue.remove(car)
@@ -586,6 +589,19 @@ class Fleet(Traffic):
         car.reason = str(reply.get("message") or reply.get("code"))
         # Busy: the last swap is ending; anything else (no pack, blocked): a minute later.
         car.next_ask_s = self.now() + (0.0 if reply.get("code") == "busy" else self.fleet.retry_s)
+
+    async def _gave_up_meanwhile(self, client: aiomqtt.Client, car: Car, swap_id: str) -> None:
+        """The car's patience ran out while its start_swap was answered: it has left.
+
+        Never served after its give-up time; the swap started for nobody is cancelled.
+        """
+        self.queue.remove(car)
+        car.outcome, car.reason = "turned_away", "gave up while its request was answered"
+        self.say(f"fleet: {car.vehicle_id} left before its swap {swap_id} could start")
+        await self._request(
+            client, "abort", {"id": f"{swap_id}-left-{uuid.uuid4().hex[:6]}",
+                              "reason": "the driver left"},
+        )  # fmt: skip
 
     async def _serve(self, client: aiomqtt.Client, car: Car) -> None:
         """Until the car's swap has ended and the car has left; the operator acts meanwhile."""
