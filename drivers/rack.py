@@ -14,10 +14,10 @@ import contextlib
 import logging
 import math
 import random
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from drivers import clock as clocks
 from drivers.errors import (
     CommandNotAppliedError,
     DeviceConnectionError,
@@ -133,7 +133,7 @@ class RackDriver:
         *,
         unit_id: int | None = None,
         unit_ids: Sequence[int] | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = clocks.monotonic,
         static_period_s: float | None = None,
     ) -> None:
         if profile.layout == "block" and unit_id is None:
@@ -210,7 +210,7 @@ class RackDriver:
         sent: the data is at least that old.
         """
         now = self.clock()
-        wall = time.time() - now  # wall clock = the stamp + this
+        wall = clocks.wall() - now  # wall clock = the stamp + this
         many = len(set(self._units)) > 1
         state = _PollState(
             {slot: {} for slot in self.slots},
@@ -495,9 +495,9 @@ class RackPoller:
     async def run(self) -> None:
         """Poll forever."""
         backoff = self.period
-        grid = time.monotonic() + self.phase_s  # the schedule: grid + k x period
+        grid = clocks.monotonic() + self.phase_s  # the schedule: grid + k x period
         while True:
-            started = time.monotonic()
+            started = clocks.monotonic()
             self._wake.clear()  # a poll_soon() from now on asks for the poll after this one
             await self.poll_once()
             if self.online or self.failures < self.offline_after:
@@ -509,14 +509,14 @@ class RackPoller:
                 next_at = grid + k * self.period
             else:
                 # Offline: re-probe with capped exponential backoff and jitter.
-                next_at = time.monotonic() + backoff * self._rng.uniform(0.75, 1.0)
+                next_at = clocks.monotonic() + backoff * self._rng.uniform(0.75, 1.0)
                 backoff = min(backoff * 2, self.backoff_max_s)
             await self._sleep_until(next_at)
 
     async def poll_once(self) -> RackSnapshot:
         """One poll: count it, hand its snapshot to `on_snapshot`, and return it."""
         name = self.driver.name
-        started = time.monotonic()
+        started = clocks.monotonic()
         failed: dict[int, str] = {}
         try:
             result = await self.driver.poll()
@@ -540,7 +540,7 @@ class RackPoller:
             for slot in failed.keys() - self._silent:
                 _log.warning("rack %s slot %d not answering: %s", name, slot, failed[slot])
             self._silent = set(failed)
-        cycle = time.monotonic() - started
+        cycle = clocks.monotonic() - started
         self.stats.cycles += 1
         if self._keep:
             self.stats.cycle_times.append(cycle)
@@ -559,7 +559,7 @@ class RackPoller:
         return snapshot
 
     async def _sleep_until(self, when: float) -> None:
-        delay = when - time.monotonic()
+        delay = when - clocks.monotonic()
         if delay > 0:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):

@@ -16,11 +16,11 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from drivers import clock
 from drivers.errors import CommandNotAppliedError, DecodeError, DriverError
 from drivers.modbus.codec import Decoder, compile_decoder
 from drivers.modbus.ioprofile import BitTable, IoProfile
@@ -97,8 +97,8 @@ class StationIoDriver:
 
     async def read(self) -> IoReading:
         """One poll of the whole map: one request per table; raises a `DriverError`."""
-        sent = time.monotonic()
-        wall = time.time()
+        sent = clock.monotonic()
+        wall = clock.wall()
         inputs = await self._read_bits(self._bits["discrete"])
         coils = await self._read_bits(self._bits["coil"])
         values: dict[str, object] = {}
@@ -242,7 +242,7 @@ class StationIoPoller:
         name = self.driver.name
         backoff = self.period
         while True:
-            started = time.monotonic()
+            started = clock.monotonic()
             self._wake.clear()  # a poll_soon() from now on asks for the poll after this one
             try:
                 reading = await self.driver.read()
@@ -263,13 +263,13 @@ class StationIoPoller:
                 self.last_error = None
                 self.reading = reading
                 backoff = self.period
-            cycle = time.monotonic() - started
+            cycle = clock.monotonic() - started
             self.stats.cycles += 1
             if self._keep:
                 self.stats.cycle_times.append(cycle)
             self._on_snapshot(
                 IoSnapshot(
-                    time.monotonic(),
+                    clock.monotonic(),
                     self.online,
                     self.reading,
                     self.failures,
@@ -284,12 +284,12 @@ class StationIoPoller:
                 next_at = started + self.period
             else:
                 # Offline: re-probe with capped exponential backoff and jitter.
-                next_at = time.monotonic() + backoff * self._rng.uniform(0.75, 1.0)
+                next_at = clock.monotonic() + backoff * self._rng.uniform(0.75, 1.0)
                 backoff = min(backoff * 2, self.backoff_max_s)
             await self._sleep_until(next_at)
 
     async def _sleep_until(self, when: float) -> None:
-        delay = when - time.monotonic()
+        delay = when - clock.monotonic()
         if delay > 0:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+from drivers import clock
 
 
 class SimClock:
@@ -12,7 +12,7 @@ class SimClock:
         if speed <= 0:
             raise ValueError("speed must be > 0")
         self._speed = speed
-        self._real0 = time.monotonic()
+        self._real0 = clock.monotonic()
         self._sim0 = 0.0
 
     @property
@@ -25,12 +25,12 @@ class SimClock:
         if value <= 0:
             raise ValueError("speed must be > 0")
         self._sim0 = self.now()
-        self._real0 = time.monotonic()
+        self._real0 = clock.monotonic()
         self._speed = value
 
     def now(self) -> float:
         """Simulated seconds since the clock started."""
-        return self._sim0 + (time.monotonic() - self._real0) * self._speed
+        return self._sim0 + (clock.monotonic() - self._real0) * self._speed
 
     def real(self, sim_seconds: float) -> float:
         """Real seconds that `sim_seconds` of simulated time take."""

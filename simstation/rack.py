@@ -13,7 +13,6 @@ import contextlib
 import functools
 import logging
 import random
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ from pymodbus.framer import FramerType
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from drivers import clock as clocks
 from drivers.modbus.codec import RAW_RANGE, Value, WordOrder, decode, encode
 from drivers.modbus.profile import RackProfile, RegisterSpec
 from simstation.charger import SimCharger, SimPack
@@ -58,7 +58,11 @@ class SimRack:
         comm_timeout_s: float | None = None,
         identity: RackIdentityValues = RackIdentityValues(),
         seed: int = 3,
+        tick_s: float = TICK_S,
     ) -> None:
+        if tick_s <= 0:
+            raise ValueError("tick_s must be > 0")
+        self.tick_s = tick_s  # a physics step at least this often (real seconds), and on a write
         self.profile = profile
         self.slots = tuple(slots)
         if profile.layout == "unit":
@@ -92,7 +96,7 @@ class SimRack:
         # A setpoint write is being handled: nudge once it is answered, not from inside the
         # request (physics touching the datastore mid-request can garble transaction ids).
         self._written = False
-        self._last_request = time.monotonic()
+        self._last_request = clocks.monotonic()
         self._rack_heartbeat = 0
         self._host = "127.0.0.1"
         self.port = 0
@@ -220,7 +224,7 @@ class SimRack:
     def _trace(self, sending: bool, data: bytes) -> bytes:  # noqa: FBT001 - pymodbus hook
         if not sending:
             self.requests += 1
-            self._last_request = time.monotonic()
+            self._last_request = clocks.monotonic()
             # The unit a request is for: RTU's first byte, or the MBAP header's seventh.
             if data:
                 self._last_unit = (
@@ -287,7 +291,7 @@ class SimRack:
         last = self.clock.now()
         while True:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(TICK_S):
+                async with asyncio.timeout(self.tick_s):
                     await self._nudge.wait()
             self._nudge.clear()
             now = self.clock.now()
@@ -305,7 +309,7 @@ class SimRack:
         """A real rack stops charging when its controller stops talking to it."""
         if self.comm_timeout_s is None or self._server is None:
             return
-        if time.monotonic() - self._last_request <= self.comm_timeout_s:
+        if clocks.monotonic() - self._last_request <= self.comm_timeout_s:
             return
         enable = self.profile.slot_registers["charge_enable"]
         for slot, charger in self.chargers.items():

@@ -88,7 +88,8 @@ class Report(Model):
     scenario: str
     description: str = ""
     station: StationSummary
-    speed: float  # simulated seconds per wall second
+    speed: float  # simulated seconds per wall second (on virtual time: as it came out)
+    clock: Literal["wall", "virtual"] = "wall"  # how time ran (`swapctl simulate --clock`)
     start_s: float = 0.0  # simulated seconds since midnight at which the run began
     duration_s: float  # simulated seconds run
     wall_s: float  # wall-clock seconds it took

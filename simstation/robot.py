@@ -13,13 +13,14 @@ import contextlib
 import logging
 import os
 import random
-import time
+import socket
 import tty
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from drivers import clock as clocks
 from drivers.errors import DecodeError
 from drivers.robot.protocol import (
     SERIAL_LEN,
@@ -155,6 +156,9 @@ class SimRobot:
         self.synced = False
         self.executions: list[tuple[int, MsgType]] = []
         self.path: Path | None = None
+        self.address: tuple[str, int] | None = None  # where it listens on TCP (`start_tcp`)
+        self._listener: socket.socket | None = None
+        self._conn: socket.socket | None = None
         self._master: int | None = None
         self._slave: int | None = None
         self._reassembler = Reassembler()
@@ -181,6 +185,41 @@ class SimRobot:
         asyncio.get_running_loop().add_reader(master, self._readable)
         self._heartbeat = asyncio.create_task(self._heartbeats(), name="simrobot-heartbeat")
 
+    async def start_tcp(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve the line on TCP, as behind a serial device server; the `socket://` URL.
+
+        One client at a time (a new one replaces the old, as a device server's port does).
+        The bytes are the serial line's, unchanged.
+        """
+        listener = socket.create_server((host, port))
+        listener.setblocking(False)
+        self._listener = listener
+        self.address = (host, listener.getsockname()[1])
+        self._reassembler = Reassembler()
+        asyncio.get_running_loop().add_reader(listener.fileno(), self._client_came)
+        self._heartbeat = asyncio.create_task(self._heartbeats(), name="simrobot-heartbeat")
+        return f"socket://{host}:{self.address[1]}"
+
+    def _client_came(self) -> None:
+        if self._listener is None:
+            return
+        try:
+            conn, _ = self._listener.accept()
+        except BlockingIOError:
+            return
+        self._close_conn()
+        conn.setblocking(False)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._conn, self._master = conn, conn.fileno()
+        self._reassembler = Reassembler()
+        asyncio.get_running_loop().add_reader(self._master, self._readable)
+
+    def _close_conn(self) -> None:
+        if self._conn is not None:
+            asyncio.get_running_loop().remove_reader(self._conn.fileno())
+            self._conn.close()
+            self._conn, self._master = None, None
+
     async def stop(self) -> None:
         """Close the port and stop everything; idempotent."""
         await self.disconnect()
@@ -196,6 +235,11 @@ class SimRobot:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
             self._heartbeat = None
+        if self._listener is not None:
+            asyncio.get_running_loop().remove_reader(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
+        self._close_conn()
         if self._master is not None:
             asyncio.get_running_loop().remove_reader(self._master)
             os.close(self._master)
@@ -208,7 +252,10 @@ class SimRobot:
                 self.path.unlink()
 
     async def reconnect(self) -> None:
-        """The port comes back at the same path."""
+        """The port comes back at the same path (or address)."""
+        if self.address is not None:
+            await self.start_tcp(*self.address)
+            return
         assert self.path is not None
         await self.start(self.path)
 
@@ -231,7 +278,11 @@ class SimRobot:
             data = os.read(self._master, 4096)
         except BlockingIOError:
             return
-        except OSError:  # the other end is gone
+        except OSError:  # the other end is gone (a pty's EIO; a TCP client's reset)
+            self._close_conn()
+            return
+        if not data:  # a TCP client closed its end
+            self._close_conn()
             return
         for frame in self._reassembler.feed(self._garble(data)):
             try:
@@ -542,7 +593,7 @@ class SimRobot:
 
     def _halt(self) -> None:
         """STOP: motion ends now; the robot stays stopped until RESET."""
-        self.stopped_at = time.monotonic()
+        self.stopped_at = clocks.monotonic()
         if self._running is not None and not self._running.done():
             self.state = RobotState.STOPPED
             self.fault = FaultCode.STOPPED

@@ -141,7 +141,7 @@ def _unservable(config: StationConfig, serial: dict[str, Path]) -> list[str]:
     for rack in config.racks:
         if rack.serial is None:
             continue
-        device = serial.get(rack.name, rack.serial.device)
+        device = serial.get(rack.name, Path(rack.serial.device))
         if device in seen:
             problems.append(
                 f"racks {seen[device]} and {rack.name} share {device}: the simulator serves"
@@ -196,20 +196,21 @@ def _place_serial(
     """
     for spec, rack in zip(sim.specs, config.racks, strict=True):
         if rack.serial is not None:
-            device = serial.get(rack.name, rack.serial.device)
+            device = serial.get(rack.name, Path(rack.serial.device))
             if is_serial_port(device):
-                spec.line, spec.device = rack.serial.model_copy(update={"device": device}), None
+                spec.line = rack.serial.model_copy(update={"device": str(device)})
+                spec.device = None
             else:
                 spec.device = device
     if config.robot is None:
         return None
     line = config.robot.serial
-    device = serial.get("robot", line.device)
+    device = serial.get("robot", Path(line.device))
     if not is_serial_port(device):
         sim.robot_path = device
         return None
     sim.robot_path = work / "robot"  # the robot's own pty, relayed to the port
-    return PortBridge(line.model_copy(update={"device": device}), sim.robot_path)
+    return PortBridge(line.model_copy(update={"device": str(device)}), sim.robot_path)
 
 
 def _listen_problem(sim: SimStation) -> str | None:
@@ -619,7 +620,7 @@ class PortBridge:
 
     async def start(self) -> None:
         """Open the port and start relaying."""
-        self._port = open_serial(self.line.device, self.line)
+        self._port = open_serial(Path(self.line.device), self.line)
         asyncio.get_running_loop().add_reader(self._port, self._from_port)
         self._keeper = asyncio.create_task(self._keep_device(), name="robot-port-bridge")
 

@@ -1,7 +1,11 @@
-"""`swapctl simulate SCENARIO.toml`: a day at a station, time-accelerated, with a report.
+"""`swapctl simulate SCENARIO.toml`: a day at a station, on virtual time, with a report.
 
-The real daemon (its own process: the simulator and the daemon each get a core) runs against
-the simulated station at the scenario's speed, with a private broker. The cars of the scenario
+By default (`--clock virtual`) the real daemon runs in this process with the simulated station,
+the cars and an MQTT broker, all on one event loop whose clock jumps to the next timer when
+nothing is left to do (`simstation.vloop`): the answer is the same at any machine speed and
+load, and a simulated day costs only the CPU of its events. `--clock wall` is the older mode:
+the daemon in its own process, a private mosquitto, wall time scaled by the scenario's speed
+(its round trips are scaled too: see docs/simulator.md). The cars of the scenario
 (`simstation.traffic.Fleet`) queue for the bay and are swapped by the real sequence; faults
 are injected at their times and the simulated operator resets what stops a swap. The report
 (`simstation.report.Report`) is written as JSON and, when the renderer is there, as HTML.
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import logging
 import os
 import random
 import sys
@@ -21,15 +26,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from controller.errors import ConfigError
 from controller.swap.phase import Phase
+from drivers import clock
 from drivers.robot.protocol import MsgType
 from simstation.broker import Mosquitto
 from simstation.charger import SimPack
 from simstation.children import die_with_parent
 from simstation.cli import stop_daemon
+from simstation.minibroker import MiniBroker
 from simstation.paths import scenario as shipped_or_path
 from simstation.report import (
     AlarmEntry,
@@ -56,6 +63,7 @@ from simstation.scenario import (
 )
 from simstation.station import CONTACTOR_S, SimRackSpec, SimStation
 from simstation.traffic import Car, Fleet, FleetOptions
+from simstation.vloop import VirtualClock, VirtualLoop, day_start
 
 STATION_ID = "sim"
 SAMPLE_EVERY_S = 60.0  # simulated
@@ -69,10 +77,26 @@ RACK_POLL_S = 0.05
 # Its limit switches and the vehicle's moves land at their own time and an output write acts at
 # once whatever the cycle, but each cycle is a scan the controller's poll may wait for.
 PLC_TICK_S = 0.005
+# On virtual time, periods are simulated seconds and cost CPU per simulated second, never
+# precision: the station I/O is polled every 100 ms (its period bounds how late the daemon sees
+# a handover: docs/simulator.md measures its effect on step times), the racks once a second,
+# the PLC scans every 50 ms and the chargers step once a second (and at once on a write).
+VIRTUAL_FLEET_POLL_S = 1.0  # the fleet also wakes on every station change and due moment
+VIRTUAL = {"io_poll_s": 0.1, "rack_poll_s": 1.0, "plc_tick_s": 0.05, "rack_tick_s": 1.0}
+PROGRESS_EVERY_SIM_S = 60.0  # on virtual time: progress (and the daemon's health) per minute
+DAEMON_STOP_S = 30.0  # simulated: the daemon's orderly stop at the end
+CLOCKS = ("virtual", "wall")
 NOMINAL_V = 360.0  # a pack's nominal voltage (96 cells x 3.75 V): kWh -> Ah
 CHARGE_V = 403.2  # a full pack's charge voltage (96 x 4.2 V): a charger's kW from its amps
 
 Write = Callable[[str], None]
+
+
+class Broker(Protocol):
+    """Where the daemon and the fleet meet (mosquitto, or the in-process `MiniBroker`)."""
+
+    host: str
+    port: int
 
 
 def simulate_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -96,6 +120,13 @@ def simulate_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     p.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
     p.add_argument("--no-html", action="store_true", help="write report.json only")
+    p.add_argument(
+        "--clock",
+        choices=CLOCKS,
+        default="virtual",
+        help="virtual (default): the daemon in this process on virtual time, the same answer"
+        " on any machine; wall: the daemon in its own process on wall time scaled by --speed",
+    )
     p.set_defaults(func=run_simulate)
 
 
@@ -116,7 +147,11 @@ def run_simulate(args: argparse.Namespace) -> int:
     stamp = datetime.now().astimezone().strftime("%Y%m%d-%H%M%S")
     out: Path = args.out or Path(f"simulate-{sc.name}-{stamp}")
     out.mkdir(parents=True, exist_ok=True)
-    report = asyncio.run(simulate(loaded, out, progress=Progress(sys.stderr)))
+    progress = Progress(sys.stderr)
+    if args.clock == "virtual":
+        report = run_virtual(loaded, out, progress=progress)
+    else:
+        report = asyncio.run(simulate(loaded, out, progress=progress))
     paths = write_report(report, out, html=not args.no_html, warn=_err)
     sys.stdout.write(summary(report) + "\n" + "".join(f"  {p}\n" for p in paths))
     return 0
@@ -234,15 +269,104 @@ class Recorder:
 async def simulate(
     loaded: LoadedScenario, workdir: Path, *, progress: Progress | None = None
 ) -> Report:
-    """Run the scenario against the real daemon; the report."""
+    """Run the scenario against the real daemon on wall time (`--clock wall`); the report."""
     # As the user meant it: relative to where they are now (the daemon runs elsewhere).
     workdir = workdir.absolute()  # noqa: ASYNC240 - once, before the run (a getcwd)
     workdir.mkdir(parents=True, exist_ok=True)
     with Mosquitto(workdir / "broker") as broker:
-        return await _run(loaded, workdir, broker, progress)
+        return await _run(loaded, workdir, broker, progress, virtual=False)
 
 
-def rack_specs(loaded: LoadedScenario, rng: random.Random) -> list[SimRackSpec]:
+def run_virtual(
+    loaded: LoadedScenario, workdir: Path, *, progress: Progress | None = None
+) -> Report:
+    """Run the scenario on virtual time, the daemon in this process (blocking); the report."""
+    workdir = workdir.absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    loop = VirtualLoop()
+    # The daemon's wall clock: the scenario's day, a minute before it starts (its start-up).
+    wall0 = day_start(loaded.scenario.start_s - 60.0)
+    handler = logging.FileHandler(workdir / "daemon.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(os.environ.get("SWAPCTL_SIMULATE_LOG", "WARNING"))
+    try:
+        with clock.use(VirtualClock(loop, wall0)):
+            return loop.run_until_complete(_virtual(loaded, workdir, progress))
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        handler.close()
+        try:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
+
+
+async def _virtual(loaded: LoadedScenario, workdir: Path, progress: Progress | None) -> Report:
+    async with MiniBroker() as broker:
+        return await _run(loaded, workdir, broker, progress, virtual=True)
+
+
+class _Daemon:
+    """The daemon under test: in this process (virtual time) or in its own (wall time)."""
+
+    def __init__(self, config_path: Path, work: Path, *, virtual: bool) -> None:
+        self.config_path = config_path
+        self.work = work
+        self.virtual = virtual
+        self._proc: asyncio.subprocess.Process | None = None
+        self._daemon: Any = None
+        self._task: asyncio.Task[int] | None = None
+
+    async def start(self) -> None:
+        if self.virtual:
+            from controller.config.loader import load_config
+            from controller.runtime.daemon import Daemon
+
+            self._daemon = Daemon(load_config(self.config_path, environ={}))
+            self._task = asyncio.create_task(self._daemon.run(), name="daemon")
+            return
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SWAPSTATION_")}
+        with (self.work / "daemon.log").open("wb") as log:
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "controller", "run", "--config", str(self.config_path),
+                env=env, stdout=log, stderr=log, start_new_session=True,
+                preexec_fn=die_with_parent,  # killed with us, whatever kills us
+            )  # fmt: skip
+
+    def exited(self) -> str | None:
+        """Why the daemon is gone, or None while it runs."""
+        if self._proc is not None and self._proc.returncode is not None:
+            return f"the daemon exited with code {self._proc.returncode}"
+        if self._task is not None and self._task.done():
+            if self._task.cancelled():
+                return "the daemon was cancelled"
+            exc = self._task.exception()
+            return (
+                f"the daemon ended: {exc!r}"
+                if exc
+                else f"the daemon exited ({self._task.result()})"
+            )
+        return None
+
+    async def stop(self) -> None:
+        if self._proc is not None:
+            await stop_daemon(self._proc)
+        if self._task is not None and not self._task.done():
+            self._daemon.request_stop("the simulated day is over")
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), DAEMON_STOP_S)
+            except TimeoutError:
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
+
+
+def rack_specs(
+    loaded: LoadedScenario, rng: random.Random, poll_s: float = RACK_POLL_S
+) -> list[SimRackSpec]:
     """The station's racks, its packs in the first slots (shuffled types), the rest free."""
     st = loaded.scenario.station
     types = [t for t, n in sorted(st.packs.items()) for _ in range(n)]
@@ -262,15 +386,28 @@ def rack_specs(loaded: LoadedScenario, rng: random.Random) -> list[SimRackSpec]:
                 mine,
                 packs={s: p for s, p in packs.items() if s in mine},
                 charger_max_a=st.charger_max_a,
-                poll_period_s=RACK_POLL_S,
+                poll_period_s=poll_s,
             )
         )
     return specs
 
 
-def daemon_config(loaded: LoadedScenario, sim: SimStation, broker: Mosquitto, work: Path) -> str:
-    """The daemon's config: the simulated devices, the scenario's power settings, fast polls."""
+def daemon_config(
+    loaded: LoadedScenario,
+    sim: SimStation,
+    broker: Broker,
+    work: Path,
+    *,
+    speed: float | None = None,
+    io_poll_s: float = STATION_IO_POLL_S,
+) -> str:
+    """The daemon's config: the simulated devices, the scenario's power settings, the polls.
+
+    `speed` is how many simulated seconds a second of the daemon's clock is (the scenario's
+    on wall time; 1 on virtual time).
+    """
     sc = loaded.scenario
+    speed = sc.speed if speed is None else speed
     st = sc.station
     power = [
         f"policy = {_toml(st.policy)}",
@@ -291,11 +428,11 @@ def daemon_config(loaded: LoadedScenario, sim: SimStation, broker: Mosquitto, wo
         f'[logging]\nlevel = "warning"\n'
         f"[swap]\nmin_dispense_soc = {st.min_dispense_soc}\n"
         # A rate measured in wall seconds sees simulated rates times the speed.
-        f"[supervision]\nfast_rise_c_per_min = {min(100_000.0, 2.0 * sc.speed)}\n"
+        f"[supervision]\nfast_rise_c_per_min = {min(100_000.0, 2.0 * speed)}\n"
         f"[charging]\nmax_current_a = {st.charger_max_a}\n"
         # The contactors' 30 s minimum on and off times are simulated seconds.
-        f"min_on_s = {max(0.01, round(CONTACTOR_S / sc.speed, 3))}\n"
-        f"min_off_s = {max(0.01, round(CONTACTOR_S / sc.speed, 3))}\n"
+        f"min_on_s = {max(0.01, round(CONTACTOR_S / speed, 3))}\n"
+        f"min_off_s = {max(0.01, round(CONTACTOR_S / speed, 3))}\n"
         "[power]\n" + "\n".join(power) + "\n" + pack_types
     )
     text = sim.controller_toml(
@@ -308,7 +445,7 @@ def daemon_config(loaded: LoadedScenario, sim: SimStation, broker: Mosquitto, wo
     data = tomllib.loads(text)
     io = data["station_io"]
     # Every handover of the swap (vehicle in position, lift up, lift down) waits for a poll.
-    io.update(poll_period_s=STATION_IO_POLL_S, timeout_max_s=0.05, heartbeat_timeout_s=0.5)
+    io.update(poll_period_s=io_poll_s, timeout_max_s=0.05, heartbeat_timeout_s=0.5)
     sim.write_toml(data, work / "station.toml")
     return str(work / "station.toml")
 
@@ -318,26 +455,34 @@ def _toml(value: str) -> str:
 
 
 async def _run(
-    loaded: LoadedScenario, work: Path, broker: Mosquitto, progress: Progress | None
+    loaded: LoadedScenario,
+    work: Path,
+    broker: Broker,
+    progress: Progress | None,
+    *,
+    virtual: bool,
 ) -> Report:
     sc = loaded.scenario
     rng = random.Random(sc.seed)  # noqa: S311 - simulation
-    specs = rack_specs(loaded, rng)
+    periods = VIRTUAL if virtual else {}
+    specs = rack_specs(loaded, rng, periods.get("rack_poll_s", RACK_POLL_S))
     (work / "sim").mkdir(exist_ok=True)
     # Real time until the day starts: the packs do not charge while the daemon starts up.
-    sim = SimStation(work / "sim", specs, speed=1.0, robot=True, plc=True, plc_tick_s=PLC_TICK_S)
+    sim = SimStation(
+        work / "sim", specs, speed=1.0, robot=not virtual, robot_tcp=virtual, plc=True,
+        plc_tick_s=periods.get("plc_tick_s", PLC_TICK_S), rack_tick_s=periods.get("rack_tick_s"),
+    )  # fmt: skip
     await sim.start()
-    daemon: asyncio.subprocess.Process | None = None
+    daemon: _Daemon | None = None
     tasks: list[asyncio.Task[Any]] = []
     try:
-        config_path = daemon_config(loaded, sim, broker, work)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SWAPSTATION_")}
-        with (work / "daemon.log").open("wb") as log:
-            daemon = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "controller", "run", "--config", config_path,
-                env=env, stdout=log, stderr=log, start_new_session=True,
-                preexec_fn=die_with_parent,  # killed with us, whatever kills us
-            )  # fmt: skip
+        config_path = daemon_config(
+            loaded, sim, broker, work,
+            speed=1.0 if virtual else sc.speed,
+            io_poll_s=periods.get("io_poll_s", STATION_IO_POLL_S),
+        )  # fmt: skip
+        daemon = _Daemon(Path(config_path), work, virtual=virtual)
+        await daemon.start()
         cars = plan_cars(loaded, rng)
         root = f"swapstation/{STATION_ID}"
         log_lines: list[str] = []
@@ -351,6 +496,7 @@ async def _run(
             fleet=FleetOptions(
                 max_wait_s=sc.max_wait_min * 60.0,
                 reset_after_s=sc.operator.reset_after_min * 60.0,
+                **({"poll_s": VIRTUAL_FLEET_POLL_S} if virtual else {}),
             ),
         )
         rec = Recorder(fleet)
@@ -359,8 +505,8 @@ async def _run(
             rack.on_tick.append(_tick_hook(rec, name, rack))
         tasks.append(asyncio.create_task(fleet.run(), name="fleet"))
         await _until_ready(fleet, sim, loaded, daemon)
-        # The day starts now, at the scenario's speed.
-        sim.clock.speed = sc.speed
+        # The day starts now, at the scenario's speed (on virtual time: 1, the loop's own).
+        sim.clock.speed = 1.0 if virtual else sc.speed
         t0 = sim.clock.now()
         start_s, end_s = sc.start_s, sc.start_s + sc.run_s
 
@@ -375,19 +521,19 @@ async def _run(
         fleet.begin(now)
         wall_s = await _play(
             fleet, rec, daemon=daemon, tasks=tasks, progress=progress, work=work,
-            window=(start_s, end_s),
+            window=(start_s, end_s), every_s=PROGRESS_EVERY_SIM_S if virtual else None,
         )  # fmt: skip
         rec.counting = False
         (work / "fleet.log").write_text("\n".join(log_lines) + "\n")
         for t, what in fleet.operator_log:
             rec.faults.append(FaultEntry(t_s=round(t, 1), what=what))
-        return build_report(loaded, fleet, rec, wall_s)
+        return build_report(loaded, fleet, rec, wall_s, clock_mode="virtual" if virtual else "wall")
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if daemon is not None:
-            await stop_daemon(daemon)
+            await daemon.stop()
         await sim.stop()
 
 
@@ -395,29 +541,32 @@ async def _play(
     fleet: Fleet,
     rec: Recorder,
     *,
-    daemon: asyncio.subprocess.Process,
+    daemon: _Daemon,
     tasks: list[asyncio.Task[Any]],
     progress: Progress | None,
     work: Path,
     window: tuple[float, float],
+    every_s: float | None = None,
 ) -> float:
-    """Until the end of the day, watching the daemon and the tasks; the wall time it took."""
+    """Until the end of the day, watching the daemon and the tasks; the wall time it took.
+
+    `every_s`: simulated seconds between looks (virtual time), else `PROGRESS_EVERY_S` of wall.
+    """
     start_s, end_s = window
     run_s = end_s - start_s
     wall0 = time.monotonic()
     rec.load = [os.getloadavg()[0]] * 3
     while (now := fleet.now()) < end_s:
         rec.load[1] = max(rec.load[1], os.getloadavg()[0])
-        if daemon.returncode is not None:
-            raise RuntimeError(
-                f"the daemon exited with code {daemon.returncode}; see {work / 'daemon.log'}"
-            )
+        if (why := daemon.exited()) is not None:
+            raise RuntimeError(f"{why}; see {work / 'daemon.log'}")
         for task in tasks:
             if task.done() and not task.cancelled() and task.exception() is not None:
                 raise RuntimeError(f"{task.get_name()} failed") from task.exception()
         if progress is not None:
             progress.update(fleet, now - start_s, run_s, time.monotonic() - wall0)
-        await asyncio.sleep(min(PROGRESS_EVERY_S, max(0.0, fleet.sim.clock.real(end_s - now))))
+        left = fleet.sim.clock.real(end_s - now)
+        await asyncio.sleep(min(PROGRESS_EVERY_S if every_s is None else every_s, max(0.0, left)))
     wall_s = time.monotonic() - wall0
     rec.load[2] = os.getloadavg()[0]
     rec.load[1] = max(rec.load[1], rec.load[2])
@@ -451,7 +600,7 @@ def plan_cars(loaded: LoadedScenario, rng: random.Random) -> list[Car]:
 
 
 async def _until_ready(
-    fleet: Fleet, sim: SimStation, loaded: LoadedScenario, daemon: asyncio.subprocess.Process
+    fleet: Fleet, sim: SimStation, loaded: LoadedScenario, daemon: _Daemon
 ) -> None:
     """Until the station is online, idle and unblocked with every charged pack seen ready."""
     st = loaded.scenario.station
@@ -461,7 +610,7 @@ async def _until_ready(
         for slot in rack.slots
         if (pack := rack.pack_in(slot)) is not None and pack.soc >= st.min_dispense_soc
     )
-    deadline = time.monotonic() + READY_TIMEOUT_S
+    deadline = clock.monotonic() + READY_TIMEOUT_S
     while True:
         state = fleet._state or {}  # noqa: SLF001 - the fleet's view of the station
         ready = sum((state.get("packs_ready") or {}).values())
@@ -472,9 +621,9 @@ async def _until_ready(
             and ready >= want
         ):
             return
-        if daemon.returncode is not None:
-            raise RuntimeError(f"the daemon exited with code {daemon.returncode} at start")
-        if time.monotonic() > deadline:
+        if (why := daemon.exited()) is not None:
+            raise RuntimeError(f"{why} at start")
+        if clock.monotonic() > deadline:
             raise RuntimeError(
                 f"the station was not ready in {READY_TIMEOUT_S:g} s: status"
                 f" {fleet._status}, state {state}"  # noqa: SLF001
@@ -583,7 +732,9 @@ async def _one_fault(
 # --- the report ----------------------------------------------------------------------------------
 
 
-def build_report(loaded: LoadedScenario, fleet: Fleet, rec: Recorder, wall_s: float) -> Report:
+def build_report(
+    loaded: LoadedScenario, fleet: Fleet, rec: Recorder, wall_s: float, *, clock_mode: str = "wall"
+) -> Report:
     """The report of a run."""
     sc = loaded.scenario
     st = sc.station
@@ -624,7 +775,8 @@ def build_report(loaded: LoadedScenario, fleet: Fleet, rec: Recorder, wall_s: fl
             grid_limit_kw=st.grid_limit_kw,
             policy=st.policy,
         ),
-        speed=sc.speed,
+        speed=sc.speed if clock_mode == "wall" else round(sc.run_s / max(wall_s, 1e-9), 1),
+        clock=clock_mode,
         start_s=sc.start_s,
         duration_s=sc.run_s,
         wall_s=round(wall_s, 1),

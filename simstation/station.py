@@ -25,6 +25,7 @@ from simstation.clock import SimClock
 from simstation.paths import config_dir
 from simstation.plc import SimPlc, SimVehicle
 from simstation.ptypair import PtyPair
+from simstation.rack import TICK_S as RACK_TICK_S
 from simstation.rack import SimRack
 from simstation.robot import SimBay, SimRobot, Timing
 
@@ -76,16 +77,19 @@ class SimStation:
         profiles_dir: Path = PROFILES,
         comm_timeout_s: float | None = None,
         robot: Path | bool = False,
+        robot_tcp: bool = False,
         robot_timing: Timing | None = None,
         plc: bool = False,
         plc_port: int = 0,
         plc_host: str = "127.0.0.1",
         plc_unit_id: int = 1,
         plc_tick_s: float | None = None,
+        rack_tick_s: float | None = None,
         lift_time_s: float = 8.0,
     ) -> None:
         self.workdir = workdir
         self.specs = list(racks)
+        self.rack_tick_s = rack_tick_s
         self.clock = SimClock(speed)
         self.profiles_dir = profiles_dir
         self.comm_timeout_s = comm_timeout_s
@@ -107,8 +111,18 @@ class SimStation:
         self.vehicle = self.plc.bay if self.plc is not None else SimBay(pack=None, locked=False)
         # The robot's serial port: a path (where the pty appears), or True for one in workdir.
         self.robot_path = (workdir / "robot") if robot is True else (robot or None)
+        # Or on TCP (`robot_tcp`): the daemon reaches it at `socket://host:port`.
+        self.robot_tcp = robot_tcp
+        self.robot_url: str | None = None
         self.robot: SimRobot | None = None
         self._robot_timing = robot_timing
+
+    @property
+    def robot_device(self) -> str | None:
+        """Where the daemon finds the robot: its pty's path or its `socket://` URL."""
+        if self.robot_url is not None:
+            return self.robot_url
+        return None if self.robot_path is None else str(self.robot_path)
 
     @classmethod
     def from_config(
@@ -186,8 +200,8 @@ class SimStation:
             else:
                 rack["serial"]["device"] = str(self.ptys[spec.name].controller_end)
                 rack["serial"]["parity"] = "N"  # a pty refuses parity settings
-        if "robot" in data and self.robot_path is not None:
-            data["robot"]["serial"].update(device=str(self.robot_path), parity="N")
+        if "robot" in data and self.robot_device is not None:
+            data["robot"]["serial"].update(device=self.robot_device, parity="N")
         if "station_io" in data and self.plc is not None:
             data["station_io"].update(host="127.0.0.1", port=self.plc.port)
         return data
@@ -204,14 +218,18 @@ class SimStation:
                 await self._start_rack(spec)
             if self.plc is not None:
                 await self.plc.start_tcp(self.plc_host, self.plc_port)
-            if self.robot_path is not None:
+            if self.robot_path is not None or self.robot_tcp:
                 slots: dict[int, SimRack] = {
                     slot: rack for rack in self.racks.values() for slot in rack.slots
                 }
                 self.robot = SimRobot(
                     racks=slots, vehicle=self.vehicle, clock=self.clock, timing=self._robot_timing
                 )
-                await self.robot.start(self.robot_path)
+                if self.robot_tcp:
+                    self.robot_url = await self.robot.start_tcp()
+                else:
+                    assert self.robot_path is not None
+                    await self.robot.start(self.robot_path)
         except BaseException:
             await self.stop()
             raise
@@ -229,6 +247,7 @@ class SimStation:
             clock=self.clock,
             charger_max_a=spec.charger_max_a,
             comm_timeout_s=self.comm_timeout_s,
+            tick_s=self.rack_tick_s or RACK_TICK_S,
         )
         for slot, pack in spec.packs.items():
             rack.insert_pack(slot, pack)
@@ -319,10 +338,10 @@ class SimStation:
                     'parity = "N"',
                 ]
             out.append("\n".join(lines) + "\n")
-        if self.robot_path is not None:
+        if self.robot_device is not None:
             out.append(
                 "[robot]\nack_timeout_s = 0.05\nretries = 5\nheartbeat_timeout_s = 1.0\n"
-                f'[robot.serial]\ndevice = "{self.robot_path}"\nbaudrate = 115200\nparity = "N"\n'
+                f'[robot.serial]\ndevice = "{self.robot_device}"\nbaudrate = 115200\nparity = "N"\n'
             )
         if self.plc is not None:
             out.append(

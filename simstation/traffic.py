@@ -20,10 +20,10 @@ import asyncio
 import collections
 import contextlib
 import json
+import math
 import os
 import random
 import socket
-import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -37,6 +37,7 @@ from paho.mqtt.properties import Properties
 
 from controller.swap.phase import STOPPED as SWAP_STOPPED
 from controller.swap.phase import Phase
+from drivers import clock
 from drivers.backoff import Backoff
 from simstation.plc import SimPlc, SimVehicle
 from simstation.station import SimStation
@@ -47,6 +48,8 @@ POLL_S = 0.05  # the bay is looked at this often (the vehicle is simulated in-pr
 RECONNECT_MIN_S = 0.2
 RECONNECT_MAX_S = 2.0
 REMEMBERED_ENDINGS = 100
+# A car gives up once its wait is past `max_wait_s`: it is looked at this much after.
+GIVE_UP_AFTER_S = 0.001
 EVENT_GRACE_S = 2.0  # a swap gone from the state is taken as ended if its event is this late
 
 Say = Callable[[str], None]
@@ -236,14 +239,14 @@ class Traffic:
                 self._swap_id = await self._authorise(client, vehicle)
             await self._until_done(vehicle, self._swap_id)
             self._vehicle = self._swap_id = None
-            self._next_at = time.monotonic() + self.options.interval_s
+            self._next_at = clock.monotonic() + self.options.interval_s
 
     async def _bay_free(self) -> None:
         """Until the bay is empty and the pause since the last vehicle is over."""
         said = False
-        while time.monotonic() < self._next_at or self.plc.vehicle is not None:
+        while clock.monotonic() < self._next_at or self.plc.vehicle is not None:
             other = self.plc.vehicle
-            if other is not None and not said and time.monotonic() >= self._next_at:
+            if other is not None and not said and clock.monotonic() >= self._next_at:
                 self.say(f"fleet: the bay is taken by {other.vehicle_id}; waiting")
                 said = True
             await asyncio.sleep(POLL_S)
@@ -273,7 +276,7 @@ class Traffic:
             attempt += 1
             request_id = f"{vehicle.vehicle_id}-{attempt}-{uuid.uuid4().hex[:8]}"
             if attempt == 1:
-                self._asked_at = time.monotonic()
+                self._asked_at = clock.monotonic()
             reply = await self._request(
                 client,
                 "start_swap",
@@ -305,8 +308,8 @@ class Traffic:
 
     async def _station_ready(self, timeout: float) -> None:  # noqa: ASYNC109 - a polled wait
         """Until the station is online, idle and unblocked (or `timeout`: ask anyway)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        deadline = clock.monotonic() + timeout
+        while clock.monotonic() < deadline:
             state = self._state or {}
             if (
                 self._status == "online"
@@ -360,23 +363,23 @@ class Traffic:
                     )
                 said_phase = phase
             if seen and not ours and left_state_at is None:
-                left_state_at = time.monotonic()
+                left_state_at = clock.monotonic()
             if outcome is None:
                 outcome = self._ended.get(swap_id)
                 # Gone from the state and no event after a while: the event was missed (a
                 # reconnect). The two are published independently: the event may come second.
                 late = (
-                    left_state_at is not None and time.monotonic() - left_state_at > EVENT_GRACE_S
+                    left_state_at is not None and clock.monotonic() - left_state_at > EVENT_GRACE_S
                 )
                 if outcome is None and late:
                     outcome = ("swap_ended", {})
                 if outcome is not None:
-                    ended_at = time.monotonic()
+                    ended_at = clock.monotonic()
             gone = self.plc.vehicle is not vehicle
             if outcome is not None and gone:
                 self._report(vehicle, swap_id, outcome)
                 return
-            waited = time.monotonic() - (ended_at or time.monotonic())
+            waited = clock.monotonic() - (ended_at or clock.monotonic())
             if outcome is not None and waited > self.options.leave_grace_s and self.plc.lift.down:
                 # Never released (a swap cleared by an operator): on the ground, it drives off.
                 self.say(
@@ -392,7 +395,7 @@ class Traffic:
         kind, data = outcome
         name = kind.removeprefix("swap_")
         self.stats.outcomes[name] = self.stats.outcomes.get(name, 0) + 1
-        took = time.monotonic() - self._asked_at
+        took = clock.monotonic() - self._asked_at
         packs = ""
         if data.get("pack_out") or data.get("pack_in"):
             packs = f": pack {data.get('pack_out') or '-'} out, {data.get('pack_in') or '-'} in"
@@ -497,7 +500,7 @@ class Fleet(Traffic):
             stamp = datetime.fromisoformat(at).timestamp()
         except ValueError:
             return None
-        return self.now() - (time.time() - stamp) * self.sim.clock.speed
+        return self.now() - (clock.wall() - stamp) * self.sim.clock.speed
 
     @property
     def counts(self) -> dict[str, int]:
@@ -517,11 +520,30 @@ class Fleet(Traffic):
         self._changed.set()
 
     async def _pause(self, seconds: float | None = None) -> None:
-        """Until something changes on the station, or `seconds` (default: one poll) pass."""
+        """Until something changes on the station, the queue's next moment, or one poll.
+
+        The queue's moments (a car arriving, one giving up, the head's next ask) are woken for
+        exactly: a car's wait does not depend on how often the fleet looks.
+        """
         self._changed.clear()
+        if seconds is None:
+            seconds = min(self.fleet.poll_s, self.sim.clock.real(self._due_in()))
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.fleet.poll_s if seconds is None else seconds):
+            async with asyncio.timeout(seconds):
                 await self._changed.wait()
+
+    def _due_in(self) -> float:
+        """Simulated seconds until the queue changes by itself (inf: not before news)."""
+        if self._now is None:
+            return math.inf
+        times = [car.arrive_s + self.fleet.max_wait_s + GIVE_UP_AFTER_S for car in self.queue]
+        if self._pending:
+            times.append(self._pending[-1].arrive_s)
+        if self.queue:
+            times.append(self.queue[0].next_ask_s)
+        # A moment passed is not due again: a head that may ask waits for the bay (news).
+        now = self.now()
+        return min((t for t in times if t > now), default=math.inf) - now
 
     # --- the queue ------------------------------------------------------------------------------
 

@@ -24,7 +24,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import time
 from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
 
@@ -47,6 +46,7 @@ from controller.safety.actuators import Actuators
 from controller.safety.supervisor import STATION, SafetySupervisor
 from controller.store.events import EventLog, JournalBatch
 from controller.store.journal import Journal
+from drivers import clock as clocks
 from drivers.modbus.profile import SlotStatus
 from drivers.rack import RackSnapshot, SlotReading
 
@@ -70,7 +70,7 @@ class SlotControl:
         events: EventLog,
         *,
         actuators: Actuators,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = clocks.monotonic,
     ) -> None:
         self.config = config
         self.book = book
@@ -90,7 +90,7 @@ class SlotControl:
         self.checks: dict[int, SlotCheck] = {}
         self.changed = asyncio.Event()  # set whenever something publishable changed
         self.stopping = False  # once set, nothing is switched on again
-        self.last_step = time.monotonic()  # wall time: the watchdog's
+        self.last_step = clocks.monotonic()  # wall time: the watchdog's
         self.power = PowerModel(config)
         self.allocation = Allocation({}, None, 0.0, 0.0)
         self._demands: dict[int, Demand] = {}
@@ -180,7 +180,7 @@ class SlotControl:
                 async with asyncio.timeout(wait):
                     await self._wake.wait()
             self._wake.clear()
-            self._busy_since = time.monotonic()
+            self._busy_since = clocks.monotonic()
             await self.step_pending(self.clock())
 
     async def step_pending(self, now: float) -> None:
@@ -268,7 +268,7 @@ class SlotControl:
         self.dirty.update(views)
         self.changed.set()
         self.stepped.set()
-        self.last_step = time.monotonic()
+        self.last_step = clocks.monotonic()
 
     def _evaluate(
         self, now: float, batch: JournalBatch, slots: Collection[int]
@@ -364,7 +364,7 @@ class SlotControl:
         """
         cfg = self.config.power
         limited = cfg.grid_limit_kw is not None or bool(cfg.time_limits)
-        budget = budget_w(cfg, datetime.now().astimezone()) if limited else None
+        budget = budget_w(cfg, clocks.localnow()) if limited else None
         self.power.learn(self._unlearnt(measured))
         fresh: list[int] = list(views)
         if len(self._demands) < len(self.book.rack_of):  # never looked at yet: the worst case
@@ -542,7 +542,7 @@ class SlotControl:
         if wait > 0:
             # When, not how long: a countdown would change the slot's published state every
             # second for nothing.
-            at = datetime.fromtimestamp(round(time.time() + wait), UTC).strftime("%H:%M:%S")
+            at = datetime.fromtimestamp(round(clocks.wall() + wait), UTC).strftime("%H:%M:%S")
             return [f"the charger's minimum off-time: on again at {at} UTC"]
         if slot in self.allocation.waiting:
             return [self.allocation.waiting[slot]]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import time
 from dataclasses import dataclass
 
 from controller.charging.supervision import SlotCheck
@@ -17,6 +16,7 @@ from controller.plant.alarms import Alarm, Severity
 from controller.plant.slots import SlotView
 from controller.store.events import JournalBatch
 from controller.store.journal import Journal
+from drivers import clock
 
 _log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def latch(
 ) -> None:
     """A trip of `check` latches the slot, and quarantines the pack in it."""
     reason = ", ".join(check.causes[c].message for c in check.trips)
-    wall = time.time()
+    wall = clock.wall()
     serial = view.reading.pack_serial if view.reading else None
     if view.slot not in trips:
         trips[view.slot] = Latch(reason, wall, view.slot)

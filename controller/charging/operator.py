@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import math
 import sqlite3
-import time
 from typing import TYPE_CHECKING
 
 from controller.charging.setpoints import WRITE_TIMEOUT_S
@@ -17,6 +16,7 @@ from controller.errors import DriverError, RefusedError, SafetyRefusedError
 from controller.plant.slots import SlotView
 from controller.store.events import JournalBatch
 from controller.store.journal import transaction
+from drivers import clock as clocks
 
 if TYPE_CHECKING:
     from controller.charging.control import SlotControl
@@ -94,7 +94,7 @@ class OperatorCommands:
             return
         if off:
             sql = "INSERT OR REPLACE INTO charging_off(slot, since) VALUES (?, ?)"
-            await self._store(sql, (slot, time.time()))
+            await self._store(sql, (slot, clocks.wall()))
             c.manual_off.add(slot)
         else:
             await self._store("DELETE FROM charging_off WHERE slot = ?", (slot,))
@@ -139,7 +139,7 @@ class OperatorCommands:
         else:
             batch.execute(
                 "INSERT OR REPLACE INTO slots_disabled(slot, since) VALUES (?, ?)",
-                (slot, time.time()),
+                (slot, clocks.wall()),
             )
         batch.event("slot_enabled" if enabled else "slot_disabled", {"slot": slot})
         await c.events.commit(batch)

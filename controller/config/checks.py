@@ -136,7 +136,7 @@ def semantic_issues(config: StationConfig) -> list[ConfigIssue]:
     issues: list[ConfigIssue] = []
     seen_names: dict[str, int] = {}
     seen_slots: dict[int, str] = {}
-    lines: dict[Path, tuple[str, Any]] = {}
+    lines: dict[str, tuple[str, Any]] = {}
     for i, rack in enumerate(config.racks):
         if rack.name in seen_names:
             issues.append(

@@ -43,6 +43,24 @@ def _name(value: str) -> str:
 
 
 ConfigPath = Annotated[Path, AfterValidator(_resolve)]
+
+SERIAL_URL_RE = re.compile(r"^(socket|rfc2217)://[A-Za-z0-9_.-]+:[0-9]{1,5}$")
+
+
+def _device(value: str, info: ValidationInfo) -> str:
+    """A serial device: a path (relative to the config file), or a serial device server's URL."""
+    if "://" in value:
+        if not SERIAL_URL_RE.match(value):
+            raise ValueError(
+                "a URL must be socket://HOST:PORT or rfc2217://HOST:PORT (a serial device server)"
+            )
+        return value
+    if not value:
+        raise ValueError("must not be empty")
+    return str(_resolve(Path(value), info))
+
+
+SerialDevice = Annotated[str, AfterValidator(_device)]
 Name = Annotated[str, AfterValidator(_name)]
 Seconds = Annotated[float, Field(gt=0, le=86_400)]
 UnitId = Annotated[int, Field(ge=1, le=247)]
@@ -112,9 +130,9 @@ class StorageConfig(Section):
 
 
 class SerialLine(Section):
-    """An RS-485 / RS-232 line."""
+    """An RS-485 / RS-232 line: a local port, or one behind a serial device server (a URL)."""
 
-    device: ConfigPath
+    device: SerialDevice
     baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400] = 19200
     parity: Literal["N", "E", "O"] = "E"
     stopbits: Literal[1, 2] = 1

@@ -26,10 +26,8 @@ import collections
 import logging
 import re
 import sqlite3
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import aiomqtt
@@ -44,6 +42,7 @@ from controller.mqtt.link import MqttLink
 from controller.store.journal import Journal, transaction
 from controller.swap import requests as swap
 from controller.swap.sequencer import Sequencer
+from drivers import clock as clocks
 
 _log = logging.getLogger(__name__)
 
@@ -198,7 +197,7 @@ class CommandServer:
             payload=bytes(payload),
             reply_to=getattr(props, "ResponseTopic", None) if props is not None else None,
             correlation=getattr(props, "CorrelationData", None) if props is not None else None,
-            received=time.monotonic(),
+            received=clocks.monotonic(),
             expiry_s=float(expiry) if expiry is not None else None,
         )
         try:
@@ -318,11 +317,11 @@ class CommandServer:
         return reply
 
     def _stale(self, incoming: _Incoming, request: Request) -> str | None:
-        now = time.monotonic()
+        now = clocks.monotonic()
         if incoming.expiry_s is not None and now > incoming.received + incoming.expiry_s:
             waited = now - incoming.received
             return f"message expiry interval of {incoming.expiry_s:g} s passed ({waited:.1f} s)"
-        if request.expires_at is not None and datetime.now(UTC) >= request.expires_at:
+        if request.expires_at is not None and clocks.utcnow() >= request.expires_at:
             return f"expired at {request.expires_at.isoformat()}"
         undated = incoming.expiry_s is None and request.expires_at is None
         if self.config.require_expiry and undated:
@@ -373,13 +372,13 @@ class CommandServer:
                 conn.execute(
                     "INSERT INTO commands(id, at, name, reply) VALUES (?, ?, ?, ?)"
                     " ON CONFLICT(id) DO UPDATE SET reply = excluded.reply",
-                    (ident, time.time(), name, body),
+                    (ident, clocks.wall(), name, body),
                 )
 
         await self.journal.call(write)
 
     async def _prune(self) -> None:
-        horizon = time.time() - self.config.remember_ids_s
+        horizon = clocks.wall() - self.config.remember_ids_s
 
         def prune(conn: sqlite3.Connection) -> None:
             with transaction(conn):
@@ -392,7 +391,7 @@ class CommandServer:
             if self.republish is not None:
                 await self.republish()
             return _reply(request.id, "done", "retained topics published again")
-        return _reply(request.id, "done", "pong", result={"at": datetime.now(UTC).isoformat()})
+        return _reply(request.id, "done", "pong", result={"at": clocks.utcnow().isoformat()})
 
     async def _run(self, name: str, ident: str, request: BaseModel) -> CommandReply:
         """Hand a request to the swap (by its type) and answer with its outcome."""

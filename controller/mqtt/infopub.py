@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from datetime import UTC, datetime
+from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -13,6 +13,7 @@ from controller import __version__
 from controller.config.model import StationConfig
 from controller.errors import BrokerRefusedError, NotConnectedError
 from controller.mqtt.link import MqttLink
+from drivers import clock
 
 _log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class InfoPublisher:
             station=config.station_id,
             version=__version__,
             config_hash=config_hash(config),
-            started_at=datetime.now(UTC),
+            started_at=clock.utcnow(),
             boot_count=boot_count,
             pid=os.getpid(),
         )

@@ -15,7 +15,6 @@ import logging
 import random
 import socket
 import ssl
-import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import aiomqtt
@@ -24,6 +23,7 @@ from paho.mqtt.properties import Properties
 from controller.config.model import MqttConfig
 from controller.errors import BrokerRefusedError, NotConnectedError
 from controller.mqtt.pubacks import CheckedClient, PublishRefusedError
+from drivers import clock
 from drivers.backoff import Backoff
 
 _log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class MqttLink:
                         self._backoff.reset()
                     delay = self._backoff.next()
                     self.failures += 1
-                    now = time.monotonic()
+                    now = clock.monotonic()
                     # A broker outage can last days: warn on the first failure and then once
                     # a minute, not on every attempt.
                     loud = self.failures == 1 or now - self._last_warning >= OUTAGE_LOG_PERIOD_S
@@ -196,7 +196,7 @@ class MqttLink:
     def _connection_held(self) -> bool:
         """The last connection stayed up long enough to count as a success."""
         at = self._connected_at
-        return at is not None and time.monotonic() - at >= STABLE_CONNECTION_S
+        return at is not None and clock.monotonic() - at >= STABLE_CONNECTION_S
 
     async def _session(self) -> None:
         client = self._make_client()
@@ -210,7 +210,7 @@ class MqttLink:
                 self.state = LinkState.CONNECTED
                 self.connects += 1
                 self.failures = 0
-                self._connected_at = time.monotonic()
+                self._connected_at = clock.monotonic()
                 _log.info(
                     "connected to broker %s:%d as %s; %s is online",
                     self._cfg.host,

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from controller.errors import BrokerRefusedError, NotConnectedError
 from controller.mqtt.link import MqttLink
 from controller.store.events import EventLog
+from drivers import clock
 
 _log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class Outbox:
             except BrokerRefusedError as exc:
                 # Held, in order, until the broker takes it (an ACL fixed, say): an event is
                 # never skipped. Loud, because nothing reaches the back end meanwhile.
-                now = time.monotonic()
+                now = clock.monotonic()
                 if now - self._refused_logged >= REFUSED_LOG_PERIOD_S:
                     _log.error("outbox held: %s; retrying every %g s", exc, REFUSED_PAUSE_S)
                     self._refused_logged = now

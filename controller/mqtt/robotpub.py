@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import UTC, datetime
+from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
 
 from controller.errors import BrokerRefusedError, NotConnectedError
 from controller.mqtt.link import MqttLink
+from drivers import clock
 from drivers.robot.link import RobotLink
 from drivers.robot.protocol import FaultCode, RobotState, RobotStatus, Target
 
@@ -77,7 +78,7 @@ def robot_state(link: RobotLink) -> RobotStateMessage:
         lock_torque_nm=s.torque_dnm / 10 if s else None,
         boot_id=s.boot_id if s else None,
         stats=stats,
-        updated_at=datetime.now(UTC),
+        updated_at=clock.utcnow(),
     )
 
 

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import heapq
 import logging
-import time
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -22,6 +21,7 @@ from controller.config.model import DeadbandsConfig, PublishConfig
 from controller.errors import BrokerRefusedError, NotConnectedError
 from controller.mqtt.link import MqttLink
 from controller.plant.alarms import Severity, slot_scope
+from drivers import clock
 
 _log = logging.getLogger(__name__)
 
@@ -207,14 +207,14 @@ class SlotPublisher:
         self.control.changed.set()
         while True:
             due = self._refresh[0][0] if self._refresh else None
-            wait = None if due is None else max(0.0, due - time.monotonic())
+            wait = None if due is None else max(0.0, due - clock.monotonic())
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self.control.changed.wait()
             self.control.changed.clear()
             if not self.link.connected.is_set():
                 continue  # the connect hook asks for every slot again
-            await self.publish_changes(time.monotonic())
+            await self.publish_changes(clock.monotonic())
 
     async def publish_changes(self, now: float) -> None:
         """Publish the slots whose state moved beyond the deadbands, and the refreshes due."""
@@ -237,7 +237,7 @@ class SlotPublisher:
                 qos=1,
                 retain=True,
             )
-            now = time.monotonic()
+            now = clock.monotonic()
             for (slot, state), result in zip(chunk, results, strict=True):
                 if isinstance(result, NotConnectedError):
                     self.control.dirty.add(slot)  # sent again after the reconnect

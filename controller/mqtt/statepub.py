@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-import time
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -27,6 +26,7 @@ from controller.store.journal import Journal, transaction
 from controller.swap.phase import STOPPED
 from controller.swap.requests import Mode
 from controller.swap.sequencer import Sequencer
+from drivers import clock
 
 _log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def station_state(seq: Sequencer, control: SlotControl, station_id: str) -> Stat
                 since=ctx.phase_started_at,
             )
         )
-    reading, _ = seq.io_reading(time.monotonic())
+    reading, _ = seq.io_reading(clock.monotonic())
     return StationState(
         station=station_id,
         mode=seq.mode,
@@ -121,7 +121,7 @@ def station_state(seq: Sequencer, control: SlotControl, station_id: str) -> Stat
         packs_ready=seq.packs_ready(),
         forecast=control.forecast.types if control.forecast is not None else {},
         io="ok" if reading is not None else "unknown",
-        updated_at=datetime.now(UTC),
+        updated_at=clock.utcnow(),
     )
 
 

@@ -8,11 +8,12 @@ alarm can never outlive its cause nor be raised twice.
 from __future__ import annotations
 
 import enum
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict
+
+from drivers import clock
 
 
 class Severity(enum.StrEnum):
@@ -66,7 +67,7 @@ class AlarmBook:
             return [], []  # the common case: nothing was wrong and nothing is
         if active is None:
             active = self._by_scope[scope] = {}
-        wall = time.time() if now is None else now
+        wall = clock.wall() if now is None else now
         raised: list[Alarm] = []
         cleared = [active.pop(code) for code in list(active) if code not in causes]
         for code, cause in causes.items():

@@ -14,7 +14,6 @@ import gc
 import logging
 import signal
 import sys
-import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -25,6 +24,7 @@ from controller.mqtt.link import MqttLink
 from controller.runtime.sdnotify import Notifier
 from controller.runtime.station import Station
 from controller.store.journal import Journal
+from drivers import clock
 
 _log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class Daemon:
         self.link = MqttLink(config.mqtt, client_id=config.client_id, topic_root=config.topic_root)
         self.journal: Journal | None = None
         self.station: Station | None = None
-        self.started_at = time.time()
+        self.started_at = clock.wall()
         self._stop = asyncio.Event()
         self._stop_reason = ""
         self._safe_state_hooks: list[SafeStateHook] = []
@@ -163,7 +163,7 @@ class Daemon:
 
     async def _shutdown(self, tasks: dict[str, asyncio.Task[None]]) -> None:
         self.notifier.stopping()
-        deadline = time.monotonic() + SHUTDOWN_BUDGET_S
+        deadline = clock.monotonic() + SHUTDOWN_BUDGET_S
         # 1. Stop everything that could command machinery, so nothing undoes the safe state.
         await _cancel_all([t for n, t in tasks.items() if n not in KEEP_UNTIL_LAST], deadline)
         # 2. Machinery to its safe state.
@@ -172,11 +172,11 @@ class Daemon:
         self.link.stop()
         mqtt = tasks.get("mqtt")
         if mqtt is not None:
-            remaining = max(0.1, min(MQTT_OFFLINE_TIMEOUT_S, deadline - time.monotonic()))
+            remaining = max(0.1, min(MQTT_OFFLINE_TIMEOUT_S, deadline - clock.monotonic()))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(remaining):
                     await asyncio.shield(mqtt)
-        await _cancel_all(list(tasks.values()), max(deadline, time.monotonic() + 0.5))
+        await _cancel_all(list(tasks.values()), max(deadline, clock.monotonic() + 0.5))
 
     async def _safe_state(self) -> None:
         for hook in self._safe_state_hooks:
@@ -255,7 +255,7 @@ async def _cancel_all(tasks: list[asyncio.Task[None]], deadline: float) -> None:
     arrives as its inner future completes; such a task runs on. Cancelling again ends it.
     """
     pending = {t for t in tasks if not t.done()}
-    while pending and time.monotonic() < deadline:
+    while pending and clock.monotonic() < deadline:
         for task in pending:
             task.cancel()
         _, pending = await asyncio.wait(pending, timeout=CANCEL_RETRY_S)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -26,6 +25,7 @@ from controller.store.events import EventLog, JournalBatch
 from controller.store.journal import Journal
 from controller.swap.dispense import ready_counts
 from controller.swap.sequencer import Sequencer
+from drivers import clock
 from drivers.errors import DriverError
 from drivers.robot.protocol import RobotState, Target
 from drivers.stationio import IoSnapshot
@@ -228,7 +228,7 @@ class Station:
         The slot control is event-driven: waiting for work is alive; a step that does not end
         is not. The sequencer steps at least every 50 ms.
         """
-        control = self.control.liveness(time.monotonic())
+        control = self.control.liveness(clock.monotonic())
         if self.sequencer is None:
             return control
         return min(control, self.sequencer.last_step)

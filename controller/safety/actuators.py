@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,6 +24,7 @@ from controller.safety.commands import ChargerEnable, ChargerLimit, Command, Out
 from controller.safety.motionlog import Device, NewMotionEntry, entry_of, insert_sync
 from controller.safety.supervisor import EVENT_EVERY_S, SafetySupervisor, Verdict
 from controller.store.events import JournalBatch
+from drivers import clock as clocks
 from drivers.rack import RackDriver
 from drivers.robot.link import RobotLink
 from drivers.robot.protocol import MoveArgs, MsgType, Payload, RobotStatus, SlotArgs, Target
@@ -207,7 +207,7 @@ class Actuators:
         )
         slot = cmd.slot if isinstance(cmd, (ChargerLimit, ChargerEnable, RobotMotion)) else None
         swap_id, phase = self.context()
-        wall = time.time() - (self.safety.clock() - verdict.at)
+        wall = clocks.wall() - (self.safety.clock() - verdict.at)
         self._entries.append(
             entry_of(verdict, device, slot=slot, swap_id=swap_id, phase=phase, wall=wall)
         )

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from controller.safety.invariants import (
     amps,
     caps,
 )
+from drivers import clock as clocks
 from drivers.stationio import IoSnapshot
 
 _log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class _Ledger:
 class SafetySupervisor:
     """Judges commands against `INVARIANTS`; keeps the ledger, the counts and the refusals."""
 
-    def __init__(self, plant: Plant, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, plant: Plant, *, clock: Callable[[], float] = clocks.monotonic) -> None:
         self.plant = plant
         self.clock = clock
         self.started = clock()

@@ -13,7 +13,6 @@ import asyncio
 import json
 import logging
 import sqlite3
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from controller.store.journal import Journal, transaction
+from drivers import clock
 
 _log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class EventLog:
 
         `urgent`: a physical command waits on this commit (the journal runs it first).
         """
-        at = time.time()
+        at = clock.wall()
         rows = [
             (at, kind, json.dumps(body, separators=(",", ":"), sort_keys=True))
             for kind, body in batch.events

@@ -12,18 +12,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import itertools
 import logging
 import queue
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Executor, Future
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from controller.errors import JournalTooNewError, StorageError
+from drivers import clock
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -205,6 +206,7 @@ class _Worker:
     def __init__(self, name: str) -> None:
         self._jobs: queue.PriorityQueue[_Job] = queue.PriorityQueue()
         self._order = itertools.count()
+        self.lanes = {lane: _LaneExecutor(self, lane) for lane in Lane}
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -231,6 +233,22 @@ class _Worker:
                 future.set_exception(exc)
             else:
                 future.set_result(result)
+
+
+class _LaneExecutor(Executor):
+    """One lane of the worker, as an executor: jobs go through `loop.run_in_executor`.
+
+    So the event loop decides where they run: on the journal's thread in production, at
+    once on the loop's own thread under the simulator's virtual time (`simstation.vloop`),
+    where a job in flight on another thread would make the order of events a race.
+    """
+
+    def __init__(self, worker: _Worker, lane: Lane) -> None:
+        self._worker = worker
+        self._lane = lane
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        return self._worker.submit(functools.partial(fn, *args, **kwargs), self._lane)
 
 
 class _Checkpointer:
@@ -345,7 +363,8 @@ class Journal:
     async def _submit(self, fn: Callable[[], T], lane: Lane = Lane.NORMAL) -> T:
         if self._worker is None:
             raise StorageError("journal is closed")
-        return await asyncio.wrap_future(self._worker.submit(fn, lane))
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._worker.lanes[lane], fn)
 
     async def close(self) -> None:
         """Checkpoint and close; idempotent."""
@@ -356,7 +375,8 @@ class Journal:
         if checkpointer is not None:
             await asyncio.to_thread(checkpointer.stop)
         try:
-            await asyncio.wrap_future(worker.submit(self._close_sync, Lane.LAZY))
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(worker.lanes[Lane.LAZY], self._close_sync)
         finally:
             await asyncio.to_thread(worker.shutdown)
 
@@ -389,7 +409,7 @@ class Journal:
                 conn.execute(
                     "INSERT INTO meta(key, value) VALUES('last_boot_at', ?)"
                     " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                    (repr(time.time()),),
+                    (repr(clock.wall()),),
                 )
         except JournalTooNewError as exc:
             raise JournalTooNewError(f"cannot open journal {self.path}: {exc}") from exc

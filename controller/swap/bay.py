@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -22,6 +21,7 @@ from controller.swap.current import CurrentSwap
 from controller.swap.phase import Phase
 from controller.swap.senses import Facts, Senses
 from controller.swap.step import Step, Stop
+from drivers import clock
 
 _log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class Bay:
         if missing:
             whys = ", ".join(self.senses.why(c, facts) for c in missing)
             return [f"waiting for the vehicle: {whys}"]
-        reading, _ = self.senses.io_reading(time.monotonic())
+        reading, _ = self.senses.io_reading(clock.monotonic())
         seen = reading.vehicle_id if reading is not None else None
         if seen is None:
             return ["cannot read the vehicle's id"]
@@ -84,7 +84,7 @@ class Bay:
             # from before may show the lift down from before it moved (a fault a moment
             # after the raise, then lowering on the abort path). Until then it goes on as if
             # not there yet: interlocks checked, the lift driven toward its end.
-            reading, _ = self.senses.io_reading(time.monotonic())
+            reading, _ = self.senses.io_reading(clock.monotonic())
             if reading is not None and reading.at >= self.swap.entered_at:
                 await self.swap.go("lifted" if up else "lowered")
                 return []
@@ -101,7 +101,7 @@ class Bay:
     async def releasing(self, facts: Facts, _now: float) -> Step:
         """releasing: the vehicle leaves (or another one is seen: this one has left)."""
         ctx = self.swap.ctx
-        reading, _ = self.senses.io_reading(time.monotonic())
+        reading, _ = self.senses.io_reading(clock.monotonic())
         other = reading is not None and reading.vehicle_id not in {None, ctx.vehicle_id}
         if facts.get("vehicle_present") is False or other:
             batch = JournalBatch()
@@ -171,11 +171,11 @@ class Bay:
             self._failed(changed, str(exc) or "no answer")
             _log.warning("station I/O: cannot set %s: %s", _coils_text(changed), out.error)
             return
-        out.written, out.at, out.error = {**out.written, **changed}, time.monotonic(), None
+        out.written, out.at, out.error = {**out.written, **changed}, clock.monotonic(), None
 
     def _failed(self, changed: Mapping[str, bool], error: str) -> None:
         out = self._outputs
-        out.at, out.error = time.monotonic(), error
+        out.at, out.error = clock.monotonic(), error
         out.written = {**out.written, **{k: not v for k, v in changed.items()}}
 
 

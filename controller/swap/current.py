@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-import time
 from collections import deque
 from collections.abc import Callable
 
@@ -23,6 +22,7 @@ from controller.swap.machine import SwapMachine, event_to
 from controller.swap.phase import STOPPED, Phase
 from controller.swap.plan import OperatorNote, StepTime, SwapContext
 from controller.swap.requests import MODES, Mode
+from drivers import clock
 
 _log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class CurrentSwap:
         target = event_to(self.machine, event, phase)
         if target is None:
             raise RefusedError(f"{event} is not allowed while {ctx.state.text}")
-        before, now = ctx.state, time.time()
+        before, now = ctx.state, clock.wall()
         if ctx.timings and ctx.timings[-1].ended_at is None:
             ctx.timings[-1].ended_at = now
         ctx.phase_started_at = now
@@ -119,7 +119,7 @@ class CurrentSwap:
             self.machine.send(event)
         else:
             self.machine.send(event, phase=phase)
-        self.entered_at = time.monotonic()
+        self.entered_at = clock.monotonic()
         self._write(batch)
         self._deferred = batch
         if self.step_ended_at is None:
@@ -166,7 +166,7 @@ class CurrentSwap:
 
     def note(self, action: str, by: str | None, detail: str | None) -> None:
         """An operator's (or the controller's own) action on this swap, for its record."""
-        self.ctx.operator.append(OperatorNote(at=time.time(), action=action, by=by, detail=detail))
+        self.ctx.operator.append(OperatorNote(at=clock.wall(), action=action, by=by, detail=detail))
 
     def set_blocking(self, causes: list[str]) -> None:
         """What keeps the swap (or a new one) from going on now, as published."""
@@ -179,7 +179,7 @@ class CurrentSwap:
 
         What it was sent under is in the motion log (the actuators enter it).
         """
-        now = time.monotonic()
+        now = clock.monotonic()
         if self.step_ended_at is not None:
             self.overheads_ms.append((now - self.step_ended_at) * 1000)
             self.step_ended_at = None

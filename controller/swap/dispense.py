@@ -16,7 +16,6 @@ data and no alarm. No swap is authorised without both.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from controller.charging.control import SlotControl
@@ -24,6 +23,7 @@ from controller.config.model import StationConfig
 from controller.errors import NoPackError
 from controller.plant.alarms import slot_scope
 from controller.plant.slots import SlotView
+from drivers import clock
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +50,7 @@ def choose(
     `exclude`: slots whose pack is not to be dispensed (reserved, just handed over: their
     reading may lag); `busy`: slots that cannot take the returned pack (held by the swap).
     """
-    now = time.monotonic()
+    now = clock.monotonic()
     exclude = exclude or set()
     of_type = 0
     best_soc: float | None = None
@@ -109,7 +109,7 @@ def still_dispensable(
     config: StationConfig, control: SlotControl, slot: int, serial: str, pack_type: str
 ) -> str | None:
     """Why a reserved pack can no longer be dispensed; None if it still can."""
-    view = control.book.view(slot, time.monotonic())
+    view = control.book.view(slot, clock.monotonic())
     r = view.reading
     if r is not None and r.pack_present and r.pack_serial not in {None, serial}:
         return f"slot {slot} now holds {r.pack_serial}"
@@ -118,7 +118,7 @@ def still_dispensable(
 
 def slot_free(control: SlotControl, slot: int) -> bool:
     """The slot can take a returned pack now."""
-    view = control.book.view(slot, time.monotonic())
+    view = control.book.view(slot, clock.monotonic())
     r = view.reading
     return (
         r is not None
@@ -145,7 +145,7 @@ def ready_counts(
 ) -> dict[str, int]:
     """Packs that could be dispensed now, per pack type (not counting slots in `exclude`)."""
     counts: dict[str, int] = {}
-    now = time.monotonic()
+    now = clock.monotonic()
     for view in control.book.views(now):
         r = view.reading
         if r is None or not r.pack_present or r.pack_type is None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from datetime import UTC, datetime
 
 from controller.charging.control import SlotControl
@@ -12,6 +11,7 @@ from controller.store.records import NewSwapRecord, OperatorAction, PackRef, Ste
 from controller.swap.current import CurrentSwap
 from controller.swap.handover import Handovers
 from controller.swap.plan import Outcome, SwapContext
+from drivers import clock
 
 _log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class Ending:
         ctx = swap.ctx
         if ctx.outcome is None:
             ctx.outcome = outcome_of(ctx)
-        record = record_of(ctx, time.time())
+        record = record_of(ctx, clock.wall())
         batch = batch or JournalBatch()
         batch.call(lambda conn: insert_sync(conn, record))
         batch.event(

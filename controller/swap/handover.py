@@ -8,7 +8,6 @@ knows is a `MismatchError`: a fault.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 from controller.charging.control import SlotControl
@@ -20,6 +19,7 @@ from controller.swap.current import CurrentSwap
 from controller.swap.inventory import Place
 from controller.swap.phase import Phase
 from controller.swap.plan import RobotAction, Where
+from drivers import clock
 from drivers.robot.protocol import MsgType, RobotStatus
 
 CHARGER_OFF_A = 2.0  # a charger below this current, disabled, is off: its pack may be taken
@@ -52,7 +52,7 @@ class Handovers:
 
     def not_to_dispense(self) -> set[int]:
         """Slots whose pack is not for a new swap: reserved, held, or just handed over."""
-        now = time.monotonic()
+        now = clock.monotonic()
         slots = self.held()
         slots |= {s for s, at in self.at.items() if now - at < HANDOVER_SETTLE_S}
         if self.swap.ctx.active:
@@ -73,7 +73,7 @@ class Handovers:
     def settled(self) -> None:
         """After a restart: the slots held for the swap count as just handed over."""
         for slot in self.control.swap_held:
-            self.at[slot] = time.monotonic()
+            self.at[slot] = clock.monotonic()
 
     # --- before and after a robot command ---------------------------------------------------
 
@@ -170,7 +170,7 @@ class Handovers:
             if entry is None:
                 raise MismatchError("the robot stored a pack the inventory did not place on it")
             inv.put(entry.serial, Place.SLOT, batch, slot=slot, why=f"stored in slot {slot}")
-            self.at[slot] = time.monotonic()
+            self.at[slot] = clock.monotonic()
             self.poll_slot(slot)
         elif kind is MsgType.FETCH:
             slot = action.slot or status.slot
@@ -182,7 +182,7 @@ class Handovers:
             if held != expected:
                 raise MismatchError(f"fetched pack {held} from slot {slot}, expected {expected}")
             inv.put(held, Place.ROBOT, batch, why=f"fetched from slot {slot}")
-            self.at[slot] = time.monotonic()
+            self.at[slot] = clock.monotonic()
             # Its charger stays held off until it reports the slot empty (its last reading
             # still shows the pack: it would be switched on at an empty slot).
             self.release_when_empty.add(slot)
@@ -215,7 +215,7 @@ class Handovers:
         entry = self.swap.inventory.get(serial)
         if entry is None or entry.place is not Place.SLOT or entry.slot is None:
             return
-        view = self.control.book.view(entry.slot, time.monotonic())
+        view = self.control.book.view(entry.slot, clock.monotonic())
         if view.fresh is not None and view.fresh.pack_serial == serial:
             raise MismatchError(
                 f"the vehicle's pack {serial} is also reported by slot {entry.slot}"

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import enum
 import sqlite3
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from controller.errors import InventoryError
 from controller.store.events import JournalBatch
+from drivers import clock
 
 
 class Place(enum.StrEnum):
@@ -134,7 +134,7 @@ class Inventory:
             slot if place is Place.SLOT else None,
             vehicle_id if place is Place.VEHICLE else None,
             pack_type or (old.pack_type if old else None),
-            time.time(),
+            clock.wall(),
         )
         if old is not None and (old.place, old.slot, old.vehicle_id) == (
             entry.place,

@@ -7,7 +7,6 @@ brings the vehicle back to a locked pack. The sequencer does the I/O.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller.swap.phase import Phase
+from drivers import clock
 from drivers.robot.protocol import (
     Empty,
     MoveArgs,
@@ -91,8 +91,8 @@ class SwapContext(BaseModel):
     # The daemon's orderly stop sent the robot a STOP during this swap: after the restart the
     # robot's STOPPED latch is ours, not a fault's, and is reset (no motion) before recovery.
     stopped_on_shutdown: bool = False
-    started_at: float = Field(default_factory=time.time)
-    phase_started_at: float = Field(default_factory=time.time)
+    started_at: float = Field(default_factory=clock.wall)
+    phase_started_at: float = Field(default_factory=clock.wall)
     timings: list[StepTime] = Field(default_factory=list)
     operator: list[OperatorNote] = Field(default_factory=list)
 

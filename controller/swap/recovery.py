@@ -9,7 +9,6 @@ inventory is checked against what it holds. A STOP the daemon's own orderly stop
 from __future__ import annotations
 
 import logging
-import time
 
 from controller.errors import RefusedError
 from controller.store.events import JournalBatch
@@ -19,6 +18,7 @@ from controller.swap.phase import LIFT_PHASES, Phase
 from controller.swap.robotsteps import RobotSteps
 from controller.swap.senses import Senses
 from controller.swap.stops import Stops
+from drivers import clock
 from drivers.robot.protocol import RobotState, RobotStatus, Target
 
 _log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class Recovery:
     def begin(self) -> None:
         """Check again from now (a restart; an operator's `resume`)."""
         self.active = True
-        self._since = time.monotonic()
+        self._since = clock.monotonic()
 
     async def note_orderly_stop(self, *, robot_stopped: bool) -> None:
         """The daemon stops in order: say so in the journal, for the restart.

@@ -8,7 +8,6 @@ is replaced by another, in the open (event `swap_reserved`, with what it replace
 from __future__ import annotations
 
 import logging
-import time
 
 from controller.charging.control import SlotControl
 from controller.charging.forecast import ready_text
@@ -18,6 +17,7 @@ from controller.store.events import JournalBatch
 from controller.swap.current import CurrentSwap
 from controller.swap.dispense import Choice, choose, slot_free, still_dispensable
 from controller.swap.handover import Handovers
+from drivers import clock
 
 _log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class Reservation:
         nothing.
         """
         ctx = self.swap.ctx
-        now = time.monotonic()
+        now = clock.monotonic()
         why = still_dispensable(
             self.config, self.control, ctx.reserved_slot, ctx.reserved_serial, ctx.pack_type
         )

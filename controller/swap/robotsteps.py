@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,6 +25,7 @@ from controller.swap.phase import PHASE_DONE, ROBOT_PHASES, Phase
 from controller.swap.plan import RobotAction, abort_plan, phase_plan, proven_done
 from controller.swap.senses import Facts, Senses
 from controller.swap.step import Step, Stop
+from drivers import clock
 from drivers.robot.protocol import MsgType, RobotState, RobotStatus, Target
 
 _log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ class RobotSteps:
             result = await self.actuators.robot_command(action.kind, action.body, verdict=verdict)
         except (DriverError, SafetyRefusedError) as exc:
             result = exc
-        self._done(RobotDone(token, action, result, time.monotonic()))
+        self._done(RobotDone(token, action, result, clock.monotonic()))
 
     def finished(self, done: RobotDone) -> Stop | None:
         """A command came back: book its effect (deferred to the next write), or fault.

@@ -7,13 +7,13 @@ interlock that reads None fails. When the data is old because this process itsel
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 
 from controller.config.model import StationConfig
 from controller.swap import interlocks
 from controller.swap.current import CurrentSwap
 from controller.swap.phase import Phase
+from drivers import clock
 from drivers.robot.link import RobotLink
 from drivers.robot.protocol import FaultCode, RobotState, Target
 from drivers.stationio import IoReading, IoSnapshot
@@ -73,7 +73,7 @@ class Senses:
 
     def facts(self, now: float | None = None) -> dict[str, bool | None]:
         """Everything the interlocks look at; None where unknown (which is never safe)."""
-        now = time.monotonic() if now is None else now
+        now = clock.monotonic() if now is None else now
         reading, _ = self.io_reading(now)
         facts: dict[str, bool | None] = dict.fromkeys(IO_INPUTS)
         if reading is not None:
@@ -122,7 +122,7 @@ class Senses:
             return cond.message
         if cond.name == "robot_clear":
             return f"{cond.message} (robot not connected)"
-        _, why = self.io_reading(time.monotonic())
+        _, why = self.io_reading(clock.monotonic())
         if why.startswith(STALLED):
             return f"{why}: nothing was supervised meanwhile"  # the cause, not a sensor
         return f"{cond.name.replace('_', ' ')} unknown ({why or 'no data'})"
@@ -137,7 +137,7 @@ class Senses:
         mode = self.swap.mode
         if mode != "auto":
             causes.append(f"station in {mode.replace('_', ' ')} mode")
-        reading, why = self.io_reading(time.monotonic())
+        reading, why = self.io_reading(clock.monotonic())
         if reading is None:
             causes.append(why)
         else:

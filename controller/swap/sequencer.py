@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -49,6 +48,7 @@ from controller.swap.robotsteps import RobotDone, RobotSteps
 from controller.swap.senses import Facts, Senses
 from controller.swap.step import Step, Stop
 from controller.swap.stops import Stops
+from drivers import clock
 from drivers.robot.link import RobotLink
 from drivers.robot.protocol import RobotStatus
 from drivers.stationio import IoReading, IoSnapshot, StationIoDriver
@@ -74,7 +74,7 @@ class _Wake:
 class _Request:
     request: SwapRequest
     reply: asyncio.Future[Outcome]
-    at: float = field(default_factory=time.monotonic)
+    at: float = field(default_factory=clock.monotonic)
 
 
 _Event = _Io | RobotDone | _Wake | _Request
@@ -113,7 +113,7 @@ class Sequencer:
             swap, senses, self.robot_steps, self.stops, self.recovery, self.reservation,
             self.handovers, self.reconciler, self.ending, control, events,
         )  # fmt: skip
-        self.last_step = time.monotonic()
+        self.last_step = clock.monotonic()
         self._queue: asyncio.Queue[_Event] = asyncio.Queue(maxsize=10_000)
         robot_phase: PhaseStep = self.robot_steps.step
         self._steps: dict[Phase, PhaseStep] = {
@@ -171,15 +171,15 @@ class Sequencer:
 
     def on_io(self, snapshot: IoSnapshot) -> None:
         """The station I/O poller's callback."""
-        self._put(_Io(snapshot, time.monotonic()))
+        self._put(_Io(snapshot, clock.monotonic()))
 
     def on_robot_status(self, _status: RobotStatus) -> None:
         """The robot reported (a REPORT, a completion): robot facts may have changed."""
-        self._put(_Wake(time.monotonic()))
+        self._put(_Wake(clock.monotonic()))
 
     def wake(self) -> None:
         """Something the sequencer looks at changed (slot data, alarms)."""
-        self._put(_Wake(time.monotonic()))
+        self._put(_Wake(clock.monotonic()))
 
     def _put(self, event: _Event) -> None:
         try:
@@ -219,14 +219,14 @@ class Sequencer:
             swap.defer(JournalBatch())
             if swap.phase not in STOPPED:
                 self.recovery.begin()
-        self.last_step = time.monotonic()
+        self.last_step = clock.monotonic()
         swap.changed.set()
         while True:
             event: _Event | None = None
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(TICK_S):
                     event = await self._queue.get()
-            now = time.monotonic()
+            now = clock.monotonic()
             if now - self.last_step > self.senses.io_stale_after_s:
                 # The process did not run for a while (frozen, swapped out, a debugger): say
                 # so, rather than blame the station I/O whose data aged meanwhile.
@@ -241,7 +241,7 @@ class Sequencer:
                 await self._evaluate()
             except MismatchError as exc:
                 await self.stops.fault(f"pack mismatch: {exc}")
-            self.last_step = time.monotonic()
+            self.last_step = clock.monotonic()
             if self.last_step - now > self.senses.io_stale_after_s:
                 # Frozen in the middle of a step (awaiting its write-ahead commit, say): the
                 # station I/O aged meanwhile just the same; the next step must know why.
@@ -285,7 +285,7 @@ class Sequencer:
 
     async def _evaluate(self) -> None:
         """Move the swap on as far as the facts allow (after every event and timer tick)."""
-        swap, now = self.swap, time.monotonic()
+        swap, now = self.swap, clock.monotonic()
         self.handovers.release_emptied(now)
         batch = self.reconciler.reconcile(now)
         if batch:
@@ -365,7 +365,7 @@ class Sequencer:
         swap = self.swap
         phase = swap.phase
         limit = self.config.swap.step_timeouts_s.model_dump().get(phase.value)
-        if limit is None or time.time() - swap.ctx.phase_started_at <= limit:
+        if limit is None or clock.wall() - swap.ctx.phase_started_at <= limit:
             return
         if phase in {Phase.WAITING_FOR_VEHICLE, Phase.POSITIONED}:
             what = (

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable
 
 from controller.store.events import JournalBatch
@@ -13,6 +12,7 @@ from controller.swap.current import CurrentSwap
 from controller.swap.phase import STOPPED, Phase
 from controller.swap.robotsteps import RobotSteps
 from controller.swap.step import Stop
+from drivers import clock
 
 _log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class Stops:
     async def motion(self) -> None:
         """Everything that moves stops now: the lift and the outputs, the robot (at once)."""
         self.bay.lift_moving = False
-        stops: list[Awaitable[object]] = [self.bay.apply(time.monotonic(), {}, stopping=True)]
+        stops: list[Awaitable[object]] = [self.bay.apply(clock.monotonic(), {}, stopping=True)]
         if self.robot.abandon():
             stops.append(self.robot.stop_robot())
         await asyncio.gather(*stops)

@@ -12,7 +12,6 @@ import asyncio
 import enum
 import logging
 import struct
-import time
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -25,6 +24,7 @@ from pymodbus.pdu.register_message import (
     ReadInputRegistersResponse,
 )
 
+from drivers import clock
 from drivers.errors import DeviceConnectionError, DeviceRejectedError, DeviceTimeoutError
 from drivers.modbus.profile import Table
 
@@ -238,7 +238,7 @@ class ModbusLink:
         timeout = self.rtt.timeout
         client.ctx.comm_params.timeout_connect = timeout
         self.stats.requests += 1
-        started = time.monotonic()
+        started = clock.monotonic()
         try:
             reply = await _call(client, req)
         except asyncio.CancelledError:
@@ -273,7 +273,7 @@ class ModbusLink:
             # A fault inside the library must cost a reconnect, not the poller's life.
             self._drop()
             raise DeviceConnectionError(f"{self.params.name}: unexpected {exc!r}") from exc
-        rtt = time.monotonic() - started
+        rtt = clock.monotonic() - started
         self.stats.last_rtt_s = rtt
         if self._keep_rtts:
             self.stats.rtts.append(rtt)
@@ -282,7 +282,7 @@ class ModbusLink:
 
     def _quiet_after_loss(self, unit: int) -> None:
         if self.is_serial:
-            self._quiet_until[unit] = time.monotonic() + self.params.timeout_max_s
+            self._quiet_until[unit] = clock.monotonic() + self.params.timeout_max_s
 
     async def _connected(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
         if self._client is not None and self._client.connected:
@@ -315,7 +315,7 @@ class ModbusLink:
     async def _wait_quiet(self, unit: int) -> None:
         # A late reply carries its unit id: only the same unit's next request could mistake
         # it for its own, so only that unit waits.
-        delay = self._quiet_until.get(unit, 0.0) - time.monotonic()
+        delay = self._quiet_until.get(unit, 0.0) - clock.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
 

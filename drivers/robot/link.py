@@ -18,13 +18,13 @@ import dataclasses
 import enum
 import logging
 import random
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import serial_asyncio_fast
 
+from drivers import clock
 from drivers.backoff import Backoff
 from drivers.errors import (
     DecodeError,
@@ -292,7 +292,7 @@ class RobotLink:
         self._proto = proto
         self.stats.connects += 1
         self.state = LinkState.SYNCING
-        self.last_rx = time.monotonic()
+        self.last_rx = clock.monotonic()
         self._lost.clear()
         session = self._rng.randrange(0, 0x10000)
         status = await self._full(Message(self._next_seq(), MsgType.SYNC, SyncArgs(session)))
@@ -321,7 +321,7 @@ class RobotLink:
         since = self.last_rx
         try:
             while True:
-                now = time.monotonic()
+                now = clock.monotonic()
                 silent = now - max(self.last_rx, since)
                 if silent > timeout:
                     raise RobotLinkError(f"robot silent for {silent:.1f} s")
@@ -329,10 +329,10 @@ class RobotLink:
                 done, _ = await asyncio.wait(
                     {lost, restarted}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED
                 )
-                late = time.monotonic() - (now + wait_s)
+                late = clock.monotonic() - (now + wait_s)
                 if late > timeout / 2:
                     _log.warning("robot link watch ran %.1f s late: silence judged from now", late)
-                    since = time.monotonic()
+                    since = clock.monotonic()
                 if lost in done:
                     raise RobotLinkError(f"port closed: {lost.result() or 'end of file'}")
                 if restarted in done:
@@ -420,9 +420,9 @@ class RobotLink:
         return await asyncio.shield(self._stop())
 
     async def _stop(self) -> RobotStatus:
-        deadline = time.monotonic() + STOP_PORT_WAIT_S
+        deadline = clock.monotonic() + STOP_PORT_WAIT_S
         while self._proto is None:  # reconnecting: STOP goes out as soon as the port is back
-            if time.monotonic() >= deadline or self.closed:
+            if clock.monotonic() >= deadline or self.closed:
                 raise RobotLinkError("robot link down: cannot send STOP")
             await asyncio.sleep(0.01)
         message = Message(self._next_seq(), MsgType.STOP, Empty())
@@ -484,12 +484,12 @@ class RobotLink:
         )
 
     async def _until_done(self, txn: _Txn, data: bytes) -> Outcome | RobotStatus:
-        deadline = time.monotonic() + self.params.timeout_for(txn.message.type)
+        deadline = clock.monotonic() + self.params.timeout_for(txn.message.type)
         # Ask again at a steady pace: on a noisy line a DONE may need several tries, and a
         # retransmission costs the robot nothing but an answer.
         poll = DONE_POLL_ACKS * self.params.ack_timeout_s
         while True:
-            remaining = deadline - time.monotonic()
+            remaining = deadline - clock.monotonic()
             if remaining <= 0:
                 raise RobotTimeoutError(
                     f"robot did not complete {txn.message.type.name} (seq {txn.seq}) within"
@@ -520,7 +520,7 @@ class RobotLink:
 
     def on_message(self, msg: Message) -> None:
         """Dispatch one message from the robot (called by the protocol)."""
-        self.last_rx = time.monotonic()
+        self.last_rx = clock.monotonic()
         txn = self._pending.get(msg.seq) if msg.seq else None
         body = msg.body
         if isinstance(body, RobotStatus):  # REPORT

@@ -332,7 +332,7 @@ def test_the_forecast_follows_the_packs_ready_now(monkeypatch: pytest.MonkeyPatc
     s = SteppedStation(1, cfg)
     try:
         c = s.slot_control
-        monkeypatch.setattr(dispense, "time", SimpleNamespace(monotonic=s.clock))
+        monkeypatch.setattr(dispense, "clock", SimpleNamespace(monotonic=s.clock))
         c.ready_counts = lambda: dispense.ready_counts(cfg, c)
         s.rack.set_pack(0, "PK-0", soc=100.0)
         s.rack.set_status(0, "full")

@@ -1,0 +1,287 @@
+"""Virtual time (issue 16): the loop, the in-process broker, and the same answer under load."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiomqtt
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from paho.mqtt.client import topic_matches_sub
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from drivers import clock
+from simstation.minibroker import MiniBroker, matches, varint
+from simstation.report import Report
+from simstation.scenario import load_scenario
+from simstation.simulate import apply_overrides, run_virtual
+from simstation.vloop import TIMER_SLACK_S, VirtualClock, VirtualLoop, day_start
+from tests.support import REPO
+
+SCENARIOS = REPO / "config" / "scenarios"
+
+
+def run(coro_fn: object, start: float = 0.0) -> object:
+    loop = VirtualLoop(start)
+    try:
+        with clock.use(VirtualClock(loop, day_start(8 * 3600.0))):
+            return loop.run_until_complete(coro_fn())  # type: ignore[operator]
+    finally:
+        loop.close()
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(20)
+def test_an_hour_of_sleep_costs_no_wall_time_and_the_clock_is_the_loops() -> None:
+    async def main() -> tuple[float, float, float]:
+        loop = asyncio.get_running_loop()
+        t0, w0 = clock.monotonic(), clock.wall()
+        await asyncio.sleep(3600.0)
+        return loop.time() - t0, clock.monotonic() - t0, clock.wall() - w0
+
+    wall = __import__("time").monotonic()
+    looped, mono, walled = run(main)  # type: ignore[misc]
+    assert 3600.0 <= looped < 3600.0 + 1e-3
+    assert mono == looped and abs(walled - looped) < 1e-6
+    assert __import__("time").monotonic() - wall < 5.0
+
+
+@pytest.mark.timeout(20)
+def test_the_wall_clock_starts_at_the_days_hour() -> None:
+    async def main() -> int:
+        return clock.localnow().hour
+
+    assert run(main) == 8
+
+
+@pytest.mark.timeout(20)
+def test_executor_work_runs_at_once_on_the_loops_thread() -> None:
+    async def main() -> tuple[int, int, float]:
+        before = asyncio.get_running_loop().time()
+        ident = await asyncio.to_thread(threading.get_ident)
+        with pytest.raises(ZeroDivisionError):
+            await asyncio.to_thread(lambda: 1 / 0)
+        return ident, threading.get_ident(), asyncio.get_running_loop().time() - before
+
+    worker, me, took = run(main)  # type: ignore[misc]
+    assert worker == me and took == 0.0
+
+
+@pytest.mark.timeout(20)
+def test_a_deadline_slept_for_is_due_on_waking() -> None:
+    """`sleep(due - now)` then `due <= now`: never a rounding error early (the spin it caused)."""
+
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        late = []
+        due = loop.time()
+        for _ in range(2000):
+            due += 0.1 / 3
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            assert due <= loop.time(), (due, loop.time())
+            late.append(loop.time() - due)
+        return late
+
+    late = run(main, start=12345.678)  # type: ignore[misc]
+    assert max(late) <= 2 * TIMER_SLACK_S  # type: ignore[call-overload]
+
+
+@pytest.mark.timeout(30)
+def test_bytes_on_loopback_are_never_overtaken_by_a_jump() -> None:
+    """A reply within a 1 ms (virtual) timeout, 2,000 times: the clock waits for the socket."""
+
+    async def main() -> int:
+        async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            while data := await r.read(100):
+                w.write(data)
+                await w.drain()
+            w.close()
+            await w.wait_closed()
+
+        server = await asyncio.start_server(echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        n = 0
+        for _ in range(2000):
+            await asyncio.sleep(0.7)  # the clock jumps between round trips
+            w.write(b"0123456789")
+            await asyncio.wait_for(r.readexactly(10), 0.001)
+            n += 1
+        w.close()
+        await w.wait_closed()
+        await asyncio.sleep(0.01)  # the echo sees the end and closes its side
+        server.close()
+        await server.wait_closed()
+        return n
+
+    with hogs(2):
+        assert run(main) == 2000
+
+
+# --- the broker ----------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(10)
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from(["a", "b", "+", "#", "$s", ""]), min_size=1, max_size=5),
+    st.lists(st.sampled_from(["a", "b", "$s", ""]), min_size=1, max_size=5),
+)
+def test_topic_filters_match_as_paho_says(
+    filter_levels: list[str], topic_levels: list[str]
+) -> None:
+    topic_filter, topic = "/".join(filter_levels), "/".join(topic_levels)
+    if "#" in filter_levels[:-1]:
+        return  # not a valid filter: `#` only last
+    assert matches(topic_filter, topic) == topic_matches_sub(topic_filter, topic)
+
+
+def _client(port: int, name: str, **kw: object) -> aiomqtt.Client:
+    return aiomqtt.Client(
+        "127.0.0.1",
+        port,
+        identifier=name,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(20)
+async def test_the_broker_passes_properties_keeps_retained_and_honours_no_local() -> None:
+    async with (
+        MiniBroker() as broker,
+        _client(broker.port, "a") as a,
+        _client(broker.port, "b") as b,
+    ):
+        await a.publish("st/status", "online", qos=1, retain=True)
+        await b.subscribe("st/#", qos=1)
+        await a.subscribe("st/cmd/#", qos=1, options=None)
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = "fleet/replies"
+        props.CorrelationData = b"req-1"
+        await a.publish("st/cmd/ping", "{}", qos=1, properties=props)
+        got = []
+        async with asyncio.timeout(5):
+            async for m in b.messages:
+                got.append(m)
+                if len(got) == 2:
+                    break
+        retained, cmd = got
+        assert (str(retained.topic), retained.payload, retained.retain) == (
+            "st/status",
+            b"online",
+            True,
+        )
+        assert str(cmd.topic) == "st/cmd/ping" and not cmd.retain
+        assert cmd.properties is not None
+        assert cmd.properties.ResponseTopic == "fleet/replies"
+        assert cmd.properties.CorrelationData == b"req-1"
+        assert broker.retained.keys() == {"st/status"}
+        await a.publish("st/status", b"", qos=1, retain=True)  # an empty retained clears it
+        async with asyncio.timeout(5):
+            while "st/status" in broker.retained:  # noqa: ASYNC110 - the broker is on this loop
+                await asyncio.sleep(0)
+
+
+def _raw_connect(port: int, client_id: str, will_topic: str, will: bytes) -> socket.socket:
+    """A CONNECT with a retained QoS 1 will, by hand (MQTT 5.0, section 3.1)."""
+    cid, topic = client_id.encode(), will_topic.encode()
+    var = b"\x00\x04MQTT\x05" + bytes([0x02 | 0x04 | 0x08 | 0x20]) + b"\x00\x3c" + b"\x00"
+    payload = (
+        len(cid).to_bytes(2, "big") + cid + b"\x00" + len(topic).to_bytes(2, "big") + topic
+        + len(will).to_bytes(2, "big") + will
+    )  # fmt: skip
+    body = var + payload
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(b"\x10" + varint(len(body)) + body)
+    assert sock.recv(5)[:1] == b"\x20"  # CONNACK
+    return sock
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(20)
+async def test_a_lost_client_s_will_is_published_and_a_normal_disconnect_drops_it() -> None:
+    async with MiniBroker() as broker, _client(broker.port, "watcher") as w:
+        await w.subscribe("dev/+/status", qos=1)
+        loop = asyncio.get_running_loop()
+        lost = await loop.run_in_executor(
+            None, _raw_connect, broker.port, "d1", "dev/d1/status", b"offline"
+        )
+        lost.close()  # no DISCONNECT: the will goes out
+        polite = await loop.run_in_executor(
+            None, _raw_connect, broker.port, "d2", "dev/d2/status", b"gone"
+        )
+        polite.sendall(b"\xe0\x00")  # DISCONNECT, normal: no will
+        polite.close()
+        async with asyncio.timeout(5):
+            message = await anext(aiter(w.messages))
+        assert (str(message.topic), message.payload) == ("dev/d1/status", b"offline")
+        assert broker.retained["dev/d1/status"].payload == b"offline"
+        await asyncio.sleep(0.05)
+        assert "dev/d2/status" not in broker.retained
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(20)
+async def test_a_packet_it_does_not_take_closes_only_that_connection() -> None:
+    async with MiniBroker() as broker, _client(broker.port, "ok") as ok:
+        loop = asyncio.get_running_loop()
+        sock = await loop.run_in_executor(
+            None, socket.create_connection, ("127.0.0.1", broker.port)
+        )
+        sock.sendall(b"\x30\x02\x00\x00")  # PUBLISH before CONNECT
+        assert await loop.run_in_executor(None, sock.recv, 10) == b""  # closed
+        sock.close()
+        await ok.publish("still/up", "1", qos=1)
+
+
+# --- the same answer at any load -----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def hogs(n: int) -> Iterator[None]:
+    """`n` processes that keep a core busy each."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def _cars(report: Report) -> list[tuple[object, ...]]:
+    # Swap ids are random UUIDs by design; everything else must be the same.
+    return [
+        (c.vehicle_id, c.pack_type, c.soc, c.arrived_s, c.outcome, c.wait_s, c.swap_s, c.reason)
+        for c in report.cars
+    ]
+
+
+@pytest.mark.timeout(240)
+def test_the_same_scenario_gives_the_same_report_car_by_car_with_the_cpu_busy(
+    tmp_path: Path,
+) -> None:
+    loaded = apply_overrides(load_scenario(SCENARIOS / "pss13.toml"), start_h=8, duration_h=0.25)
+    quiet = run_virtual(loaded, tmp_path / "quiet")
+    with hogs(2):
+        busy = run_virtual(loaded, tmp_path / "busy")
+    fast = run_virtual(apply_overrides(loaded, speed=5000), tmp_path / "fast")
+    assert quiet.clock == "virtual" and quiet.served >= 3
+    assert _cars(quiet) == _cars(busy) == _cars(fast)
+    assert quiet.step_s == busy.step_s == fast.step_s
+    assert quiet.samples == busy.samples
+    assert (quiet.energy_kwh, quiet.peak_grid_kw) == (busy.energy_kwh, busy.peak_grid_kw)
+    assert not any(a.code == "station_io_stale" for a in busy.alarms)
