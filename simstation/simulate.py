@@ -80,9 +80,9 @@ PLC_TICK_S = 0.005
 # On virtual time, periods are simulated seconds and cost CPU per simulated second, never
 # precision: the station I/O is polled every 100 ms (its period bounds how late the daemon sees
 # a handover: docs/simulator.md measures its effect on step times), the racks once a second,
-# the PLC scans every 50 ms and the chargers step once a second (and at once on a write).
+# the PLC scans every 100 ms and the chargers step once a second (and at once on a write).
 VIRTUAL_FLEET_POLL_S = 1.0  # the fleet also wakes on every station change and due moment
-VIRTUAL = {"io_poll_s": 0.1, "rack_poll_s": 1.0, "plc_tick_s": 0.05, "rack_tick_s": 1.0}
+VIRTUAL = {"io_poll_s": 0.1, "rack_poll_s": 1.0, "plc_tick_s": 0.1, "rack_tick_s": 1.0}
 PROGRESS_EVERY_SIM_S = 60.0  # on virtual time: progress (and the daemon's health) per minute
 DAEMON_STOP_S = 30.0  # simulated: the daemon's orderly stop at the end
 CLOCKS = ("virtual", "wall")
@@ -127,6 +127,20 @@ def simulate_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="virtual (default): the daemon in this process on virtual time, the same answer"
         " on any machine; wall: the daemon in its own process on wall time scaled by --speed",
     )
+    p.add_argument(
+        "--seeds", type=int, default=1, help="run this many seeds (the scenario's and the next)"
+    )
+    p.add_argument(
+        "--vary",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="a study: run every combination of these scenario values (repeatable), e.g."
+        " station.charger_max_a=100,150; with --seeds, means and 95 %% intervals",
+    )
+    p.add_argument(
+        "--jobs", type=int, default=None, help="runs at once in a study (default: cores)"
+    )
     p.set_defaults(func=run_simulate)
 
 
@@ -146,6 +160,8 @@ def run_simulate(args: argparse.Namespace) -> int:
     sc = loaded.scenario
     stamp = datetime.now().astimezone().strftime("%Y%m%d-%H%M%S")
     out: Path = args.out or Path(f"simulate-{sc.name}-{stamp}")
+    if args.seeds > 1 or args.vary:
+        return _study(args, loaded, out)
     out.mkdir(parents=True, exist_ok=True)
     progress = Progress(sys.stderr)
     if args.clock == "virtual":
@@ -154,6 +170,22 @@ def run_simulate(args: argparse.Namespace) -> int:
         report = asyncio.run(simulate(loaded, out, progress=progress))
     paths = write_report(report, out, html=not args.no_html, warn=_err)
     sys.stdout.write(summary(report) + "\n" + "".join(f"  {p}\n" for p in paths))
+    return 0
+
+
+def _study(args: argparse.Namespace, loaded: LoadedScenario, out: Path) -> int:
+    from simstation.study import parse_vary, run_study, table
+
+    if args.clock != "virtual" or args.seeds < 1:
+        _err("a study (--seeds > 1, --vary) runs on virtual time, with --seeds >= 1")
+        return 2
+    try:
+        vary = parse_vary(args.vary)
+        study = run_study(loaded, out, seeds=args.seeds, vary=vary, jobs=args.jobs, say=_err)
+    except ConfigError as exc:
+        sys.stderr.write("\n".join(exc.lines()) + "\n")
+        return 2
+    sys.stdout.write(table(study) + f"\n  {out / 'study.md'}\n  {out / 'study.json'}\n")
     return 0
 
 

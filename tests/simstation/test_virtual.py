@@ -8,8 +8,9 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import aiomqtt
 import pytest
@@ -28,13 +29,14 @@ from simstation.vloop import TIMER_SLACK_S, VirtualClock, VirtualLoop, day_start
 from tests.support import REPO
 
 SCENARIOS = REPO / "config" / "scenarios"
+T = TypeVar("T")
 
 
-def run(coro_fn: object, start: float = 0.0) -> object:
+def run(coro_fn: Callable[[], Coroutine[Any, Any, T]], start: float = 0.0) -> T:
     loop = VirtualLoop(start)
     try:
         with clock.use(VirtualClock(loop, day_start(8 * 3600.0))):
-            return loop.run_until_complete(coro_fn())  # type: ignore[operator]
+            return loop.run_until_complete(coro_fn())
     finally:
         loop.close()
 
@@ -51,7 +53,7 @@ def test_an_hour_of_sleep_costs_no_wall_time_and_the_clock_is_the_loops() -> Non
         return loop.time() - t0, clock.monotonic() - t0, clock.wall() - w0
 
     wall = __import__("time").monotonic()
-    looped, mono, walled = run(main)  # type: ignore[misc]
+    looped, mono, walled = run(main)
     assert 3600.0 <= looped < 3600.0 + 1e-3
     assert mono == looped and abs(walled - looped) < 1e-6
     assert __import__("time").monotonic() - wall < 5.0
@@ -74,7 +76,7 @@ def test_executor_work_runs_at_once_on_the_loops_thread() -> None:
             await asyncio.to_thread(lambda: 1 / 0)
         return ident, threading.get_ident(), asyncio.get_running_loop().time() - before
 
-    worker, me, took = run(main)  # type: ignore[misc]
+    worker, me, took = run(main)
     assert worker == me and took == 0.0
 
 
@@ -93,8 +95,8 @@ def test_a_deadline_slept_for_is_due_on_waking() -> None:
             late.append(loop.time() - due)
         return late
 
-    late = run(main, start=12345.678)  # type: ignore[misc]
-    assert max(late) <= 2 * TIMER_SLACK_S  # type: ignore[call-overload]
+    late = run(main, start=12345.678)
+    assert max(late) <= 2 * TIMER_SLACK_S
 
 
 @pytest.mark.timeout(30)
@@ -168,7 +170,7 @@ async def test_the_broker_passes_properties_keeps_retained_and_honours_no_local(
         await a.publish("st/status", "online", qos=1, retain=True)
         await b.subscribe("st/#", qos=1)
         await a.subscribe("st/cmd/#", qos=1, options=None)
-        props = Properties(PacketTypes.PUBLISH)
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         props.ResponseTopic = "fleet/replies"
         props.CorrelationData = b"req-1"
         await a.publish("st/cmd/ping", "{}", qos=1, properties=props)
@@ -186,8 +188,8 @@ async def test_the_broker_passes_properties_keeps_retained_and_honours_no_local(
         )
         assert str(cmd.topic) == "st/cmd/ping" and not cmd.retain
         assert cmd.properties is not None
-        assert cmd.properties.ResponseTopic == "fleet/replies"
-        assert cmd.properties.CorrelationData == b"req-1"
+        assert getattr(cmd.properties, "ResponseTopic", None) == "fleet/replies"
+        assert getattr(cmd.properties, "CorrelationData", None) == b"req-1"
         assert broker.retained.keys() == {"st/status"}
         await a.publish("st/status", b"", qos=1, retain=True)  # an empty retained clears it
         async with asyncio.timeout(5):
@@ -285,3 +287,62 @@ def test_the_same_scenario_gives_the_same_report_car_by_car_with_the_cpu_busy(
     assert quiet.samples == busy.samples
     assert (quiet.energy_kwh, quiet.peak_grid_kw) == (busy.energy_kwh, busy.peak_grid_kw)
     assert not any(a.code == "station_io_stale" for a in busy.alarms)
+
+
+# --- a study: variants x seeds ------------------------------------------------------------------
+
+
+@pytest.mark.timeout(10)
+def test_intervals_are_students_t() -> None:
+    from simstation.study import interval
+
+    assert interval([5.0]) == interval([5.0]).model_copy(update={"half": None})
+    iv = interval([10.0, 12.0, 14.0])  # mean 12, s = 2, t(2) = 4.303: 4.303 * 2 / sqrt(3)
+    assert iv.mean == 12.0 and iv.half == pytest.approx(4.969, abs=1e-3)
+    assert interval([3.0, 3.0, 3.0]).half == 0.0
+
+
+@pytest.mark.timeout(10)
+def test_vary_takes_toml_values_and_names_what_is_wrong() -> None:
+    from controller.errors import ConfigError
+    from simstation.study import parse_vary, variants, with_changes
+
+    vary = parse_vary(["station.charger_max_a=100,150", "station.packs.STD75=11,13"])
+    assert vary == {"station.charger_max_a": [100, 150], "station.packs.STD75": [11, 13]}
+    assert len(variants(vary)) == 4
+    for bad, says in [
+        (["station.slots"], "must be KEY=V1,V2"),
+        (["station.slots=1,,"], "values are not TOML"),
+        (["a=1", "a=2"], "given twice"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            parse_vary(bad)
+        assert says in "\n".join(err.value.lines()), bad
+    loaded = load_scenario(SCENARIOS / "pss13.toml")
+    assert with_changes(loaded, {"station.charger_max_a": 100}, 7).scenario.seed == 7
+    with pytest.raises(ConfigError) as err:
+        with_changes(loaded, {"station.slots": 3}, 1)  # 13 packs need 14 slots
+    assert "station" in "\n".join(err.value.lines())
+
+
+@pytest.mark.timeout(240)
+def test_a_study_runs_every_variant_with_every_seed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from simstation.simulate import main
+
+    args = ["--start-h", "8", "--duration-h", "0.05", "--seeds", "2", "--jobs", "2"]
+    code = main(["pss13", "--out", str(tmp_path), *args, "--vary", "station.charger_max_a=100,150"])
+    assert code == 0
+    study = json.loads((tmp_path / "study.json").read_text())
+    assert [v["name"] for v in study["variants"]] == ["charger_max_a-100", "charger_max_a-150"]
+    for v in study["variants"]:
+        assert v["seeds"] == [13, 14] and len(v["runs"]) == 2
+        assert v["figures"]["served"]["half"] is not None
+    for name in ("charger_max_a-100", "charger_max_a-150"):
+        for seed in (13, 14):
+            assert (tmp_path / name / f"seed-{seed}" / "report.json").is_file()
+    assert "| charger_max_a-150 |" in capsys.readouterr().out
+    assert main(["pss13", "--out", str(tmp_path), "--clock", "wall", "--seeds", "2"]) == 2
