@@ -211,3 +211,30 @@ def test_a_room_importing_upwards_breaks_the_contract(tmp_path: Path) -> None:
     out = _lint_imports(tmp_path)
     assert out.returncode != 0
     assert "controller.safety.supervisor -> controller.swap.sequencer" in out.stdout, out.stdout
+
+
+def _clock_reads(name: str, source: str) -> list[str]:
+    """`time.monotonic`, `time.time` and `datetime.now` read directly (not via drivers.clock)."""
+    reads = {("time", "monotonic"), ("time", "time"), ("datetime", "now")}
+    return [
+        f"{name}:{node.lineno}: {node.value.id}.{node.attr}"
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and (node.value.id, node.attr) in reads
+    ]
+
+
+@pytest.mark.timeout(30)
+def test_the_daemon_reads_time_only_from_its_given_clock() -> None:
+    """docs/architecture.md: every time the daemon reads comes from drivers/clock.py."""
+    offenders = [
+        read
+        for package in ("controller", "drivers")
+        for path in sorted((REPO / package).rglob("*.py"))
+        if path.relative_to(REPO).parts[:2] != ("controller", "cli")
+        and path.relative_to(REPO) != Path("drivers/clock.py")
+        for read in _clock_reads(str(path.relative_to(REPO)), path.read_text())
+    ]
+    assert offenders == []
+    assert _clock_reads("x.py", "import time\nt = time.monotonic()\n") == ["x.py:2: time.monotonic"]
