@@ -118,6 +118,14 @@ BAD_CONFIGS = [
         ],
     ),
     (
+        "serial-url",
+        BASE + '[robot.serial]\ndevice = "tcp://10.0.0.7:4001"\n',
+        [
+            "robot.serial.device: a URL must be socket://HOST:PORT or rfc2217://HOST:PORT (a"
+            " serial device server) (got 'tcp://10.0.0.7:4001')"
+        ],
+    ),
+    (
         "backoff-order",
         BASE + "[mqtt]\nreconnect_min_s = 5\nreconnect_max_s = 1\n",
         ["mqtt: reconnect_max_s (1.0) must be >= reconnect_min_s (5.0)"],
@@ -405,3 +413,21 @@ def test_any_toml_is_loaded_or_refused_in_lines_never_raised(
     except ConfigError as exc:
         lines = exc.lines() or ["(no lines)"]
     assert all(line.startswith(f"{path}: ") for line in lines), lines
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    ("device", "taken"),
+    [
+        ("socket://10.0.0.7:4001", "socket://10.0.0.7:4001"),
+        ("rfc2217://moxa-1.local:950", "rfc2217://moxa-1.local:950"),
+        ("robot-port", "{dir}/robot-port"),  # a path stays relative to the config file
+    ],
+)
+def test_a_serial_line_is_a_port_or_a_device_server_url(
+    tmp_path: Path, device: str, taken: str
+) -> None:
+    path = _write(tmp_path, BASE + f'[robot.serial]\ndevice = "{device}"\n')
+    config = load_config(path, environ={})
+    assert config.robot is not None
+    assert config.robot.serial.device == taken.format(dir=tmp_path)
