@@ -41,6 +41,24 @@ class Car(Model):
     swap_s: float | None = None  # swap start to its end
     swap_id: str | None = None
     reason: str | None = None  # why turned away / failed
+    # How long it waited, whatever became of it: to its swap's start, to giving up (turned
+    # away), or to the end of the run (still waiting).
+    waited_s: float | None = None
+
+
+class HourStat(Model):
+    """One hour of the run (the last one may be shorter)."""
+
+    start_s: float  # simulated seconds since midnight
+    arrived: int
+    served: int  # swaps that ended completed within the hour
+    failed: int
+    turned_away: int  # cars that gave up within the hour
+    # Shares of the hour, from the per-minute samples: a swap under way; no swap although cars
+    # were waiting (no charged pack of their type, or the station blocked); nobody there.
+    busy: float
+    waiting_for_pack: float
+    idle: float
 
 
 class Sample(Model):
@@ -99,6 +117,9 @@ class Report(Model):
     turned_away: int  # gave up waiting (max wait) before a swap started
     waiting: int  # still waiting (or in the bay) at the end
     waits: Percentiles  # of the cars whose swap started
+    # Of every car: the turned-away ones at their time to give up, the waiting ones until the end.
+    waits_all: Percentiles | None = None
+    hours: list[HourStat] = Field(default_factory=list)
     swap_times: Percentiles  # of the completed swaps
     step_s: dict[str, Percentiles]  # per swap phase (lifting, removing, ...)
     cars: list[Car]

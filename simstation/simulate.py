@@ -41,6 +41,7 @@ from simstation.paths import scenario as shipped_or_path
 from simstation.report import (
     AlarmEntry,
     FaultEntry,
+    HourStat,
     Report,
     Sample,
     StationSummary,
@@ -780,6 +781,12 @@ def build_report(
         swap = None
         if car.accepted_s is not None and car.ended_s is not None:
             swap = round(car.ended_s - car.accepted_s, 1)
+        if car.accepted_s is not None:
+            waited: float | None = car.accepted_s - car.arrive_s
+        elif car.left_s is not None:
+            waited = car.left_s - car.arrive_s
+        else:
+            waited = end_s - car.arrive_s if outcome == "waiting" else None
         cars.append(
             CarEntry(
                 vehicle_id=car.vehicle_id,
@@ -791,6 +798,7 @@ def build_report(
                 swap_s=swap,
                 swap_id=car.swap_id,
                 reason=car.reason if outcome in {"turned_away", "failed"} else None,
+                waited_s=None if waited is None else round(waited, 1),
             )
         )
     count = {
@@ -818,6 +826,8 @@ def build_report(
         turned_away=count["turned_away"],
         waiting=count["waiting"],
         waits=percentiles([c.wait_s for c in cars if c.wait_s is not None]),
+        waits_all=percentiles([c.waited_s for c in cars if c.waited_s is not None]),
+        hours=hours(fleet, rec.samples, sc.start_s, end_s),
         swap_times=percentiles(
             [c.swap_s for c in cars if c.outcome == "served" and c.swap_s is not None]
         ),
@@ -831,6 +841,37 @@ def build_report(
         load=[round(x, 2) for x in rec.load],
         cores=os.cpu_count() or 0,
     )
+
+
+def hours(fleet: Fleet, samples: list[Sample], start_s: float, end_s: float) -> list[HourStat]:
+    """Each hour of the run: arrivals, outcomes by when they happened, the bay's shares."""
+    out = []
+    t = start_s
+    while t < end_s:
+        top = min(t + 3600.0, end_s)
+
+        def within(x: float | None, lo: float = t, hi: float = top) -> bool:
+            return x is not None and lo <= x < hi
+
+        cars = fleet.cars
+        mine = [s for s in samples if within(s.t_s)]
+        n = len(mine) or 1
+        busy = sum(1 for s in mine if s.phase != Phase.IDLE)
+        waiting = sum(1 for s in mine if s.phase == Phase.IDLE and s.queue > 0)
+        out.append(
+            HourStat(
+                start_s=t,
+                arrived=sum(1 for c in cars if within(c.arrive_s)),
+                served=sum(1 for c in cars if c.outcome == "served" and within(c.ended_s)),
+                failed=sum(1 for c in cars if c.outcome == "failed" and within(c.ended_s)),
+                turned_away=sum(1 for c in cars if c.outcome == "turned_away" and within(c.left_s)),
+                busy=round(busy / n, 3),
+                waiting_for_pack=round(waiting / n, 3),
+                idle=round((len(mine) - busy - waiting) / n, 3) if mine else 0.0,
+            )
+        )
+        t = top
+    return out
 
 
 def write_report(report: Report, out: Path, *, html: bool = True, warn: Write = _err) -> list[Path]:
@@ -870,6 +911,13 @@ def summary(report: Report) -> str:
         ),
         f"  alarms raised {raised}, fault entries {len(report.faults)}",
     ]
+    if report.waits_all is not None and report.turned_away:
+        a = report.waits_all
+        lines.insert(
+            3,
+            f"  every car's wait (the turned away until they gave up): p50 {a.p50 / 60:.1f} min,"
+            f" p90 {a.p90 / 60:.1f} min",
+        )
     if report.load:
         start, peak, end = report.load
         lines.append(

@@ -428,6 +428,7 @@ class Car:
     reason: str | None = None  # the latest refusal, or why its swap failed
     refusals: int = 0
     next_ask_s: float = 0.0
+    left_s: float | None = None  # when it gave up (turned away)
 
 
 @dataclass(frozen=True)
@@ -555,7 +556,7 @@ class Fleet(Traffic):
         for car in list(self.queue):
             if now - car.arrive_s > self.fleet.max_wait_s:
                 self.queue.remove(car)
-                car.outcome = "turned_away"
+                car.outcome, car.left_s = "turned_away", now
                 car.reason = car.reason or "the station was busy"
                 self.say(f"fleet: {car.vehicle_id} gave up after {now - car.arrive_s:.0f} s")
 
@@ -619,6 +620,7 @@ class Fleet(Traffic):
         """
         self.queue.remove(car)
         car.outcome, car.reason = "turned_away", "gave up while its request was answered"
+        car.left_s = self.now()
         self.say(f"fleet: {car.vehicle_id} left before its swap {swap_id} could start")
         await self._request(
             client, "abort", {"id": f"{swap_id}-left-{uuid.uuid4().hex[:6]}",

@@ -99,6 +99,19 @@ def check_report(report: Report, out: Path) -> None:
             assert car.swap_s is not None and 60 < car.swap_s < 1800, car
         if car.outcome == "turned_away":
             assert car.swap_id is None and car.reason, car
+            # Its wait is its time to give up: never served after it.
+            assert car.waited_s is not None and car.waited_s >= 0, car
+        assert car.waited_s is not None, car  # every car's wait, whatever became of it
+    assert report.waits_all is not None and report.waits_all.n == report.arrivals
+    # Per hour: every arrival and outcome once, in the hour it happened; the bay's shares add up.
+    hours = report.hours
+    assert hours and hours[0].start_s == report.start_s
+    assert sum(h.arrived for h in hours) == report.arrivals
+    assert sum(h.served for h in hours) == report.served
+    assert sum(h.failed for h in hours) == report.failed
+    assert sum(h.turned_away for h in hours) == report.turned_away
+    for h in hours:
+        assert abs(h.busy + h.waiting_for_pack + h.idle - 1.0) < 0.01, h
 
 
 @pytest.mark.asyncio
