@@ -59,6 +59,12 @@ class HourStat(Model):
     busy: float
     waiting_for_pack: float
     idle: float
+    grid_kw: float = 0.0  # mean charging power over the hour
+    # What held the hour's swaps back (`binding_limit`): "bay" (a swap under way nearly all
+    # the hour), "charged packs: grid" or "charged packs: chargers" (cars waited with the bay
+    # free, while charging ran at the grid limit or below it, at the chargers' own current),
+    # or "none" (cars were served as they came).
+    binding: str = "none"
 
 
 class Sample(Model):

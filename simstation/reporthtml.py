@@ -98,6 +98,7 @@ def render(report: Report) -> str:
         _summary(report),
         _waits_chart(report),
         _steps_chart(report),
+        _hours_table(report),
         _ready_chart(report, span, marks),
         _grid_chart(report, span, marks),
         _queue_chart(report, span, marks),
@@ -622,6 +623,52 @@ def _waits_chart(report: Report) -> str:
         + f'<p class="note">{len(waits)} served cars; percentiles over the {report.waits.n} '
         f"cars whose swap started (served or failed), max {_num(report.waits.max)} s.</p>"
         "</section>"
+    )
+
+
+def _hours_table(report: Report) -> str:
+    """Per hour: arrivals, outcomes, the bay's shares and what held the swaps back."""
+    if not report.hours:
+        return ""
+    head = "".join(
+        f'<th class="num">{h}</th>' if i else f"<th>{h}</th>"
+        for i, h in enumerate(
+            [
+                "hour",
+                "arrived",
+                "served",
+                "failed",
+                "turned away",
+                "bay busy",
+                "waiting for a pack",
+                "idle",
+                "grid kW",
+            ]
+        )
+    )
+    rows = []
+    for h in report.hours:
+        cells = [
+            _clock(h.start_s),
+            str(h.arrived),
+            str(h.served),
+            str(h.failed),
+            str(h.turned_away),
+            f"{h.busy:.0%}",
+            f"{h.waiting_for_pack:.0%}",
+            f"{h.idle:.0%}",
+            _num(h.grid_kw, 0),
+        ]
+        tds = "".join(
+            f'<td class="num">{escape(c)}</td>' if i else f"<td>{escape(c)}</td>"
+            for i, c in enumerate(cells)
+        )
+        rows.append(f"<tr>{tds}<td>{escape(h.binding)}</td></tr>")
+    return (
+        '<section id="hours"><h2>Hour by hour: what held the swaps back</h2>'
+        f"<table><thead><tr>{head}<th>limit</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table></section>"
     )
 
 

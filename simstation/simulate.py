@@ -827,7 +827,13 @@ def build_report(
         waiting=count["waiting"],
         waits=percentiles([c.wait_s for c in cars if c.wait_s is not None]),
         waits_all=percentiles([c.waited_s for c in cars if c.waited_s is not None]),
-        hours=hours(fleet, rec.samples, sc.start_s, end_s),
+        hours=hours(
+            fleet,
+            rec.samples,
+            sc.start_s,
+            end_s,
+            None if st.grid_limit_kw is None else st.grid_limit_kw - st.safety_margin_kw,
+        ),
         swap_times=percentiles(
             [c.swap_s for c in cars if c.outcome == "served" and c.swap_s is not None]
         ),
@@ -843,7 +849,31 @@ def build_report(
     )
 
 
-def hours(fleet: Fleet, samples: list[Sample], start_s: float, end_s: float) -> list[HourStat]:
+BAY_BOUND = 0.9  # a swap under way this much of an hour: the bay is the limit
+PACKS_BOUND = 0.1  # cars waiting with the bay free this much of it: charged packs are
+GRID_BOUND = 0.95  # and charging at this much of the usable grid power: the grid is
+
+
+def binding_limit(
+    busy: float, waiting_for_pack: float, grid_kw: float, usable_kw: float | None
+) -> str:
+    """What held an hour's swaps back (see `HourStat.binding`)."""
+    if busy >= BAY_BOUND:
+        return "bay"
+    if waiting_for_pack >= PACKS_BOUND:
+        if usable_kw is not None and grid_kw >= GRID_BOUND * usable_kw:
+            return "charged packs: grid"
+        return "charged packs: chargers"
+    return "none"
+
+
+def hours(
+    fleet: Fleet,
+    samples: list[Sample],
+    start_s: float,
+    end_s: float,
+    usable_kw: float | None = None,
+) -> list[HourStat]:
     """Each hour of the run: arrivals, outcomes by when they happened, the bay's shares."""
     out = []
     t = start_s
@@ -858,6 +888,7 @@ def hours(fleet: Fleet, samples: list[Sample], start_s: float, end_s: float) -> 
         n = len(mine) or 1
         busy = sum(1 for s in mine if s.phase != Phase.IDLE)
         waiting = sum(1 for s in mine if s.phase == Phase.IDLE and s.queue > 0)
+        grid_kw = sum(s.grid_kw for s in mine) / n
         out.append(
             HourStat(
                 start_s=t,
@@ -868,6 +899,8 @@ def hours(fleet: Fleet, samples: list[Sample], start_s: float, end_s: float) -> 
                 busy=round(busy / n, 3),
                 waiting_for_pack=round(waiting / n, 3),
                 idle=round((len(mine) - busy - waiting) / n, 3) if mine else 0.0,
+                grid_kw=round(grid_kw, 1),
+                binding=binding_limit(busy / n, waiting / n, grid_kw, usable_kw),
             )
         )
         t = top

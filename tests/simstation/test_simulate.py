@@ -112,6 +112,7 @@ def check_report(report: Report, out: Path) -> None:
     assert sum(h.turned_away for h in hours) == report.turned_away
     for h in hours:
         assert abs(h.busy + h.waiting_for_pack + h.idle - 1.0) < 0.01, h
+        assert h.binding in {"bay", "charged packs: grid", "charged packs: chargers", "none"}, h
 
 
 @pytest.mark.asyncio

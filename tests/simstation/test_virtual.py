@@ -346,3 +346,22 @@ def test_a_study_runs_every_variant_with_every_seed(
             assert (tmp_path / name / f"seed-{seed}" / "report.json").is_file()
     assert "| charger_max_a-150 |" in capsys.readouterr().out
     assert main(["pss13", "--out", str(tmp_path), "--clock", "wall", "--seeds", "2"]) == 2
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    ("busy", "waiting", "grid_kw", "usable_kw", "binding"),
+    [
+        (0.95, 0.0, 100.0, 740.0, "bay"),
+        (0.5, 0.3, 730.0, 740.0, "charged packs: grid"),
+        (0.5, 0.3, 400.0, 740.0, "charged packs: chargers"),
+        (0.5, 0.3, 400.0, None, "charged packs: chargers"),
+        (0.3, 0.05, 700.0, 740.0, "none"),
+    ],
+)
+def test_the_binding_limit_of_an_hour(
+    busy: float, waiting: float, grid_kw: float, usable_kw: float | None, binding: str
+) -> None:
+    from simstation.simulate import binding_limit
+
+    assert binding_limit(busy, waiting, grid_kw, usable_kw) == binding
