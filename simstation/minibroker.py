@@ -156,7 +156,6 @@ class MiniBroker:
         self.messages = 0  # PUBLISH packets received
         self._server: asyncio.Server | None = None
         self._auto = itertools.count(1)
-        self._pending_retained: list[tuple[_Session, str, int, _Retained]] = []
 
     async def __aenter__(self) -> Self:
         loop = asyncio.get_running_loop()
@@ -294,45 +293,45 @@ class MiniBroker:
         body = head + varint(len(props)) + props + payload
         s.send(_packet(PUBLISH, qos << 1 | int(retain), body))
 
-    def _subscribe(self, s: _Session, body: bytes) -> None:
-        pid = body[:2]
+    @staticmethod
+    def _filters(body: bytes, *, options: bool) -> tuple[bytes, list[tuple[str, int]]]:
+        """A SUBSCRIBE's or UNSUBSCRIBE's packet id and its (filter, options byte) list."""
         n, at = read_varint(body, 2)
         at += n
-        codes = bytearray()
+        out = []
         while at < len(body):
             f, at = _string(body, at)
-            options = body[at]
-            at += 1
-            qos = options & 0x03
-            topic_filter = f.decode()
-            if qos > 1 or not topic_filter:
-                codes.append(0x80 if not topic_filter else 0x01)
-                qos = min(qos, 1)
-                if not topic_filter:
-                    continue
-            else:
-                codes.append(qos)
+            out.append((f.decode(), body[at] if options else 0))
+            at += int(options)
+        return body[:2], out
+
+    def _subscribe(self, s: _Session, body: bytes) -> None:
+        pid, filters = self._filters(body, options=True)
+        codes = bytearray()
+        pending: list[tuple[str, int, _Retained]] = []
+        for topic_filter, options in filters:
+            if not topic_filter:
+                codes.append(0x80)  # unspecified error
+                continue
+            qos = min(options & 0x03, 1)  # QoS 2 is granted as 1
+            codes.append(qos)
             existed = topic_filter in s.subs
             s.subs[topic_filter] = _Sub(qos, bool(options & 0x04), bool(options & 0x08))
             handling = (options >> 4) & 0x03
             if handling == 0 or (handling == 1 and not existed):
-                for topic, kept in self.retained.items():
-                    if matches(topic_filter, topic):
-                        self._pending_retained.append((s, topic, min(qos, kept.qos), kept))
+                pending += [
+                    (topic, min(qos, kept.qos), kept)
+                    for topic, kept in self.retained.items()
+                    if matches(topic_filter, topic)
+                ]
         s.send(_packet(SUBACK, 0, pid + b"\x00" + bytes(codes)))
-        pending, self._pending_retained = self._pending_retained, []
-        for session, topic, qos, kept in pending:
-            self._send(session, topic, qos, kept.props, kept.payload, retain=True)
+        for topic, qos, kept in pending:  # after the SUBACK, as retained
+            self._send(s, topic, qos, kept.props, kept.payload, retain=True)
 
     def _unsubscribe(self, s: _Session, body: bytes) -> None:
-        pid = body[:2]
-        n, at = read_varint(body, 2)
-        at += n
-        codes = bytearray()
-        while at < len(body):
-            f, at = _string(body, at)
-            codes.append(0x00 if s.subs.pop(f.decode(), None) is not None else 0x11)
-        s.send(_packet(UNSUBACK, 0, pid + b"\x00" + bytes(codes)))
+        pid, filters = self._filters(body, options=False)
+        codes = bytes(0x00 if s.subs.pop(f, None) is not None else 0x11 for f, _ in filters)
+        s.send(_packet(UNSUBACK, 0, pid + b"\x00" + codes))
 
     def gone(self, s: _Session) -> None:
         """`s` is closed: forget it; publish its will unless a normal DISCONNECT dropped it."""

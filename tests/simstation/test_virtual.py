@@ -365,3 +365,28 @@ def test_the_binding_limit_of_an_hour(
     from simstation.simulate import binding_limit
 
     assert binding_limit(busy, waiting, grid_kw, usable_kw) == binding
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(20)
+async def test_no_local_and_unsubscribe_are_honoured() -> None:
+    from paho.mqtt.subscribeoptions import SubscribeOptions
+
+    async with (
+        MiniBroker() as broker,
+        _client(broker.port, "a") as a,
+        _client(broker.port, "b") as b,
+    ):
+        await a.subscribe("st/#", options=SubscribeOptions(qos=1, noLocal=True))
+        await b.subscribe("gone/#", qos=1)
+        await b.subscribe("mark", qos=1)
+        await b.unsubscribe("gone/#")
+        await a.publish("st/mine", "1", qos=1)  # not back to its sender
+        await a.publish("gone/x", "1", qos=1)  # nobody subscribes any more
+        await a.publish("mark", "1", qos=1)
+        await b.publish("st/theirs", "2", qos=1)
+        async with asyncio.timeout(5):
+            first_a = await anext(aiter(a.messages))
+            first_b = await anext(aiter(b.messages))
+        assert str(first_a.topic) == "st/theirs"
+        assert str(first_b.topic) == "mark"
