@@ -641,7 +641,7 @@ def _hours_table(report: Report) -> str:
                 "turned away",
                 "bay busy",
                 "waiting for a pack",
-                "idle",
+                "bay idle",
                 "grid kW",
             ]
         )

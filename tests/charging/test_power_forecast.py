@@ -71,6 +71,9 @@ async def test_the_forecast_is_in_the_state_and_in_a_rejected_swaps_reason(tmp_p
         control, seq = rig.station.control, rig.station.sequencer
         assert seq is not None
         await until(lambda: len(control.allocation.limits_a) == 2, what="both packs charging")
+        # The refusal must be for want of a pack, not because the station I/O or the robot is
+        # not up yet (a loaded machine reads them later than the racks).
+        await until(lambda: not seq.blocking, what="station I/O read, robot ready")
         fc = await control.update_forecast()
         std = fc.types["STD75"]
         assert std.ready_now == 0 and std.next_ready_slot == 1, std
