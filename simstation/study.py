@@ -3,8 +3,9 @@
 `swapctl simulate SCENARIO --seeds 3 --vary station.packs.STD75=11,13,15 --vary
 station.charger_max_a=100,150` runs every combination of the values (a variant) with each of
 the seeds (the scenario's seed and the next ones), each run a `run_virtual` in a process of its
-own (`--jobs`, one per core by default), and writes `study.json` and `study.md`: per variant the
-mean of each figure over its seeds and the half-width of its 95 % confidence interval
+own (`--jobs`, one per core by default), and writes `study.json`, `study.md` and `study.html`
+(the table, and bar charts with interval whiskers of the swaps an hour and the wait p90): per
+variant the mean of each figure over its seeds and the half-width of its 95 % confidence interval
 (Student's t; with one seed there is no interval). Each run's own report is in
 `<out>/<variant>/seed-<n>/`.
 """
@@ -18,6 +19,7 @@ import statistics
 import tomllib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from html import escape
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -227,8 +229,79 @@ def table(study: Study, metrics: Sequence[str] = tuple(METRICS)) -> str:
     return "\n".join([head, rule, *rows])
 
 
+CHARTS = (("served_per_h", "swaps served per hour"), ("wait_p90_min", "wait p90, minutes"))
+
+
+def chart(study: Study, metric: str, title: str) -> str:
+    """A bar per variant (the mean) with its 95 % interval as a whisker, as inline SVG."""
+    rows = [(v.name, v.figures[metric]) for v in study.variants]
+    top = max((iv.mean + (iv.half or 0.0) for _, iv in rows), default=0.0) or 1.0
+    label_w, bar_w, row_h = 220, 420, 22
+    height = 30 + row_h * len(rows)
+    width = label_w + bar_w + 90
+    parts = [
+        (
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}"'
+            f' role="img" aria-label="{escape(title)}">'
+        ),
+        f'<text x="0" y="16" font-size="13" font-weight="bold">{escape(title)}</text>',
+    ]
+    for i, (name, iv) in enumerate(rows):
+        y = 26 + i * row_h
+        w = bar_w * iv.mean / top
+        parts += [
+            (
+                f'<text x="{label_w - 6}" y="{y + 14}" font-size="12" text-anchor="end">'
+                f"{escape(name)}</text>"
+            ),
+            f'<rect x="{label_w}" y="{y + 3}" width="{w:.1f}" height="{row_h - 8}" fill="#47b"/>',
+        ]
+        if iv.half:
+            lo = label_w + bar_w * max(0.0, iv.mean - iv.half) / top
+            hi = label_w + bar_w * (iv.mean + iv.half) / top
+            mid = y + row_h / 2 - 1
+            parts.append(
+                f'<path d="M{lo:.1f},{mid} H{hi:.1f} M{lo:.1f},{mid - 5} V{mid + 5}'
+                f' M{hi:.1f},{mid - 5} V{mid + 5}" stroke="#222" fill="none"/>'
+            )
+        text = f"{iv.mean:g}" + ("" if iv.half is None else f" ± {iv.half:g}")
+        parts.append(
+            f'<text x="{label_w + bar_w + 6}" y="{y + 14}" font-size="12">{escape(text)}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def html(study: Study) -> str:
+    """The study as one self-contained page: the table and a chart per headline figure."""
+    head = "".join(f"<th>{escape(m)}</th>" for m in METRICS)
+    rows = "".join(
+        f"<tr><td>{escape(v.name)}</td>"
+        + "".join(
+            f"<td>{iv.mean:g}" + ("" if iv.half is None else f" ± {iv.half:g}") + "</td>"
+            for iv in (v.figures[m] for m in METRICS)
+        )
+        + "</tr>"
+        for v in study.variants
+    )
+    charts = "".join(f"<p>{chart(study, m, t)}</p>" for m, t in CHARTS)
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>Study: {escape(study.scenario)}</title>"
+        "<style>body{font:14px sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
+        "td:first-child{text-align:left}</style></head><body>"
+        f"<h1>{escape(study.scenario)}: {len(study.variants)} variant(s) x"
+        f" {len(study.seeds)} seed(s), {study.duration_s / 3600:g} h each</h1>"
+        f"<p>Means over the seeds {escape(str(study.seeds))}, ± the half-width of the 95 %"
+        " interval (Student's t).</p>"
+        f"<table><thead><tr><th>variant</th>{head}</tr></thead><tbody>{rows}</tbody></table>"
+        f"{charts}</body></html>\n"
+    )
+
+
 def write_study(study: Study, out: Path) -> list[Path]:
-    """study.json and study.md."""
+    """study.json, study.md and study.html."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.json").write_text(study.model_dump_json(indent=1) + "\n")
     hours = study.duration_s / 3600.0
@@ -238,4 +311,5 @@ def write_study(study: Study, out: Path) -> list[Path]:
         " interval (Student's t).\n\n" + table(study) + "\n"
     )
     (out / "study.md").write_text(text)
-    return [out / "study.json", out / "study.md"]
+    (out / "study.html").write_text(html(study))
+    return [out / "study.json", out / "study.md", out / "study.html"]

@@ -345,6 +345,8 @@ def test_a_study_runs_every_variant_with_every_seed(
         for seed in (13, 14):
             assert (tmp_path / name / f"seed-{seed}" / "report.json").is_file()
     assert "| charger_max_a-150 |" in capsys.readouterr().out
+    page = (tmp_path / "study.html").read_text()
+    assert page.count("<svg") == 2 and "charger_max_a-100" in page and "<script" not in page
     assert main(["pss13", "--out", str(tmp_path), "--clock", "wall", "--seeds", "2"]) == 2
 
 
