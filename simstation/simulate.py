@@ -167,10 +167,14 @@ def run_simulate(args: argparse.Namespace) -> int:
         return _study(args, loaded, out)
     out.mkdir(parents=True, exist_ok=True)
     progress = Progress(sys.stderr)
-    if args.clock == "virtual":
-        report = run_virtual(loaded, out, progress=progress)
-    else:
-        report = asyncio.run(simulate(loaded, out, progress=progress))
+    try:
+        if args.clock == "virtual":
+            report = run_virtual(loaded, out, progress=progress)
+        else:
+            report = asyncio.run(simulate(loaded, out, progress=progress))
+    except RuntimeError as exc:  # the daemon or a part of the run ended early (a signal, a bug)
+        _err(f"\nsimulate: the run stopped: {exc}")
+        return 1
     paths = write_report(report, out, html=not args.no_html, warn=_err)
     sys.stdout.write(summary(report) + "\n" + "".join(f"  {p}\n" for p in paths))
     return 0
@@ -406,11 +410,9 @@ class _Daemon:
             if self._task.cancelled():
                 return "the daemon was cancelled"
             exc = self._task.exception()
-            return (
-                f"the daemon ended: {exc!r}"
-                if exc
-                else f"the daemon exited ({self._task.result()})"
-            )
+            if exc is not None:
+                return f"the daemon ended: {exc!r}"
+            return f"the daemon stopped with exit code {self._task.result()} (a signal?)"
         return None
 
     async def stop(self) -> None:
