@@ -392,3 +392,37 @@ async def test_no_local_and_unsubscribe_are_honoured() -> None:
             first_b = await anext(aiter(b.messages))
         assert str(first_a.topic) == "st/theirs"
         assert str(first_b.topic) == "mark"
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_ends_a_virtual_run_with_one_line_and_exit_1(tmp_path: Path) -> None:
+    """SIGTERM reaches the in-process daemon, which stops; the run says so and exits 1."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "simstation.simulate",
+            "pss13",
+            "--out",
+            str(tmp_path),
+            "--duration-h",
+            "2",
+            "--no-html",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 40
+    while not (tmp_path / "fleet.log").exists() and not (tmp_path / "state").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    time.sleep(1.0)  # the daemon's signal handlers are in place once it runs
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=40)
+    assert proc.returncode == 1, err
+    assert "simulate: the run stopped:" in err and "Traceback" not in err, err
