@@ -116,7 +116,9 @@ def simulate_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument(
         "--out", type=Path, default=None, help="report folder (default ./simulate-NAME-TIME/)"
     )
-    p.add_argument("--speed", type=float, default=None, help="override the scenario's speed")
+    p.add_argument(
+        "--speed", type=float, default=None, help="override the scenario's speed (--clock wall)"
+    )
     p.add_argument("--start-h", type=float, default=None, help="override the start hour")
     p.add_argument(
         "--duration-h", type=float, default=None, help="override how many hours are simulated"
