@@ -431,3 +431,42 @@ def test_a_serial_line_is_a_port_or_a_device_server_url(
     config = load_config(path, environ={})
     assert config.robot is not None
     assert config.robot.serial.device == taken.format(dir=tmp_path)
+
+
+@pytest.mark.timeout(60)
+@settings(max_examples=200, deadline=None)
+@given(
+    st.one_of(
+        st.text(max_size=300),
+        st.builds(
+            lambda scheme, host, port: f"{scheme}://{host}:{port}",
+            st.sampled_from(["socket", "rfc2217", "tcp", "SOCKET", ""]),
+            st.text(max_size=40),
+            st.one_of(st.integers(-5, 10**7).map(str), st.text(max_size=6)),
+        ),
+    )
+)
+def test_any_serial_device_is_taken_or_refused_by_name(device: str) -> None:
+    """A path, a device server URL, or one line naming `robot.serial.device`: never a crash."""
+    import tempfile
+
+    import tomli_w
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "station.toml"
+        path.write_text(BASE + tomli_w.dumps({"robot": {"serial": {"device": device}}}))
+        lines: list[str] = []
+        try:
+            config = load_config(path, environ={})
+        except ConfigError as exc:
+            lines = exc.lines()
+    if lines:
+        assert any("robot.serial.device" in line for line in lines), lines
+        return
+    assert config.robot is not None
+    taken = config.robot.serial.device
+    if "://" in device:
+        assert taken == device
+        assert taken.split("://")[0] in {"socket", "rfc2217"}
+    else:
+        assert taken and Path(taken).is_absolute()
