@@ -13,6 +13,7 @@ from controller.charging.supervision import SlotRules
 from controller.config.model import SupervisionConfig
 from controller.plant.alarms import Cause, Severity
 from controller.plant.slots import SlotView
+from drivers import clock
 from drivers.rack import SlotReading
 from simstation.broker import Mosquitto
 from simstation.charger import SimPack
@@ -75,6 +76,12 @@ async def test_an_operator_off_stays_off(tmp_path: Path, broker: Mosquitto) -> N
         await until(lambda: rack.requests > polls + 10, what="a few polls")
         assert not rack.chargers[1].enabled
         assert "charging switched off by an operator" in control.blockers(1)
+        # Ten polls are about the contactor's minimum off-time at this speed: wait it out, or
+        # the operator's on is (rightly) refused.
+        await until(
+            lambda: control.safety.on_allowed_in(1, clock.monotonic()) <= 0,
+            what="the minimum off-time",
+        )
         await control.operator.set_charging(1, enable=True)
         await until(lambda: rack.chargers[1].enabled, what="on again")
 
