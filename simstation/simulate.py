@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from controller.errors import ConfigError
 from controller.swap.phase import Phase
@@ -91,6 +91,9 @@ DAEMON_STOP_S = 30.0  # simulated: the daemon's orderly stop at the end
 CLOCKS = ("virtual", "wall")
 NOMINAL_V = 360.0  # a pack's nominal voltage (96 cells x 3.75 V): kWh -> Ah
 CHARGE_V = 403.2  # a full pack's charge voltage (96 x 4.2 V): a charger's kW from its amps
+
+if TYPE_CHECKING:
+    from controller.runtime.daemon import Daemon
 
 Write = Callable[[str], None]
 
@@ -385,7 +388,7 @@ class _Daemon:
         self.work = work
         self.virtual = virtual
         self._proc: asyncio.subprocess.Process | None = None
-        self._daemon: Any = None
+        self._daemon: Daemon | None = None
         self._task: asyncio.Task[int] | None = None
 
     async def start(self) -> None:
@@ -393,8 +396,9 @@ class _Daemon:
             from controller.config.loader import load_config
             from controller.runtime.daemon import Daemon
 
-            self._daemon = Daemon(load_config(self.config_path, environ={}))
-            self._task = asyncio.create_task(self._daemon.run(), name="daemon")
+            daemon = Daemon(load_config(self.config_path, environ={}))
+            self._daemon = daemon
+            self._task = asyncio.create_task(daemon.run(), name="daemon")
             return
         env = {k: v for k, v in os.environ.items() if not k.startswith("SWAPSTATION_")}
         with (self.work / "daemon.log").open("wb") as log:
@@ -420,7 +424,7 @@ class _Daemon:
     async def stop(self) -> None:
         if self._proc is not None:
             await stop_daemon(self._proc)
-        if self._task is not None and not self._task.done():
+        if self._task is not None and not self._task.done() and self._daemon is not None:
             self._daemon.request_stop("the simulated day is over")
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), DAEMON_STOP_S)
