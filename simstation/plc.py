@@ -489,7 +489,12 @@ class SimPlc:
             self._step(now, dt)
             # Unreachable, the PLC goes on with the outputs it last had: physics never pauses.
             if self._server is not None:
-                self.coils = await self._coil_values(self._server)
+                coils = await self._coil_values(self._server)
+                if coils != self.coils:
+                    # New outputs act now (the driver goes on the green light at once), not
+                    # a scan later: what happens does not depend on the scan's length.
+                    self.coils = coils
+                    self._step(now, 0.0)
             self.gate_is_open = self.coils.get("gate_open", False)
             self.heartbeat = (self.heartbeat + 1) & 0xFFFF_FFFF
             await self._publish()

@@ -25,7 +25,7 @@ from simstation.minibroker import MiniBroker, matches, varint
 from simstation.report import Report
 from simstation.scenario import load_scenario
 from simstation.simulate import apply_overrides, run_virtual
-from simstation.vloop import TIMER_SLACK_S, VirtualClock, VirtualLoop, day_start
+from simstation.vloop import TIMER_SLACK_S, VirtualClock, VirtualLoop, day_start, run_eagerly
 from tests.support import REPO
 
 SCENARIOS = REPO / "config" / "scenarios"
@@ -78,6 +78,53 @@ def test_executor_work_runs_at_once_on_the_loops_thread() -> None:
 
     worker, me, took = run(main)
     assert worker == me and took == 0.0
+
+
+@pytest.mark.timeout(20)
+def test_a_coroutine_run_eagerly_is_a_task_from_its_first_wait() -> None:
+    """What finishes at once leaves no task; what waits goes on as one, results and errors too."""
+
+    async def at_once(trail: list[str]) -> int:
+        trail.append("ran")
+        return 1
+
+    async def waits(trail: list[str], fail: bool) -> int:
+        trail.append("before")
+        await asyncio.sleep(1.0)
+        trail.append("after")
+        await asyncio.sleep(0)
+        if fail:
+            raise ValueError("late")
+        return 2
+
+    async def cancelled(trail: list[str]) -> None:
+        try:
+            await asyncio.sleep(10.0)
+        except asyncio.CancelledError:
+            trail.append("cancelled")
+            raise
+
+    async def main() -> list[str]:
+        loop, trail = asyncio.get_running_loop(), list[str]()
+        assert run_eagerly(loop, at_once(trail)) is None
+        assert trail == ["ran"]  # before this coroutine went on: no loop turn
+        task = run_eagerly(loop, waits(trail, fail=False))
+        assert task is not None and trail == ["ran", "before"]
+        assert await task == 2 and trail[-1] == "after"
+        failing = run_eagerly(loop, waits(trail, fail=True))
+        assert failing is not None
+        with pytest.raises(ValueError, match="late"):
+            await failing
+        victim = run_eagerly(loop, cancelled(trail))
+        assert victim is not None
+        await asyncio.sleep(0)
+        victim.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await victim
+        assert trail[-1] == "cancelled"
+        return trail
+
+    assert run(main)[:2] == ["ran", "before"]
 
 
 @pytest.mark.timeout(20)
