@@ -315,6 +315,14 @@ class SwapConfig(Section):
         " serial read from the BMS) before that is a mismatch",
     )
     step_timeouts_s: SwapStepTimeouts = SwapStepTimeouts()
+    evaluate_every_s: float = Field(
+        default=0.05,
+        gt=0,
+        le=1.0,
+        description="the swap sequencer looks at the facts at least this often (data going"
+        " stale, step timeouts, settle times); every station I/O poll and robot report makes it"
+        " look at once too",
+    )
 
     @model_validator(mode="after")
     def _torque_order(self) -> Self:

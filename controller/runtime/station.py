@@ -226,7 +226,7 @@ class Station:
         """How far back the slot control and the swap sequencer are known to have been alive.
 
         The slot control is event-driven: waiting for work is alive; a step that does not end
-        is not. The sequencer steps at least every 50 ms.
+        is not. The sequencer steps at least every `swap.evaluate_every_s` (50 ms).
         """
         control = self.control.liveness(clock.monotonic())
         if self.sequencer is None:

@@ -55,7 +55,6 @@ from drivers.stationio import IoReading, IoSnapshot, StationIoDriver
 
 _log = logging.getLogger(__name__)
 
-TICK_S = 0.05  # the timer: timeouts and staleness are noticed at least this often
 _OVER = STOPPED | {Phase.COMPLETE}  # an E-stop or a robot fault no longer interrupts these
 
 
@@ -221,10 +220,11 @@ class Sequencer:
                 self.recovery.begin()
         self.last_step = clock.monotonic()
         swap.changed.set()
+        every = self.config.swap.evaluate_every_s  # timeouts and staleness: noticed this often
         while True:
             event: _Event | None = None
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(TICK_S):
+                async with asyncio.timeout(every):
                     event = await self._queue.get()
             now = clock.monotonic()
             if now - self.last_step > self.senses.io_stale_after_s:
