@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from controller.errors import ConfigError, ConfigIssue
+from simstation.children import worker_dies_with_parent
 from simstation.report import Report
 from simstation.scenario import LoadedScenario, Scenario, _issue
 
@@ -183,7 +184,12 @@ def run_study(
     wall0 = time.monotonic()
     workers = max(1, min(jobs or os.cpu_count() or 1, len(runs)))
     reports: list[Report] = []
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(
+        workers,
+        mp_context=get_context("spawn"),
+        initializer=worker_dies_with_parent,
+        initargs=(os.getpid(),),
+    ) as pool:
         for i, text in enumerate(pool.map(_one, [(r[2], r[3]) for r in runs]), 1):
             reports.append(Report.model_validate_json(text))
             changes, seed = runs[i - 1][0], runs[i - 1][1]
