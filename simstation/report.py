@@ -67,6 +67,25 @@ class HourStat(Model):
     binding: str = "none"
 
 
+class LifeSample(Model):
+    """The daemon's process and journal after each simulated hour (a long run's leak check)."""
+
+    t_s: float  # simulated seconds since midnight of the first day
+    served: int  # swaps completed so far
+    rss_kib: int  # resident memory now (on virtual time the simulator shares the process)
+    fds: int  # open file descriptors
+    threads: int
+    journal_kib: int  # the journal's files (database, WAL) on disk
+
+
+class RecordCheck(Model):
+    """The swap records' chain verified at the end of the run (`swapctl records verify`)."""
+
+    ok: bool
+    count: int
+    problem: str | None = None
+
+
 class Sample(Model):
     """The station at one moment (every `sample_every_s` simulated seconds)."""
 
@@ -138,6 +157,12 @@ class Report(Model):
     # the end, and its cores (a loaded machine delays a wall-clock-scaled run's round trips).
     load: list[float] = Field(default_factory=list)  # [start, max, end]
     cores: int = 0
+    life: list[LifeSample] = Field(default_factory=list)  # one per simulated hour
+    records: RecordCheck | None = None
+    # What the simulator itself holds of the run (its per-car, per-swap and per-minute records)
+    # at the end: on virtual time it shares the daemon's process, so this much of the RSS's
+    # growth is the simulator's, not the daemon's.
+    sim_records_kib: int = 0
 
     def accounted(self) -> bool:
         """Every arrival is served, failed, turned away or still waiting."""

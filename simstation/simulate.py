@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from controller.errors import ConfigError
+from controller.store.journal import FILENAME as JOURNAL_FILE
 from controller.swap.phase import Phase
 from drivers import clock
 from drivers.robot.protocol import MsgType
@@ -43,6 +45,8 @@ from simstation.report import (
     AlarmEntry,
     FaultEntry,
     HourStat,
+    LifeSample,
+    RecordCheck,
     Report,
     Sample,
     StationSummary,
@@ -81,12 +85,22 @@ RACK_POLL_S = 0.05
 PLC_TICK_S = 0.005
 # On virtual time, periods are simulated seconds and cost CPU per simulated second, never
 # precision: the station I/O is polled every 100 ms (its period bounds how late the daemon sees
-# a handover: docs/simulator.md measures its effect on step times), the racks once a second,
+# a handover: docs/simulator.md measures its effect on step times), the swap sequencer's own
+# timer is 150 ms (every I/O poll is an event of its own: no step moved by more than 0.05 s,
+# 9 % less CPU), the racks are polled once a second,
 # the PLC scans every 250 ms (its heartbeat; the lift's ends, the vehicle's moves and every
 # output write are cycles of their own: the same step times as at 100 ms) and the chargers step
 # every 2 s (and at once on a write; measured: the same report as at 1 s, 10 % less CPU).
 VIRTUAL_FLEET_POLL_S = 1.0  # the fleet also wakes on every station change and due moment
-VIRTUAL = {"io_poll_s": 0.1, "rack_poll_s": 1.0, "plc_tick_s": 0.25, "rack_tick_s": 2.0}
+VIRTUAL = {
+    "io_poll_s": 0.1,
+    "rack_poll_s": 1.0,
+    "plc_tick_s": 0.25,
+    "rack_tick_s": 2.0,
+    "evaluate_every_s": 0.15,
+}
+SEEN_KEEP = 20_000  # event seqs remembered to drop a redelivered event
+LIFE_EVERY_S = 3600.0  # simulated: the daemon's process and journal sampled every hour
 PROGRESS_EVERY_SIM_S = 60.0  # on virtual time: progress (and the daemon's health) per minute
 DAEMON_STOP_S = 30.0  # simulated: the daemon's orderly stop at the end
 CLOCKS = ("virtual", "wall")
@@ -263,6 +277,9 @@ class Recorder:
     peak_w: float = 0.0
     load: list[float] = field(default_factory=list)  # the 1-min load: start, max, end
     counting: bool = False
+    life: list[LifeSample] = field(default_factory=list)
+    records: RecordCheck | None = None
+    sim_kib: int = 0  # what the simulator holds of the run (`Report.sim_records_kib`)
 
     def on_event(self, event: dict[str, Any]) -> None:
         """Alarms and swap phases from `<root>/events` (at least once: by `seq`)."""
@@ -271,6 +288,10 @@ class Recorder:
             if seq in self.seen:
                 return
             self.seen.add(seq)
+            if len(self.seen) > SEEN_KEEP:
+                # A repeat comes soon after its first delivery (a reconnect's redelivery): the
+                # last few thousand are enough, and a month's run does not hold them all.
+                self.seen = {n for n in self.seen if n > seq - SEEN_KEEP // 2}
         kind = event.get("kind")
         data = event.get("data") or {}
         t = self.fleet.time_of(event.get("at"))
@@ -412,6 +433,13 @@ class _Daemon:
                 preexec_fn=die_with_parent,  # killed with us, whatever kills us
             )  # fmt: skip
 
+    @property
+    def pid(self) -> int | None:
+        """The daemon's process: this one on virtual time."""
+        if self.virtual:
+            return os.getpid()
+        return None if self._proc is None else self._proc.pid
+
     def exited(self) -> str | None:
         """Why the daemon is gone, or None while it runs."""
         if self._proc is not None and self._proc.returncode is not None:
@@ -473,6 +501,7 @@ def daemon_config(
     *,
     speed: float | None = None,
     io_poll_s: float = STATION_IO_POLL_S,
+    evaluate_every_s: float | None = None,
 ) -> str:
     """The daemon's config: the simulated devices, the scenario's power settings, the polls.
 
@@ -519,6 +548,8 @@ def daemon_config(
     io = data["station_io"]
     # Every handover of the swap (vehicle in position, lift up, lift down) waits for a poll.
     io.update(poll_period_s=io_poll_s, timeout_max_s=0.05, heartbeat_timeout_s=0.5)
+    if evaluate_every_s is not None:
+        data.setdefault("swap", {})["evaluate_every_s"] = evaluate_every_s
     sim.write_toml(data, work / "station.toml")
     return str(work / "station.toml")
 
@@ -553,6 +584,7 @@ async def _run(
             loaded, sim, broker, work,
             speed=1.0 if virtual else sc.speed,
             io_poll_s=periods.get("io_poll_s", STATION_IO_POLL_S),
+            evaluate_every_s=periods.get("evaluate_every_s"),
         )  # fmt: skip
         daemon = _Daemon(Path(config_path), work, virtual=virtual)
         await daemon.start()
@@ -569,7 +601,7 @@ async def _run(
             fleet=FleetOptions(
                 max_wait_s=sc.max_wait_min * 60.0,
                 reset_after_s=sc.operator.reset_after_min * 60.0,
-                **({"poll_s": VIRTUAL_FLEET_POLL_S} if virtual else {}),
+                poll_s=VIRTUAL_FLEET_POLL_S if virtual else FleetOptions.poll_s,
             ),
         )
         rec = Recorder(fleet)
@@ -597,6 +629,12 @@ async def _run(
             window=(start_s, end_s), every_s=PROGRESS_EVERY_SIM_S if virtual else None,
         )  # fmt: skip
         rec.counting = False
+        rec.life.append(
+            life_sample(daemon.pid, work / "state", fleet.now(), fleet.counts["served"])
+        )
+        rec.records = await check_records(work / "state")
+        held = (rec.samples, rec.phases, rec.alarms, rec.faults, rec.seen, rec.life, log_lines)
+        rec.sim_kib = deep_size(*held) // 1024
         (work / "fleet.log").write_text("\n".join(log_lines) + "\n")
         for t, what in fleet.operator_log:
             rec.faults.append(FaultEntry(t_s=round(t, 1), what=what))
@@ -629,8 +667,12 @@ async def _play(
     run_s = end_s - start_s
     wall0 = time.monotonic()
     rec.load = [os.getloadavg()[0]] * 3
+    life_at = start_s + LIFE_EVERY_S
     while (now := fleet.now()) < end_s:
         rec.load[1] = max(rec.load[1], os.getloadavg()[0])
+        if now >= life_at:
+            rec.life.append(life_sample(daemon.pid, work / "state", now, fleet.counts["served"]))
+            life_at += LIFE_EVERY_S
         if (why := daemon.exited()) is not None:
             raise RuntimeError(f"{why}; see {work / 'daemon.log'}")
         for task in tasks:
@@ -647,6 +689,71 @@ async def _play(
         progress.update(fleet, run_s, run_s, wall_s)
         progress.done()
     return wall_s
+
+
+def life_sample(pid: int | None, state: Path, t_s: float, served: int) -> LifeSample:
+    """The daemon's process (`pid`: resident memory, files, threads) and journal now."""
+    status: dict[str, str] = {}
+    fds = 0
+    if pid is not None:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                key, _, value = line.partition(":")
+                status[key] = value.strip()
+            fds = sum(1 for _ in Path(f"/proc/{pid}/fd").iterdir())
+    journal = 0
+    for path in state.glob(f"{JOURNAL_FILE}*"):  # the database, its -wal and -shm
+        with contextlib.suppress(OSError):
+            journal += path.stat().st_size
+    return LifeSample(
+        t_s=round(t_s, 1),
+        served=served,
+        rss_kib=int(status.get("VmRSS", "0 kB").split()[0]),
+        fds=fds,
+        threads=int(status.get("Threads", "0")),
+        journal_kib=journal // 1024,
+    )
+
+
+async def check_records(state: Path) -> RecordCheck:
+    """Verify the swap records' hash chain, read-only beside the daemon (as `records verify`)."""
+    from controller.store.journal import Journal
+    from controller.store.records import RecordStore
+
+    try:
+        journal = await Journal.open(state, read_only=True)
+    except Exception as exc:  # noqa: BLE001 - the report says why, the run is not lost
+        return RecordCheck(ok=False, count=0, problem=f"cannot open the journal: {exc}")
+    try:
+        result = await RecordStore(journal).verify()
+    finally:
+        await journal.close()
+    return RecordCheck(ok=result.ok, count=result.count, problem=result.problem)
+
+
+def deep_size(*roots: object) -> int:
+    """Bytes held by `roots` and everything they reach (containers, objects' attributes)."""
+    seen: set[int] = set()
+    stack: list[object] = list(roots)
+    total = 0
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, type):
+            continue
+        seen.add(id(obj))
+        total += sys.getsizeof(obj)
+        if isinstance(obj, dict):
+            stack.extend(obj.keys())
+            stack.extend(obj.values())
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            stack.extend(obj)
+        elif isinstance(obj, (str, bytes, int, float, bool)) or obj is None:
+            continue
+        elif hasattr(obj, "__dict__"):
+            stack.append(vars(obj))
+        elif dataclasses.is_dataclass(obj):
+            stack.extend(getattr(obj, f.name) for f in dataclasses.fields(obj))
+    return total
 
 
 def _tick_hook(rec: Recorder, name: str, rack: Any) -> Callable[[float], None]:
@@ -886,6 +993,9 @@ def build_report(
         peak_grid_kw=round(rec.peak_w / 1000.0, 1),
         load=[round(x, 2) for x in rec.load],
         cores=os.cpu_count() or 0,
+        life=rec.life,
+        records=rec.records,
+        sim_records_kib=rec.sim_kib,
     )
 
 

@@ -429,6 +429,7 @@ class Car:
     refusals: int = 0
     next_ask_s: float = 0.0
     left_s: float | None = None  # when it gave up (turned away)
+    ready_when_refused: int | None = None  # its type's ready packs when it was last refused
 
 
 @dataclass(frozen=True)
@@ -437,6 +438,9 @@ class FleetOptions:
 
     max_wait_s: float = 900.0  # a car not started by then leaves (turned away)
     retry_s: float = 60.0  # a refused start_swap is asked again this much later
+    # ... or as soon as the station's state shows more ready packs of its type than when it was
+    # refused (a back end watching `state`, or a driver watching the station's screen).
+    ask_when_ready: bool = True
     reset_after_s: float = 300.0  # the operator resets a stopped swap this long after it stopped
     leave_grace_s: float = 120.0  # a vehicle still parked this long after its swap drives off
     poll_s: float = 0.005  # real seconds: how often the bay and the queue are looked at
@@ -446,7 +450,8 @@ class Fleet(Traffic):
     """The cars of a scenario, FIFO to the one bay, and an operator who resets faults.
 
     The head of the queue asks for its swap (`start_swap`) when the station is idle; accepted,
-    it drives into the bay and the real swap runs; refused, it asks again `retry_s` later. A car
+    it drives into the bay and the real swap runs; refused, it asks again `retry_s` later (or
+    once the station's state shows a pack of its type come ready since). A car
     that has waited `max_wait_s` without its swap starting gives up. A swap that stops in
     `fault` or `estop` is reset by the operator `reset_after_s` after it stopped (the swap then
     aborts, the car leaves with its own pack: `failed`). `begin(now)` starts the day: `now()`
@@ -577,10 +582,24 @@ class Fleet(Traffic):
                 continue
             self._admit()
             head = self.queue[0] if self.queue else None
-            if head is None or not self._idle() or self.now() < head.next_ask_s:
+            if head is None or not self._idle() or not self._may_ask(head):
                 await self._pause()
                 continue
             await self._ask(client, head)
+
+    def _ready_of(self, pack_type: str) -> int:
+        ready = (self._state or {}).get("packs_ready") or {}
+        count = ready.get(pack_type, 0) if isinstance(ready, dict) else 0
+        return count if isinstance(count, int) else 0
+
+    def _may_ask(self, car: Car) -> bool:
+        if self.now() >= car.next_ask_s:
+            return True
+        return (
+            self.fleet.ask_when_ready
+            and car.ready_when_refused is not None
+            and self._ready_of(car.pack_type) > car.ready_when_refused
+        )
 
     async def _ask(self, client: aiomqtt.Client, car: Car) -> None:
         request_id = f"{car.vehicle_id}-{car.refusals + 1}-{uuid.uuid4().hex[:8]}"
@@ -612,6 +631,7 @@ class Fleet(Traffic):
         car.reason = str(reply.get("message") or reply.get("code"))
         # Busy: the last swap is ending; anything else (no pack, blocked): a minute later.
         car.next_ask_s = self.now() + (0.0 if reply.get("code") == "busy" else self.fleet.retry_s)
+        car.ready_when_refused = self._ready_of(car.pack_type)
 
     async def _gave_up_meanwhile(self, client: aiomqtt.Client, car: Car, swap_id: str) -> None:
         """The car's patience ran out while its start_swap was answered: it has left.

@@ -473,3 +473,51 @@ def test_sigterm_ends_a_virtual_run_with_one_line_and_exit_1(tmp_path: Path) -> 
     _, err = proc.communicate(timeout=40)
     assert proc.returncode == 1, err
     assert "simulate: the run stopped:" in err and "Traceback" not in err, err
+
+
+@pytest.mark.timeout(60)
+def test_a_study_killed_leaves_no_worker_running(tmp_path: Path) -> None:
+    """SIGKILL to `simulate --vary` (nothing can catch it): its worker processes die with it."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "simstation.simulate", "pss13", "--out", str(tmp_path)),
+            *("--duration-h", "2", "--no-html", "--jobs", "2"),
+            *("--vary", "station.charger_max_a=100,150"),
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def children() -> list[int]:
+        pids = []
+        for status in Path("/proc").glob("[0-9]*/status"):
+            with contextlib.suppress(OSError):
+                fields = dict(
+                    line.split(":\t", 1)
+                    for line in status.read_text().splitlines()
+                    if ":\t" in line
+                )
+                if fields.get("PPid", "").strip() == str(proc.pid):
+                    pids.append(int(status.parent.name))
+        return pids
+
+    deadline = time.monotonic() + 40
+    while len(workers := children()) < 2:  # the pool's workers (and its resource tracker)
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    while alive := [p for p in workers if Path(f"/proc/{p}").exists()]:
+        # A zombie is dead (reaped by init once it adopts it).
+        if all(
+            "\tZ" in Path(f"/proc/{p}/status").read_text()
+            for p in alive
+            if Path(f"/proc/{p}/status").exists()
+        ):
+            break
+        assert time.monotonic() < deadline + 10, f"still running: {alive}"
+        time.sleep(0.05)
