@@ -54,6 +54,12 @@ class StationSpec(Model):
     policy: Literal["demand", "equal"] = "demand"
     min_ready: dict[PackType, Annotated[int, Field(ge=0, le=100)]] = Field(default_factory=dict)
     min_dispense_soc: float = Field(default=90.0, ge=10, le=100)
+    # kWh of a pack type (beside the known STD75 and LR100; any other type is 75 kWh).
+    pack_kwh: dict[PackType, Annotated[float, Field(gt=0, le=1000)]] = Field(default_factory=dict)
+
+    def kwh(self, pack_type: str) -> float:
+        """A pack type's capacity, kWh."""
+        return self.pack_kwh.get(pack_type, PACK_KWH.get(pack_type, 75.0))
 
     @model_validator(mode="after")
     def _fits(self) -> StationSpec:
@@ -188,7 +194,8 @@ class Scenario(Model):
     speed: float = Field(default=720.0, gt=0, le=5000, description="simulated s per wall s")
     seed: int = 1
     start_h: Hour = 0.0
-    duration_h: float | None = Field(default=None, gt=0, le=48)
+    # Up to a year: the arrivals' hourly profile repeats every day (a long life's leak check).
+    duration_h: float | None = Field(default=None, gt=0, le=24 * 366)
     end_h: float | None = Field(default=None, gt=0, le=48)
     max_wait_min: float = Field(default=15.0, gt=0, le=1440)
     station: StationSpec

@@ -54,7 +54,6 @@ from simstation.report import (
 )
 from simstation.report import Car as CarEntry
 from simstation.scenario import (
-    PACK_KWH,
     ChargerFault,
     FaultBase,
     FaultRate,
@@ -475,7 +474,7 @@ def rack_specs(
     packs: dict[int, SimPack] = {}
     for i, pack_type in enumerate(types, 1):
         soc = round(rng.uniform(*st.initial_soc), 1)
-        kwh = PACK_KWH.get(pack_type, 75.0)
+        kwh = loaded.scenario.station.kwh(pack_type)
         packs[i] = SimPack(f"PK-{i:05d}", pack_type=pack_type, soc=soc, capacity_kwh=kwh)
     slots = list(range(1, st.slots + 1))
     specs = []
@@ -523,7 +522,7 @@ def daemon_config(
             "min_ready = {" + ", ".join(f"{k} = {v}" for k, v in st.min_ready.items()) + "}"
         )
     pack_types = "".join(
-        f"[power.pack_types.{t}]\ncapacity_ah = {PACK_KWH.get(t, 75.0) * 1000 / NOMINAL_V:.0f}\n"
+        f"[power.pack_types.{t}]\ncapacity_ah = {st.kwh(t) * 1000 / NOMINAL_V:.0f}\n"
         for t in sorted(st.packs)
     )
     sections = (
@@ -602,6 +601,7 @@ async def _run(
                 max_wait_s=sc.max_wait_min * 60.0,
                 reset_after_s=sc.operator.reset_after_min * 60.0,
                 poll_s=VIRTUAL_FLEET_POLL_S if virtual else FleetOptions.poll_s,
+                pack_kwh={t: sc.station.kwh(t) for t in sc.mix()},
             ),
         )
         rec = Recorder(fleet)

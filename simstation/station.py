@@ -367,6 +367,7 @@ class SimStation:
         serial: str,
         pack_type: str = "STD75",
         soc: float = 15.0,
+        capacity_kwh: float = 75.0,
         positioning_s: float = 20.0,
         power_down_s: float = 5.0,
         leave_s: float = 10.0,
@@ -376,7 +377,7 @@ class SimStation:
             raise RuntimeError("the simulated station has no PLC")
         vehicle = SimVehicle(
             vehicle_id,
-            SimPack(serial, pack_type=pack_type, soc=soc),
+            SimPack(serial, pack_type=pack_type, soc=soc, capacity_kwh=capacity_kwh),
             positioning_s=positioning_s,
             power_down_s=power_down_s,
             leave_s=leave_s,

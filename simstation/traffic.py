@@ -26,7 +26,7 @@ import random
 import socket
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -441,6 +441,7 @@ class FleetOptions:
     # ... or as soon as the station's state shows more ready packs of its type than when it was
     # refused (a back end watching `state`, or a driver watching the station's screen).
     ask_when_ready: bool = True
+    pack_kwh: Mapping[str, float] = field(default_factory=dict)  # by type (else 75 kWh)
     reset_after_s: float = 300.0  # the operator resets a stopped swap this long after it stopped
     leave_grace_s: float = 120.0  # a vehicle still parked this long after its swap drives off
     poll_s: float = 0.005  # real seconds: how often the bay and the queue are looked at
@@ -622,7 +623,11 @@ class Fleet(Traffic):
             self.stats.vehicles += 1
             n = self.stats.vehicles
             self._vehicle_of = self.sim.arrive(
-                car.vehicle_id, serial=f"VP-{n:05d}", pack_type=car.pack_type, soc=car.soc
+                car.vehicle_id,
+                serial=f"VP-{n:05d}",
+                pack_type=car.pack_type,
+                soc=car.soc,
+                capacity_kwh=self.fleet.pack_kwh.get(car.pack_type, 75.0),
             )
             self.serving = car
             return
