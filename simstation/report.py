@@ -76,6 +76,7 @@ class LifeSample(Model):
     fds: int  # open file descriptors
     threads: int
     journal_kib: int  # the journal's files (database, WAL) on disk
+    sim_kib: int = 0  # what the simulator holds of the run by then (`Report.sim_records_kib`)
 
 
 class RecordCheck(Model):
@@ -163,6 +164,10 @@ class Report(Model):
     # at the end: on virtual time it shares the daemon's process, so this much of the RSS's
     # growth is the simulator's, not the daemon's.
     sim_records_kib: int = 0
+    # Wall time only: how late the run's own 0.25 s timer woke at worst, and how often by more than
+    # 0.1 s (the loop could not keep up: every handover was late by as much, times the speed).
+    overrun_max_s: float = 0.0
+    overruns: int = 0
 
     def accounted(self) -> bool:
         """Every arrival is served, failed, turned away or still waiting."""

@@ -99,6 +99,7 @@ def render(report: Report) -> str:
         _waits_chart(report),
         _steps_chart(report),
         _hours_table(report),
+        _life_table(report),
         _ready_chart(report, span, marks),
         _grid_chart(report, span, marks),
         _queue_chart(report, span, marks),
@@ -475,6 +476,16 @@ def _header(report: Report) -> str:
         start, peak, end = report.load
         load = f"{start:.2f} / {peak:.2f} / {end:.2f} (start / max / end), {report.cores} cores"
         items.append(("machine load", load))
+    if report.clock == "wall":
+        items.append(
+            (
+                "overruns",
+                f"{report.overruns} (the loop woke up to {report.overrun_max_s:.3f} s late)",
+            )
+        )
+    if report.records is not None:
+        verdict = "chain intact" if report.records.ok else escape(report.records.problem or "?")
+        items.append(("swap records", f"{report.records.count}, {verdict}"))
     desc = f'<p class="lead">{escape(report.description)}</p>' if report.description else ""
     meta = "".join(f"<li>{k}: <b>{v}</b></li>" for k, v in items)
     return (
@@ -667,6 +678,48 @@ def _hours_table(report: Report) -> str:
     return (
         '<section id="hours"><h2>Hour by hour: what held the swaps back</h2>'
         f"<table><thead><tr>{head}<th>limit</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table></section>"
+    )
+
+
+def _life_table(report: Report) -> str:
+    """The daemon's process and journal over the run (a day a row when it runs for days)."""
+    life = report.life
+    if not life:
+        return ""
+    every = 24 if report.duration_s > 2 * 86400 else 1
+    picked = life[every - 1 :: every] if len(life) > every else life[-1:]
+    if picked[-1] is not life[-1]:
+        picked.append(life[-1])
+    names = ["time", "served", "RSS MiB", "simulator's MiB", "files", "threads", "journal MiB"]
+    head = "".join(
+        f'<th class="num">{n}</th>' if i else f"<th>{n}</th>" for i, n in enumerate(names)
+    )
+    rows = []
+    for s in picked:
+        cells = [
+            _clock(s.t_s),
+            str(s.served),
+            _num(s.rss_kib / 1024),
+            _num(s.sim_kib / 1024),
+            str(s.fds),
+            str(s.threads),
+            _num(s.journal_kib / 1024),
+        ]
+        rows.append(
+            "<tr>"
+            + "".join(
+                f'<td class="num">{escape(c)}</td>' if i else f"<td>{escape(c)}</td>"
+                for i, c in enumerate(cells)
+            )
+            + "</tr>"
+        )
+    return (
+        '<section id="life"><h2>The daemon over the run</h2>'
+        "<p>Its process (on virtual time shared with the simulator, whose own records are"
+        " the simulator's column) and its journal on disk.</p>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>"
         + "".join(rows)
         + "</tbody></table></section>"
     )

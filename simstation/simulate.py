@@ -98,6 +98,7 @@ VIRTUAL = {
     "rack_tick_s": 2.0,
     "evaluate_every_s": 0.15,
 }
+OVERRUN_S = 0.1  # wall seconds: a wake-up this late is an overrun (60 simulated s at 600x)
 SEEN_KEEP = 20_000  # event seqs remembered to drop a redelivered event
 LIFE_EVERY_S = 3600.0  # simulated: the daemon's process and journal sampled every hour
 PROGRESS_EVERY_SIM_S = 60.0  # on virtual time: progress (and the daemon's health) per minute
@@ -279,6 +280,28 @@ class Recorder:
     life: list[LifeSample] = field(default_factory=list)
     records: RecordCheck | None = None
     sim_kib: int = 0  # what the simulator holds of the run (`Report.sim_records_kib`)
+    log: list[str] = field(default_factory=list)  # fleet.log's lines, written at the end
+    _held: dict[str, int] = field(default_factory=dict)  # records already counted, per kind
+    _held_bytes: int = 0
+    overrun_max_s: float = 0.0  # wall time: the latest the run's own timer woke (loop lag)
+    overruns: int = 0  # wall time: wake-ups later than OVERRUN_S
+
+    def held_kib(self) -> int:
+        """What the simulator holds of the run so far, counted as it grows (records only grow)."""
+        kinds: dict[str, list[Any]] = {
+            "samples": self.samples,
+            "phases": list(self.phases.values()),
+            "alarms": self.alarms,
+            "faults": self.faults,
+            "life": self.life,
+            "log": self.log,
+        }
+        for kind, items in kinds.items():
+            done = self._held.get(kind, 0)
+            self._held_bytes += deep_size(*items[done:])
+            self._held[kind] = len(items)
+        seen = sys.getsizeof(self.seen) + 32 * len(self.seen)  # bounded: at most SEEN_KEEP
+        return (self._held_bytes + seen) // 1024
 
     def on_event(self, event: dict[str, Any]) -> None:
         """Alarms and swap phases from `<root>/events` (at least once: by `seq`)."""
@@ -604,7 +627,7 @@ async def _run(
                 pack_kwh={t: sc.station.kwh(t) for t in sc.mix()},
             ),
         )
-        rec = Recorder(fleet)
+        rec = Recorder(fleet, log=log_lines)
         fleet.on_event.append(rec.on_event)
         for name, rack in sim.racks.items():
             rack.on_tick.append(_tick_hook(rec, name, rack))
@@ -630,11 +653,10 @@ async def _run(
         )  # fmt: skip
         rec.counting = False
         rec.life.append(
-            life_sample(daemon.pid, work / "state", fleet.now(), fleet.counts["served"])
+            life_sample(daemon.pid, work / "state", fleet.now(), fleet.counts["served"], rec)
         )
         rec.records = await check_records(work / "state")
-        held = (rec.samples, rec.phases, rec.alarms, rec.faults, rec.seen, rec.life, log_lines)
-        rec.sim_kib = deep_size(*held) // 1024
+        rec.sim_kib = rec.held_kib()
         (work / "fleet.log").write_text("\n".join(log_lines) + "\n")
         for t, what in fleet.operator_log:
             rec.faults.append(FaultEntry(t_s=round(t, 1), what=what))
@@ -671,7 +693,9 @@ async def _play(
     while (now := fleet.now()) < end_s:
         rec.load[1] = max(rec.load[1], os.getloadavg()[0])
         if now >= life_at:
-            rec.life.append(life_sample(daemon.pid, work / "state", now, fleet.counts["served"]))
+            rec.life.append(
+                life_sample(daemon.pid, work / "state", now, fleet.counts["served"], rec)
+            )
             life_at += LIFE_EVERY_S
         if (why := daemon.exited()) is not None:
             raise RuntimeError(f"{why}; see {work / 'daemon.log'}")
@@ -681,7 +705,15 @@ async def _play(
         if progress is not None:
             progress.update(fleet, now - start_s, run_s, time.monotonic() - wall0)
         left = fleet.sim.clock.real(end_s - now)
-        await asyncio.sleep(min(PROGRESS_EVERY_S if every_s is None else every_s, max(0.0, left)))
+        pause = min(PROGRESS_EVERY_S if every_s is None else every_s, max(0.0, left))
+        asked = time.monotonic()
+        await asyncio.sleep(pause)
+        if every_s is None:
+            # Wall time: a wake-up this late means the loop could not keep up (an overrun);
+            # on virtual time the clock waits for the work instead.
+            late = time.monotonic() - asked - pause
+            rec.overrun_max_s = max(rec.overrun_max_s, late)
+            rec.overruns += late > OVERRUN_S
     wall_s = time.monotonic() - wall0
     rec.load[2] = os.getloadavg()[0]
     rec.load[1] = max(rec.load[1], rec.load[2])
@@ -691,7 +723,7 @@ async def _play(
     return wall_s
 
 
-def life_sample(pid: int | None, state: Path, t_s: float, served: int) -> LifeSample:
+def life_sample(pid: int | None, state: Path, t_s: float, served: int, rec: Recorder) -> LifeSample:
     """The daemon's process (`pid`: resident memory, files, threads) and journal now."""
     status: dict[str, str] = {}
     fds = 0
@@ -712,6 +744,7 @@ def life_sample(pid: int | None, state: Path, t_s: float, served: int) -> LifeSa
         fds=fds,
         threads=int(status.get("Threads", "0")),
         journal_kib=journal // 1024,
+        sim_kib=rec.held_kib(),
     )
 
 
@@ -996,6 +1029,8 @@ def build_report(
         life=rec.life,
         records=rec.records,
         sim_records_kib=rec.sim_kib,
+        overrun_max_s=round(rec.overrun_max_s, 3),
+        overruns=rec.overruns,
     )
 
 
@@ -1107,6 +1142,14 @@ def summary(report: Report) -> str:
             f"  machine: load {start:.2f} at the start, {peak:.2f} at most, {end:.2f} at the end"
             f" ({report.cores} cores)"
         )
+    if report.clock == "wall" and report.overruns:
+        lines.append(
+            f"  overruns: the loop woke up to {report.overrun_max_s:.2f} s late"
+            f" ({report.overruns} times by more than {OVERRUN_S:g} s): handovers were as late,"
+            " times the speed"
+        )
+    if report.records is not None and not report.records.ok:
+        lines.append(f"  swap records: chain broken: {report.records.problem}")
     return "\n".join(lines)
 
 

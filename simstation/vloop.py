@@ -49,7 +49,9 @@ class _Selector(selectors.DefaultSelector):
         self._skipped = 0
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        if timeout == 0 and self._skipped < SKIP_SELECTS:
+        loop = self.loop
+        ready = loop is not None and loop.has_ready()
+        if ready and self._skipped < SKIP_SELECTS:
             # Callbacks are ready: the clock cannot move before they have run, so what the
             # sockets hold can wait for them (a syscall saved; every few turns, asked anyway,
             # so that a task spinning on `sleep(0)` cannot starve a reader).
@@ -57,12 +59,14 @@ class _Selector(selectors.DefaultSelector):
             return []
         self._skipped = 0
         events: list[tuple[selectors.SelectorKey, int]] = super().select(0)
-        if events or timeout is None or timeout <= 0 or self.loop is None:
-            if not events and timeout is None:
-                # No timer at all: only the outside world (a signal) can wake us.
-                events = super().select(None)
+        if events or ready or loop is None:
             return events
-        self.loop.advance(timeout)
+        if timeout is None:
+            # No timer at all: only the outside world (a signal) can wake us.
+            return super().select(None)
+        # Nothing to do before the next timer (due in `timeout`, perhaps 0: due now): the
+        # clock goes to it, and past it, so that the timer runs and finds itself due.
+        loop.advance(max(0.0, timeout))
         return events
 
 
@@ -74,17 +78,24 @@ class VirtualLoop(asyncio.SelectorEventLoop):
         super().__init__(selector)
         selector.loop = self
         self._now = start
+        # asyncio runs a timer up to this much before its time; on a clock that only moves when
+        # the loop moves it, code that slept until a deadline would wake before it, sleep a
+        # float step again and spin for ever. Timers run when due; `advance` gets them there.
+        self._clock_resolution = 0.0
         self.jumps = 0  # how often the clock jumped (a measure of the idle points)
 
     def time(self) -> float:
         """Virtual seconds."""
         return self._now
 
+    def has_ready(self) -> bool:
+        """Callbacks are waiting to run in this turn."""
+        return bool(self._ready)  # type: ignore[attr-defined]
+
     def advance(self, seconds: float) -> None:
-        """Move the clock on (only ever forward)."""
-        if seconds > 0:
-            self._now += seconds + TIMER_SLACK_S
-            self.jumps += 1
+        """Move the clock on to `seconds` from now, and just past it."""
+        self._now += max(0.0, seconds) + TIMER_SLACK_S
+        self.jumps += 1
 
     def run_in_executor(  # type: ignore[override]
         self,

@@ -78,3 +78,11 @@ def test_a_saturated_station_lands_within_3_percent_of_its_paper_ceiling(tmp_pat
     print(f"steady state {per_h:.2f} swaps an hour, paper {paper.lower:.2f}: {paper}")
     assert per_h == pytest.approx(paper.lower, rel=0.03), (per_h, paper)
     assert report.failed == 0 and report.turned_away == 0
+    # The long-life figures: an hourly sample and one at the end, the records verified.
+    assert [round(s.t_s) for s in report.life][:1] == [9 * 3600]
+    last = report.life[-1]
+    assert last.served == report.served and last.rss_kib > 10_000 and last.journal_kib > 0
+    assert last.fds > 5 and last.threads >= 2  # the journal's checkpointer thread
+    assert report.records is not None and report.records.ok, report.records
+    assert report.records.count >= report.served
+    assert 0 < report.sim_records_kib < 5_000

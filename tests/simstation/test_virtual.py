@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import socket
 import subprocess
 import sys
@@ -78,6 +79,41 @@ def test_executor_work_runs_at_once_on_the_loops_thread() -> None:
 
     worker, me, took = run(main)
     assert worker == me and took == 0.0
+
+
+@pytest.mark.timeout(20)
+def test_a_deadline_one_rounding_error_ahead_is_reached_while_others_keep_busy() -> None:
+    """`sleep(due - now)` with `due` one float step ahead, beside a task that wakes often.
+
+    asyncio runs a timer up to its clock's resolution early; on a clock that does not move by
+    itself the sleeper then woke before its deadline, slept one float step again, and so on:
+    found as a sweep run spinning for ever (the charging control's next deadline 4.5e-13 s on).
+    """
+
+    async def main() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(2074.5)
+        due = math.nextafter(loop.time(), math.inf)
+        woke = asyncio.Event()
+
+        async def busy() -> None:  # a neighbour with work every turn for a while
+            for _ in range(10_000):
+                if woke.is_set():
+                    return
+                await asyncio.sleep(0)
+
+        neighbour = asyncio.create_task(busy())
+        spins = 0
+        while (now := loop.time()) < due:
+            spins += 1
+            assert spins < 100, "the clock never reached the deadline"
+            await asyncio.sleep(due - now)
+        woke.set()
+        await neighbour
+        return due, loop.time()
+
+    due, now = run(main)
+    assert due <= now <= due + 2 * TIMER_SLACK_S
 
 
 @pytest.mark.timeout(20)
