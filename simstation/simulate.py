@@ -381,7 +381,7 @@ def run_virtual(
     root.addHandler(handler)
     root.setLevel(os.environ.get("SWAPCTL_SIMULATE_LOG", "WARNING"))
     try:
-        with clock.use(VirtualClock(loop, wall0)), _modbus_requests_on_the_loop():
+        with clock.use(VirtualClock(loop, wall0)), modbus_requests_on_the_loop():
             return loop.run_until_complete(_virtual(loaded, workdir, progress))
     finally:
         root.removeHandler(handler)
@@ -394,7 +394,7 @@ def run_virtual(
 
 
 @contextlib.contextmanager
-def _modbus_requests_on_the_loop() -> Iterator[None]:
+def modbus_requests_on_the_loop() -> Iterator[None]:
     """The simulated devices' pymodbus servers handle a request as a task on their loop.
 
     pymodbus hands each request from its protocol to its handler through
