@@ -16,7 +16,9 @@ on paper", explains each term):
   - *the grid*: the controller budgets a charger's watts as its amps times the pack's BMS
     voltage limit (never more than the limit, whatever the voltage does: power-management.md),
     so the grid lets `(grid_limit_kw - safety_margin_kw) / V_bms_max` amps into packs, and a pack
-    takes `capacity_ah x (dispense - arrival SoC)` ampere-hours.
+    takes `capacity_ah x (dispense - arrival SoC)` ampere-hours, plus what it tops up while it
+    waits, ready, for the swap that takes it (the demand policy's last step: at most its
+    current for the part of `t_dead` before it is fetched).
 
 With several pack types in the cars' mix (first come, first served), a type's share of the cars
 sets how fast its packs must come: each bound is taken over the mix.
@@ -111,7 +113,8 @@ def ceiling(
     # A pack's ready noticed: half a charger step and half a poll late; stored: one poll until
     # its charger is seen with it and switched on.
     noticed = rack_tick_s / 2.0 + rack_poll_s / 2.0
-    dead = noticed + vehicle_in + LIFT_S + removed + stored + rack_poll_s
+    waiting = noticed + vehicle_in + LIFT_S + removed + stored  # ready, until taken
+    dead = waiting + rack_poll_s
     fetched = to_slot + robot.fetch_s
     installed = to_slot + robot.install_s
     bay = noticed + vehicle_in + LIFT_S + removed + stored + fetched + installed
@@ -139,7 +142,8 @@ def ceiling(
     if st.grid_limit_kw is not None:
         v_bound = SimPack("paper").cells_series * CELL_OCV_FULL
         amps = (st.grid_limit_kw - st.safety_margin_kw) * 1000.0 / v_bound
-        grid = amps / sum(part * charge_ah[t] for t, part in share.items())
+        topped_up = limit_a * waiting / 3600.0  # Ah a ready pack takes while it waits
+        grid = amps / sum(part * (charge_ah[t] + topped_up) for t, part in share.items())
     return Ceiling(
         bay_per_h=3600.0 / bay,
         current_per_h=current,

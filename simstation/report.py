@@ -59,10 +59,14 @@ class HourStat(Model):
     busy: float
     waiting_for_pack: float
     idle: float
-    grid_kw: float = 0.0  # mean charging power over the hour
+    grid_kw: float = 0.0  # mean charging power over the hour (measured: volts x amps)
+    # The same as the controller budgets it against the grid limit (amps x the BMS voltage
+    # limit, a few % above the measured power): what `binding` compares with the usable grid.
+    budget_kw: float = 0.0
     # What held the hour's swaps back (`binding_limit`): "bay" (a swap under way nearly all
     # the hour), "charged packs: grid" or "charged packs: chargers" (cars waited with the bay
-    # free, while charging ran at the grid limit or below it, at the chargers' own current),
+    # free, while charging ran at the grid limit as the controller budgets it, `budget_kw`, or
+    # below it, at the chargers' own current),
     # or "none" (cars were served as they came).
     binding: str = "none"
 
@@ -92,6 +96,7 @@ class Sample(Model):
 
     t_s: float
     grid_kw: float  # total charging power, measured at the simulated rack(s)
+    budget_kw: float = 0.0  # the same as the controller budgets it (amps x BMS voltage limit)
     ready: dict[str, int]  # dispensable packs per type (the station's own `packs_ready`)
     queue: int  # cars waiting (not yet authorised)
     phase: str  # the station's swap phase

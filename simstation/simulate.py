@@ -272,6 +272,8 @@ class Recorder:
     faults: list[FaultEntry] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
     rack_w: dict[str, float] = field(default_factory=dict)
+    # The same as the controller counts it against the grid limit: amps x the BMS voltage limit.
+    rack_budget_w: dict[str, float] = field(default_factory=dict)
     rack_t: dict[str, float] = field(default_factory=dict)
     energy_kwh: float = 0.0
     peak_w: float = 0.0
@@ -333,8 +335,9 @@ class Recorder:
         elif kind == "swap_phase":
             self.phases.setdefault(str(data.get("swap_id")), []).append((t, str(data.get("to"))))
 
-    def on_tick(self, rack: str, sim_now: float, power_w: float) -> None:
-        """After a physics step of a rack: power and energy."""
+    def on_tick(self, rack: str, sim_now: float, power_w: float, budget_w: float = 0.0) -> None:
+        """After a physics step of a rack: power and energy (and power as budgeted)."""
+        self.rack_budget_w[rack] = budget_w
         last = self.rack_t.get(rack)
         self.rack_t[rack] = sim_now
         if self.counting and last is not None:
@@ -791,7 +794,9 @@ def deep_size(*roots: object) -> int:
 
 def _tick_hook(rec: Recorder, name: str, rack: Any) -> Callable[[float], None]:
     def hook(sim_now: float) -> None:
-        rec.on_tick(name, sim_now, sum(c.power_w for c in rack.chargers.values()))
+        chargers = [c for c in rack.chargers.values() if c.pack is not None]
+        budget = sum(c.current_a * c.pack.bms_voltage_max for c in chargers)
+        rec.on_tick(name, sim_now, sum(c.power_w for c in chargers), budget)
 
     return hook
 
@@ -854,6 +859,7 @@ async def _sample(rec: Recorder, fleet: Fleet, sim: SimStation, end_s: float) ->
             Sample(
                 t_s=round(t, 1),
                 grid_kw=round(sum(rec.rack_w.values()) / 1000.0, 2),
+                budget_kw=round(sum(rec.rack_budget_w.values()) / 1000.0, 2),
                 ready={str(k): int(v) for k, v in ready.items()},
                 queue=len(fleet.queue),
                 phase=str(state.get("phase", "?")),
@@ -1040,13 +1046,17 @@ GRID_BOUND = 0.95  # and charging at this much of the usable grid power: the gri
 
 
 def binding_limit(
-    busy: float, waiting_for_pack: float, grid_kw: float, usable_kw: float | None
+    busy: float, waiting_for_pack: float, budget_kw: float, usable_kw: float | None
 ) -> str:
-    """What held an hour's swaps back (see `HourStat.binding`)."""
+    """What held an hour's swaps back (see `HourStat.binding`).
+
+    `budget_kw`: the hour's charging power as the controller counts it against the grid limit
+    (amps x the BMS voltage limit), which is what reaches the limit, not the measured watts.
+    """
     if busy >= BAY_BOUND:
         return "bay"
     if waiting_for_pack >= PACKS_BOUND:
-        if usable_kw is not None and grid_kw >= GRID_BOUND * usable_kw:
+        if usable_kw is not None and budget_kw >= GRID_BOUND * usable_kw:
             return "charged packs: grid"
         return "charged packs: chargers"
     return "none"
@@ -1074,6 +1084,7 @@ def hours(
         busy = sum(1 for s in mine if s.phase != Phase.IDLE)
         waiting = sum(1 for s in mine if s.phase == Phase.IDLE and s.queue > 0)
         grid_kw = sum(s.grid_kw for s in mine) / n
+        budget_kw = sum(s.budget_kw for s in mine) / n
         out.append(
             HourStat(
                 start_s=t,
@@ -1085,7 +1096,8 @@ def hours(
                 waiting_for_pack=round(waiting / n, 3),
                 idle=round((len(mine) - busy - waiting) / n, 3) if mine else 0.0,
                 grid_kw=round(grid_kw, 1),
-                binding=binding_limit(busy / n, waiting / n, grid_kw, usable_kw),
+                budget_kw=round(budget_kw, 1),
+                binding=binding_limit(busy / n, waiting / n, budget_kw, usable_kw),
             )
         )
         t = top
