@@ -470,3 +470,41 @@ def test_any_serial_device_is_taken_or_refused_by_name(device: str) -> None:
         assert taken.split("://")[0] in {"socket", "rfc2217"}
     else:
         assert taken and Path(taken).is_absolute()
+
+
+@pytest.mark.timeout(60)
+@settings(max_examples=150, deadline=None)
+@given(
+    st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.integers(-(10**12), 10**12),
+        st.text(max_size=20),
+        st.booleans(),
+        st.lists(st.integers(), max_size=3),
+    )
+)
+def test_the_sequencers_timer_is_taken_in_0_to_1_s_or_refused_by_name(value: object) -> None:
+    """`swap.evaluate_every_s`: 0 < s <= 1, else one line naming it; 0, negative, NaN refused."""
+    import math
+    import tempfile
+
+    import tomli_w
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "station.toml"
+        try:
+            text = tomli_w.dumps({"swap": {"evaluate_every_s": value}})
+        except (TypeError, ValueError):
+            return  # not expressible in TOML
+        path.write_text(BASE + text)
+        lines: list[str] = []
+        try:
+            config = load_config(path, environ={})
+        except ConfigError as exc:
+            lines = exc.lines()
+    if lines:
+        assert any("swap.evaluate_every_s" in line for line in lines), lines
+        return
+    taken = config.swap.evaluate_every_s
+    assert math.isfinite(taken) and 0 < taken <= 1.0
+    assert not isinstance(value, str | list)  # (`true` is taken as 1 s, as by every float key)
