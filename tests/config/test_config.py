@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import tomli_w
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -433,6 +434,19 @@ def test_a_serial_line_is_a_port_or_a_device_server_url(
     assert config.robot.serial.device == taken.format(dir=tmp_path)
 
 
+def _load_with(text: str) -> tuple[StationConfig | None, list[str]]:
+    """`text` as a station.toml in a fresh folder: the config, or None and the refusal's lines."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "station.toml"
+        path.write_text(text)
+        try:
+            return load_config(path, environ={}), []
+        except ConfigError as exc:
+            return None, exc.lines()
+
+
 @pytest.mark.timeout(60)
 @settings(max_examples=200, deadline=None)
 @given(
@@ -448,19 +462,8 @@ def test_a_serial_line_is_a_port_or_a_device_server_url(
 )
 def test_any_serial_device_is_taken_or_refused_by_name(device: str) -> None:
     """A path, a device server URL, or one line naming `robot.serial.device`: never a crash."""
-    import tempfile
-
-    import tomli_w
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "station.toml"
-        path.write_text(BASE + tomli_w.dumps({"robot": {"serial": {"device": device}}}))
-        lines: list[str] = []
-        try:
-            config = load_config(path, environ={})
-        except ConfigError as exc:
-            lines = exc.lines()
-    if lines:
+    config, lines = _load_with(BASE + tomli_w.dumps({"robot": {"serial": {"device": device}}}))
+    if config is None:
         assert any("robot.serial.device" in line for line in lines), lines
         return
     assert config.robot is not None
@@ -486,23 +489,13 @@ def test_any_serial_device_is_taken_or_refused_by_name(device: str) -> None:
 def test_the_sequencers_timer_is_taken_in_0_to_1_s_or_refused_by_name(value: object) -> None:
     """`swap.evaluate_every_s`: 0 < s <= 1, else one line naming it; 0, negative, NaN refused."""
     import math
-    import tempfile
 
-    import tomli_w
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "station.toml"
-        try:
-            text = tomli_w.dumps({"swap": {"evaluate_every_s": value}})
-        except (TypeError, ValueError):
-            return  # not expressible in TOML
-        path.write_text(BASE + text)
-        lines: list[str] = []
-        try:
-            config = load_config(path, environ={})
-        except ConfigError as exc:
-            lines = exc.lines()
-    if lines:
+    try:
+        text = tomli_w.dumps({"swap": {"evaluate_every_s": value}})
+    except (TypeError, ValueError):
+        return  # not expressible in TOML
+    config, lines = _load_with(BASE + text)
+    if config is None:
         assert any("swap.evaluate_every_s" in line for line in lines), lines
         return
     taken = config.swap.evaluate_every_s
