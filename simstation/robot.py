@@ -15,7 +15,7 @@ import os
 import random
 import socket
 import tty
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -43,6 +43,7 @@ from drivers.robot.protocol import (
 from drivers.robot.reassembler import Reassembler
 from simstation.charger import SimPack
 from simstation.clock import SimClock
+from simstation.ptypair import FRESH_TRIES, PtyPairError, busy, say_on_stderr
 
 _log = logging.getLogger(__name__)
 
@@ -171,14 +172,13 @@ class SimRobot:
 
     # --- the port ---------------------------------------------------------------------------
 
-    async def start(self, path: Path) -> None:
-        """Open a pty, link `path` to it, and start answering."""
+    async def start(self, path: Path, say: Callable[[str], None] = say_on_stderr) -> None:
+        """Open a pty, link `path` to it, and start answering.
+
+        A pty another program holds is closed and a fresh one tried (`say` tells why).
+        """
         self.path = path
-        master, slave = os.openpty()
-        # Raw on both ends before anything is written: no echo, no line discipline.
-        tty.setraw(master)
-        tty.setraw(slave)
-        os.set_blocking(master, False)
+        master, slave = _free_pty(say)
         self._master, self._slave = master, slave
         _link(path, os.ttyname(slave))
         self._reassembler = Reassembler()
@@ -643,6 +643,25 @@ class SimRobot:
             boot_id=self.boot_id,
             last_seq=self.last_seq if seq is None else seq,
         )
+
+
+def _free_pty(say: Callable[[str], None]) -> tuple[int, int]:
+    """A raw pty (master, slave) whose slave no other program holds."""
+    for attempt in range(1, FRESH_TRIES + 1):
+        master, slave = os.openpty()
+        node = os.ttyname(slave)
+        why = busy(node)
+        if why is None:
+            # Raw on both ends before anything is written: no echo, no line discipline.
+            tty.setraw(master)
+            tty.setraw(slave)
+            os.set_blocking(master, False)
+            return master, slave
+        os.close(master)
+        os.close(slave)
+        fresh = "; trying a fresh one" if attempt < FRESH_TRIES else ""
+        say(f"robot: the pty {node} {why}{fresh}")
+    raise PtyPairError(f"robot: {FRESH_TRIES} ptys in a row were held by another program")
 
 
 def _link(path: Path, target: str) -> None:
