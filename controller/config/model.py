@@ -7,8 +7,9 @@ setting. Loading, environment overrides and error formatting live in `configload
 from __future__ import annotations
 
 import re
+import types
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Literal, Self, Union, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -67,10 +68,54 @@ UnitId = Annotated[int, Field(ge=1, le=247)]
 SlotNumber = Annotated[int, Field(ge=1, le=999)]
 
 
+def admitted_types(annotation: object) -> list[object]:
+    """The types a field's annotation admits, through `Annotated` and unions."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return admitted_types(args[0])
+    if origin in (Union, types.UnionType):
+        return [leaf for arg in args for leaf in admitted_types(arg)]
+    return [annotation]
+
+
+def is_number_type(leaf: object) -> bool:
+    """Whether `leaf` (one of `admitted_types`) is a number type or a literal of numbers."""
+    if get_origin(leaf) is Literal:
+        return any(type(arg) in (int, float) for arg in get_args(leaf))
+    return leaf in (int, float)
+
+
+def _bool_for_number(value: object, annotation: object) -> bool:
+    """Whether `value` has a true/false where `annotation` wants a number (at any depth).
+
+    pydantic reads `true` as 1 for an int, a float or `Literal[1, 2]`: a key such as
+    `max_current_a = true` would be 1 A. TOML says what it means; a boolean is not a number.
+    """
+    leaves = admitted_types(annotation)
+    if isinstance(value, bool):
+        return bool not in leaves and any(is_number_type(leaf) for leaf in leaves)
+    for leaf in leaves:
+        origin, args = get_origin(leaf), get_args(leaf)
+        if isinstance(value, list | tuple) and origin in (list, tuple) and args:
+            return any(_bool_for_number(item, args[0]) for item in value)
+        if isinstance(value, dict) and origin is dict and len(args) == 2:
+            return any(_bool_for_number(item, args[1]) for item in value.values())
+    return False
+
+
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, values are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: object, info: ValidationInfo) -> object:
+        """A number key given `true`/`false` is refused, not read as 1 or 0."""
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None and _bool_for_number(value, field.annotation):
+            raise ValueError("must be a number, not true or false")
+        return value
 
 
 class TlsConfig(Section):

@@ -9,6 +9,7 @@ import pytest
 import tomli_w
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from controller.config.loader import load_config
 from controller.config.model import StationConfig
@@ -500,4 +501,49 @@ def test_the_sequencers_timer_is_taken_in_0_to_1_s_or_refused_by_name(value: obj
         return
     taken = config.swap.evaluate_every_s
     assert math.isfinite(taken) and 0 < taken <= 1.0
-    assert not isinstance(value, str | list)  # (`true` is taken as 1 s, as by every float key)
+    assert not isinstance(value, str | list | bool)
+
+
+def _numeric_keys(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every number-typed key under `model`'s tables (not inside arrays of tables)."""
+    from controller.config.model import admitted_types, is_number_type
+
+    out: list[tuple[str, ...]] = []
+    for name, field in model.model_fields.items():
+        key = field.alias or name
+        leaves = admitted_types(field.annotation)
+        sub = [leaf for leaf in leaves if isinstance(leaf, type) and issubclass(leaf, BaseModel)]
+        if sub:
+            out += _numeric_keys(sub[0], (*prefix, key))
+        elif bool not in leaves and any(is_number_type(leaf) for leaf in leaves):
+            out.append((*prefix, key))
+    return out
+
+
+NUMERIC_KEYS = _numeric_keys(StationConfig)
+
+
+def test_the_walk_finds_the_number_keys() -> None:
+    """The walk below covers the config's tables (a guard against an empty sample)."""
+    assert ("swap", "evaluate_every_s") in NUMERIC_KEYS
+    assert ("power", "grid_limit_kw") in NUMERIC_KEYS
+    assert len(NUMERIC_KEYS) >= 20, NUMERIC_KEYS
+
+
+@pytest.mark.timeout(60)
+@settings(max_examples=100, deadline=None)
+@given(key=st.sampled_from(NUMERIC_KEYS), value=st.booleans())
+def test_a_number_key_given_true_or_false_is_refused_by_name(
+    key: tuple[str, ...], value: bool
+) -> None:
+    """`true` is not 1: any number key set to a boolean is one line naming it, never taken."""
+    import tomllib
+
+    data = tomllib.loads((REPO / "config" / "station.example.toml").read_text())
+    table = data
+    for part in key[:-1]:
+        table = table.setdefault(part, {})
+    table[key[-1]] = value
+    config, lines = _load_with(tomli_w.dumps(data))
+    assert config is None
+    assert any(f"{'.'.join(key)}: must be a number, not true or false" in ln for ln in lines), lines
