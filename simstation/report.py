@@ -26,6 +26,7 @@ class StationSummary(Model):
     charger_kw: float  # one charger's maximum
     grid_limit_kw: float | None
     policy: str  # power policy
+    bays: int = 1  # swap bays, each with all of the above (`bays` below for each one)
 
 
 class Car(Model):
@@ -44,6 +45,7 @@ class Car(Model):
     # How long it waited, whatever became of it: to its swap's start, to giving up (turned
     # away), or to the end of the run (still waiting).
     waited_s: float | None = None
+    bay: int = 1  # the bay whose queue it joined
 
 
 class HourStat(Model):
@@ -131,6 +133,24 @@ class Percentiles(Model):
     max: float
 
 
+class BayStat(Model):
+    """One bay of a site of several: what it served and how its time went."""
+
+    bay: int
+    station_id: str
+    arrivals: int  # cars that joined its queue
+    served: int
+    failed: int
+    turned_away: int
+    waiting: int
+    busy: float  # shares of the run (`HourStat`'s, over the whole run)
+    waiting_for_pack: float
+    idle: float
+    energy_kwh: float
+    swap_p50_s: float
+    records: RecordCheck | None = None
+
+
 class Report(Model):
     """Everything a simulated day came to."""
 
@@ -173,6 +193,9 @@ class Report(Model):
     # 0.1 s (the loop could not keep up: every handover was late by as much, times the speed).
     overrun_max_s: float = 0.0
     overruns: int = 0
+    # A site of several bays (`station.bays`): each bay's own figures; the ones above are the
+    # site's (cars, hours and samples over every bay, alarms' scopes prefixed `bay N/`).
+    bays: list[BayStat] = Field(default_factory=list)
 
     def accounted(self) -> bool:
         """Every arrival is served, failed, turned away or still waiting."""

@@ -99,6 +99,7 @@ def render(report: Report) -> str:
         _waits_chart(report),
         _steps_chart(report),
         _hours_table(report),
+        _bays_table(report),
         _life_table(report),
         _ready_chart(report, span, marks),
         _grid_chart(report, span, marks),
@@ -678,6 +679,35 @@ def _hours_table(report: Report) -> str:
     return (
         '<section id="hours"><h2>Hour by hour: what held the swaps back</h2>'
         f"<table><thead><tr>{head}<th>limit</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table></section>"
+    )
+
+
+def _bays_table(report: Report) -> str:
+    """A site of several bays: each bay's cars and shares (the figures above are the site's)."""
+    if not report.bays:
+        return ""
+    names = ["bay", "station", "cars", "served", "failed", "turned away", "still waiting"]
+    names += ["busy", "waiting for a pack", "idle", "kWh", "swap p50"]
+    head = "".join(
+        f'<th class="num">{h}</th>' if i > 1 else f"<th>{h}</th>" for i, h in enumerate(names)
+    )
+    rows = []
+    for b in report.bays:
+        cells = [str(b.bay), b.station_id, str(b.arrivals), str(b.served), str(b.failed)]
+        cells += [str(b.turned_away), str(b.waiting), f"{b.busy:.0%}", f"{b.waiting_for_pack:.0%}"]
+        cells += [f"{b.idle:.0%}", _num(b.energy_kwh, 0), f"{_num(b.swap_p50_s / 60)} min"]
+        tds = "".join(
+            f'<td class="num">{escape(c)}</td>' if i > 1 else f"<td>{escape(c)}</td>"
+            for i, c in enumerate(cells)
+        )
+        rows.append(f"<tr>{tds}</tr>")
+    return (
+        '<section id="bays"><h2>Bay by bay</h2>'
+        "<p>Each car picks a bay when it arrives (one with a charged pack for it, then the"
+        " shortest queue) and stays in its queue.</p>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>"
         + "".join(rows)
         + "</tbody></table></section>"
     )

@@ -56,6 +56,9 @@ class StationSpec(Model):
     min_dispense_soc: float = Field(default=90.0, ge=10, le=100)
     # kWh of a pack type (beside the known STD75 and LR100; any other type is 75 kWh).
     pack_kwh: dict[PackType, Annotated[float, Field(gt=0, le=1000)]] = Field(default_factory=dict)
+    # Swap bays at the site, each all of the above (its own racks, packs, chargers, grid
+    # connection) under its own daemon; the cars arrive once for the site and pick a bay.
+    bays: int = Field(default=1, ge=1, le=8)
 
     def kwh(self, pack_type: str) -> float:
         """A pack type's capacity, kWh."""

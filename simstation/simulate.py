@@ -24,7 +24,7 @@ import random
 import sys
 import time
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -39,10 +39,13 @@ from simstation.broker import Mosquitto
 from simstation.charger import SimPack
 from simstation.children import die_with_parent
 from simstation.cli import stop_daemon
+from simstation.clock import SimClock
+from simstation.dispatch import Dispatch
 from simstation.minibroker import MiniBroker
 from simstation.paths import scenario as shipped_or_path
 from simstation.report import (
     AlarmEntry,
+    BayStat,
     FaultEntry,
     HourStat,
     LifeSample,
@@ -437,6 +440,8 @@ class _Daemon:
         self.config_path = config_path
         self.work = work
         self.virtual = virtual
+        # Its own (wall time); on virtual time every daemon logs to the run's (`run_virtual`).
+        self.log_path = work / "daemon.log"
         self._proc: asyncio.subprocess.Process | None = None
         self._daemon: Daemon | None = None
         self._task: asyncio.Task[int] | None = None
@@ -451,7 +456,7 @@ class _Daemon:
             self._task = asyncio.create_task(daemon.run(), name="daemon")
             return
         env = {k: v for k, v in os.environ.items() if not k.startswith("SWAPSTATION_")}
-        with (self.work / "daemon.log").open("wb") as log:
+        with self.log_path.open("wb") as log:
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "controller", "run", "--config", str(self.config_path),
                 env=env, stdout=log, stderr=log, start_new_session=True,
@@ -527,6 +532,7 @@ def daemon_config(
     speed: float | None = None,
     io_poll_s: float = STATION_IO_POLL_S,
     evaluate_every_s: float | None = None,
+    station_id: str = STATION_ID,
 ) -> str:
     """The daemon's config: the simulated devices, the scenario's power settings, the polls.
 
@@ -563,7 +569,7 @@ def daemon_config(
         "[power]\n" + "\n".join(power) + "\n" + pack_types
     )
     text = sim.controller_toml(
-        station_id=STATION_ID,
+        station_id=station_id,
         mqtt_host=broker.host,
         mqtt_port=broker.port,
         storage=work / "state",
@@ -583,6 +589,97 @@ def _toml(value: str) -> str:
     return '"' + value.replace('"', '\\"') + '"'
 
 
+def _station_id(bay: int, bays: int) -> str:
+    """A bay's daemon's station id: `sim`, or `sim-bN` at a site of several bays."""
+    return STATION_ID if bays == 1 else f"{STATION_ID}-b{bay}"
+
+
+@dataclass
+class _Lane:
+    """One bay of the site: its simulated station, its daemon, its queue, what was seen there."""
+
+    bay: int
+    station_id: str
+    work: Path  # its folder: the run's own for a single bay, `bay-N/` of it for several
+    sim: SimStation
+    daemon: _Daemon
+    fleet: Fleet
+    rec: Recorder
+
+    async def stop(self) -> None:
+        """Stop its daemon, then its devices."""
+        try:
+            await self.daemon.stop()
+        finally:
+            await self.sim.stop()
+
+
+@dataclass(frozen=True)
+class _Site:
+    """What every bay of a run shares."""
+
+    loaded: LoadedScenario
+    work: Path
+    broker: Broker
+    virtual: bool
+    clock: SimClock
+    cars: list[Car]
+    dispatch: Dispatch | None
+    log: list[str]
+
+
+async def _start_lane(site: _Site, bay: int, specs: list[SimRackSpec]) -> _Lane:
+    """Bay `bay`'s devices, daemon and queue, started (all stopped again if one fails)."""
+    sc = site.loaded.scenario
+    periods = VIRTUAL if site.virtual else {}
+    bays = sc.station.bays
+    work = site.work if bays == 1 else site.work / f"bay-{bay}"
+    (work / "sim").mkdir(parents=True, exist_ok=True)
+    sim = SimStation(
+        work / "sim", specs, clock=site.clock, robot=not site.virtual, robot_tcp=site.virtual,
+        plc=True, plc_tick_s=periods.get("plc_tick_s", PLC_TICK_S),
+        rack_tick_s=periods.get("rack_tick_s"),
+    )  # fmt: skip
+    daemon: _Daemon | None = None
+    try:
+        await sim.start()
+        station_id = _station_id(bay, bays)
+        config_path = daemon_config(
+            site.loaded, sim, site.broker, work,
+            speed=1.0 if site.virtual else sc.speed,
+            io_poll_s=periods.get("io_poll_s", STATION_IO_POLL_S),
+            evaluate_every_s=periods.get("evaluate_every_s"),
+            station_id=station_id,
+        )  # fmt: skip
+        daemon = _Daemon(Path(config_path), work, virtual=site.virtual)
+        if site.virtual:
+            daemon.log_path = site.work / "daemon.log"
+        await daemon.start()
+    except BaseException:
+        if daemon is not None:
+            await daemon.stop()
+        await sim.stop()
+        raise
+    log = site.log
+    fleet = Fleet(
+        sim, site.cars if site.dispatch is None else [],
+        host=site.broker.host, port=site.broker.port, root=f"swapstation/{station_id}",
+        say=log.append if bays == 1 else lambda line: log.append(f"bay {bay}: {line}"),
+        fleet=FleetOptions(
+            max_wait_s=sc.max_wait_min * 60.0,
+            reset_after_s=sc.operator.reset_after_min * 60.0,
+            poll_s=VIRTUAL_FLEET_POLL_S if site.virtual else FleetOptions.poll_s,
+            pack_kwh={t: sc.station.kwh(t) for t in sc.mix()},
+        ),
+        dispatch=site.dispatch, bay=bay,
+    )  # fmt: skip
+    rec = Recorder(fleet, log=log)
+    fleet.on_event.append(rec.on_event)
+    for name, rack in sim.racks.items():
+        rack.on_tick.append(_tick_hook(rec, name, rack))
+    return _Lane(bay, station_id, work, sim, daemon, fleet, rec)
+
+
 async def _run(
     loaded: LoadedScenario,
     work: Path,
@@ -593,121 +690,118 @@ async def _run(
 ) -> Report:
     sc = loaded.scenario
     rng = random.Random(sc.seed)  # noqa: S311 - simulation
-    periods = VIRTUAL if virtual else {}
-    specs = rack_specs(loaded, rng, periods.get("rack_poll_s", RACK_POLL_S))
-    (work / "sim").mkdir(exist_ok=True)
-    # Real time until the day starts: the packs do not charge while the daemon starts up.
-    sim = SimStation(
-        work / "sim", specs, speed=1.0, robot=not virtual, robot_tcp=virtual, plc=True,
-        plc_tick_s=periods.get("plc_tick_s", PLC_TICK_S), rack_tick_s=periods.get("rack_tick_s"),
+    poll_s = (VIRTUAL if virtual else {}).get("rack_poll_s", RACK_POLL_S)
+    # Bay 1 draws its packs from the scenario's generator, then the cars: the same cars
+    # whatever the number of bays; the other bays' packs come from their own generators.
+    specs = [
+        rack_specs(loaded, rng if bay == 1 else random.Random(f"{sc.seed}-bay-{bay}"), poll_s)  # noqa: S311
+        for bay in range(1, sc.station.bays + 1)
+    ]
+    cars = plan_cars(loaded, rng)
+    # Real time until the day starts: the packs do not charge while the daemons start up.
+    site = _Site(
+        loaded, work, broker, virtual, SimClock(1.0), cars,
+        Dispatch(cars) if sc.station.bays > 1 else None, [],
     )  # fmt: skip
-    await sim.start()
-    daemon: _Daemon | None = None
+    lanes: list[_Lane] = []
     tasks: list[asyncio.Task[Any]] = []
     try:
-        config_path = daemon_config(
-            loaded, sim, broker, work,
-            speed=1.0 if virtual else sc.speed,
-            io_poll_s=periods.get("io_poll_s", STATION_IO_POLL_S),
-            evaluate_every_s=periods.get("evaluate_every_s"),
-        )  # fmt: skip
-        daemon = _Daemon(Path(config_path), work, virtual=virtual)
-        await daemon.start()
-        cars = plan_cars(loaded, rng)
-        root = f"swapstation/{STATION_ID}"
-        log_lines: list[str] = []
-        fleet = Fleet(
-            sim,
-            cars,
-            host=broker.host,
-            port=broker.port,
-            root=root,
-            say=log_lines.append,
-            fleet=FleetOptions(
-                max_wait_s=sc.max_wait_min * 60.0,
-                reset_after_s=sc.operator.reset_after_min * 60.0,
-                poll_s=VIRTUAL_FLEET_POLL_S if virtual else FleetOptions.poll_s,
-                pack_kwh={t: sc.station.kwh(t) for t in sc.mix()},
-            ),
-        )
-        rec = Recorder(fleet, log=log_lines)
-        fleet.on_event.append(rec.on_event)
-        for name, rack in sim.racks.items():
-            rack.on_tick.append(_tick_hook(rec, name, rack))
-        tasks.append(asyncio.create_task(fleet.run(), name="fleet"))
-        await _until_ready(fleet, sim, loaded, daemon)
+        for bay, bay_specs in enumerate(specs, 1):
+            lanes.append(await _start_lane(site, bay, bay_specs))
+        tasks += [asyncio.create_task(ln.fleet.run(), name=f"fleet-{ln.bay}") for ln in lanes]
+        for lane in lanes:
+            await _until_ready(lane.fleet, lane.sim, loaded, lane.daemon)
         # The day starts now, at the scenario's speed (on virtual time: 1, the loop's own).
-        sim.clock.speed = 1.0 if virtual else sc.speed
-        t0 = sim.clock.now()
+        site.clock.speed = 1.0 if virtual else sc.speed
+        t0 = site.clock.now()
         start_s, end_s = sc.start_s, sc.start_s + sc.run_s
 
         def now() -> float:
-            return start_s + (sim.clock.now() - t0)
+            return start_s + (site.clock.now() - t0)
 
         tasks += [
-            asyncio.create_task(_sample(rec, fleet, sim, end_s), name="sampler"),
-            asyncio.create_task(_inject(loaded, rec, fleet, sim, rng), name="faults"),
+            asyncio.create_task(_sample(ln.rec, ln.fleet, ln.sim, end_s), name=f"sampler-{ln.bay}")
+            for ln in lanes
         ]
-        rec.counting = True
-        fleet.begin(now)
+        # The scenario's faults happen at the first bay.
+        first = lanes[0]
+        tasks.append(
+            asyncio.create_task(
+                _inject(loaded, first.rec, first.fleet, first.sim, rng), name="faults"
+            )
+        )
+        for lane in lanes:
+            lane.rec.counting = True
+            lane.fleet.begin(now)
         wall_s = await _play(
-            fleet, rec, daemon=daemon, tasks=tasks, progress=progress, work=work,
+            lanes, tasks=tasks, progress=progress,
             window=(start_s, end_s), every_s=PROGRESS_EVERY_SIM_S if virtual else None,
         )  # fmt: skip
-        rec.counting = False
-        rec.life.append(
-            life_sample(daemon.pid, work / "state", fleet.now(), fleet.counts["served"], rec)
-        )
-        rec.records = await check_records(work / "state")
-        rec.sim_kib = rec.held_kib()
-        (work / "fleet.log").write_text("\n".join(log_lines) + "\n")
-        for t, what in fleet.operator_log:
-            rec.faults.append(FaultEntry(t_s=round(t, 1), what=what))
-        return build_report(loaded, fleet, rec, wall_s, clock_mode="virtual" if virtual else "wall")
+        return await _report(site, lanes, wall_s)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if daemon is not None:
-            await daemon.stop()
-        await sim.stop()
+        for lane in lanes:
+            await lane.stop()
+
+
+async def _report(site: _Site, lanes: Sequence[_Lane], wall_s: float) -> Report:
+    """The run's report, once the day is over: each bay's, merged for a site of several."""
+    for lane in lanes:
+        lane.rec.counting = False
+    lanes[0].rec.life.append(life_sample(lanes, fleet_now(lanes)))
+    reports = []
+    for lane in lanes:
+        rec = lane.rec
+        rec.records = await check_records(lane.work / "state")
+        rec.sim_kib = rec.held_kib()
+        for t, what in lane.fleet.operator_log:
+            rec.faults.append(FaultEntry(t_s=round(t, 1), what=what))
+        mode = "virtual" if site.virtual else "wall"
+        reports.append(build_report(site.loaded, lane.fleet, rec, wall_s, clock_mode=mode))
+    (site.work / "fleet.log").write_text("\n".join(site.log) + "\n")
+    return reports[0] if len(lanes) == 1 else merge_bays(site.loaded, reports, lanes)
+
+
+def fleet_now(lanes: Sequence[_Lane]) -> float:
+    """The simulated time of day (the lanes share one clock)."""
+    return lanes[0].fleet.now()
 
 
 async def _play(
-    fleet: Fleet,
-    rec: Recorder,
+    lanes: Sequence[_Lane],
     *,
-    daemon: _Daemon,
     tasks: list[asyncio.Task[Any]],
     progress: Progress | None,
-    work: Path,
     window: tuple[float, float],
     every_s: float | None = None,
 ) -> float:
-    """Until the end of the day, watching the daemon and the tasks; the wall time it took.
+    """Until the end of the day, watching the daemons and the tasks; the wall time it took.
 
     `every_s`: simulated seconds between looks (virtual time), else `PROGRESS_EVERY_S` of wall.
     """
     start_s, end_s = window
     run_s = end_s - start_s
     wall0 = time.monotonic()
+    first = lanes[0]
+    rec = first.rec
     rec.load = [os.getloadavg()[0]] * 3
     life_at = start_s + LIFE_EVERY_S
-    while (now := fleet.now()) < end_s:
+    while (now := fleet_now(lanes)) < end_s:
         rec.load[1] = max(rec.load[1], os.getloadavg()[0])
         if now >= life_at:
-            rec.life.append(
-                life_sample(daemon.pid, work / "state", now, fleet.counts["served"], rec)
-            )
+            rec.life.append(life_sample(lanes, now))
             life_at += LIFE_EVERY_S
-        if (why := daemon.exited()) is not None:
-            raise RuntimeError(f"{why}; see {work / 'daemon.log'}")
+        for lane in lanes:
+            if (why := lane.daemon.exited()) is not None:
+                raise RuntimeError(f"{why}; see {lane.daemon.log_path}")
         for task in tasks:
             if task.done() and not task.cancelled() and task.exception() is not None:
                 raise RuntimeError(f"{task.get_name()} failed") from task.exception()
         if progress is not None:
-            progress.update(fleet, now - start_s, run_s, time.monotonic() - wall0)
-        left = fleet.sim.clock.real(end_s - now)
+            progress.update(_counts(lanes), now, now - start_s, run_s, time.monotonic() - wall0)
+        left = first.sim.clock.real(end_s - now)
         pause = min(PROGRESS_EVERY_S if every_s is None else every_s, max(0.0, left))
         asked = time.monotonic()
         await asyncio.sleep(pause)
@@ -720,34 +814,51 @@ async def _play(
     wall_s = time.monotonic() - wall0
     rec.load[2] = os.getloadavg()[0]
     rec.load[1] = max(rec.load[1], rec.load[2])
+    for lane in lanes[1:]:
+        lane.rec.load = rec.load
     if progress is not None:
-        progress.update(fleet, run_s, run_s, wall_s)
+        progress.update(_counts(lanes), fleet_now(lanes), run_s, run_s, wall_s)
         progress.done()
     return wall_s
 
 
-def life_sample(pid: int | None, state: Path, t_s: float, served: int, rec: Recorder) -> LifeSample:
-    """The daemon's process (`pid`: resident memory, files, threads) and journal now."""
-    status: dict[str, str] = {}
-    fds = 0
-    if pid is not None:
+def _counts(lanes: Sequence[_Lane]) -> dict[str, int]:
+    """Cars per outcome so far, over every bay."""
+    out: dict[str, int] = {}
+    for lane in lanes:
+        for key, n in lane.fleet.counts.items():
+            out[key] = out.get(key, 0) + n
+    return out
+
+
+def life_sample(lanes: Sequence[_Lane], t_s: float) -> LifeSample:
+    """The daemons' processes (resident memory, files, threads) and journals now.
+
+    On virtual time every bay's daemon is this process: counted once.
+    """
+    rss = fds = threads = journal = 0
+    for pid in {lane.daemon.pid for lane in lanes} - {None}:
+        status: dict[str, str] = {}
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 key, _, value = line.partition(":")
                 status[key] = value.strip()
-            fds = sum(1 for _ in Path(f"/proc/{pid}/fd").iterdir())
-    journal = 0
-    for path in state.glob(f"{JOURNAL_FILE}*"):  # the database, its -wal and -shm
-        with contextlib.suppress(OSError):
-            journal += path.stat().st_size
+            fds += sum(1 for _ in Path(f"/proc/{pid}/fd").iterdir())
+        rss += int(status.get("VmRSS", "0 kB").split()[0])
+        threads += int(status.get("Threads", "0"))
+    for lane in lanes:
+        # The database, its -wal and -shm.
+        for path in (lane.work / "state").glob(f"{JOURNAL_FILE}*"):
+            with contextlib.suppress(OSError):
+                journal += path.stat().st_size
     return LifeSample(
         t_s=round(t_s, 1),
-        served=served,
-        rss_kib=int(status.get("VmRSS", "0 kB").split()[0]),
+        served=_counts(lanes).get("served", 0),
+        rss_kib=rss,
         fds=fds,
-        threads=int(status.get("Threads", "0")),
+        threads=threads,
         journal_kib=journal // 1024,
-        sim_kib=rec.held_kib(),
+        sim_kib=sum(lane.rec.held_kib() for lane in lanes),
     )
 
 
@@ -985,6 +1096,7 @@ def build_report(
                 swap_id=car.swap_id,
                 reason=car.reason if outcome in {"turned_away", "failed"} else None,
                 waited_s=None if waited is None else round(waited, 1),
+                bay=car.bay,
             )
         )
     count = {
@@ -1000,6 +1112,7 @@ def build_report(
             charger_kw=round(st.charger_max_a * CHARGE_V / 1000.0, 1),
             grid_limit_kw=st.grid_limit_kw,
             policy=st.policy,
+            bays=st.bays,
         ),
         speed=sc.speed if clock_mode == "wall" else round(sc.run_s / max(wall_s, 1e-9), 1),
         clock=clock_mode,
@@ -1037,6 +1150,134 @@ def build_report(
         sim_records_kib=rec.sim_kib,
         overrun_max_s=round(rec.overrun_max_s, 3),
         overruns=rec.overruns,
+    )
+
+
+def merge_bays(loaded: LoadedScenario, reports: Sequence[Report], lanes: Sequence[_Lane]) -> Report:
+    """The site's report from its bays' reports (`reports[i]` is `lanes[i]`'s).
+
+    The cars of every bay; the hours and samples summed (shares averaged); each bay's own
+    figures in `bays`. The peak is the highest per-minute sample of the site's power (a bay's
+    own peak is per physics step).
+    """
+    st = loaded.scenario.station
+    first = reports[0]
+    cars = sorted((c for r in reports for c in r.cars), key=lambda c: (c.arrived_s, c.vehicle_id))
+    steps: dict[str, list[float]] = {}
+    for lane in lanes:
+        for phase, times in lane.rec.step_times().items():
+            steps.setdefault(phase, []).extend(times)
+    usable = None if st.grid_limit_kw is None else st.grid_limit_kw - st.safety_margin_kw
+    hours = []
+    for hs in zip(*(r.hours for r in reports), strict=True):
+        n = len(hs)
+        busy = sum(h.busy for h in hs) / n
+        waiting = sum(h.waiting_for_pack for h in hs) / n
+        budget = sum(h.budget_kw for h in hs)
+        hours.append(
+            hs[0].model_copy(
+                update={
+                    "arrived": sum(h.arrived for h in hs),
+                    "served": sum(h.served for h in hs),
+                    "failed": sum(h.failed for h in hs),
+                    "turned_away": sum(h.turned_away for h in hs),
+                    "busy": round(busy, 3),
+                    "waiting_for_pack": round(waiting, 3),
+                    "idle": round(sum(h.idle for h in hs) / n, 3),
+                    "grid_kw": round(sum(h.grid_kw for h in hs), 1),
+                    "budget_kw": round(budget, 1),
+                    "binding": binding_limit(
+                        busy, waiting, budget, None if usable is None else usable * n
+                    ),
+                }
+            )
+        )
+    samples = [
+        Sample(
+            t_s=ss[0].t_s,
+            grid_kw=round(sum(x.grid_kw for x in ss), 2),
+            budget_kw=round(sum(x.budget_kw for x in ss), 2),
+            ready={
+                t: sum(x.ready.get(t, 0) for x in ss)
+                for t in sorted({t for x in ss for t in x.ready})
+            },
+            queue=sum(x.queue for x in ss),
+            phase=",".join(x.phase for x in ss),
+        )
+        for ss in zip(*(r.samples for r in reports), strict=False)
+    ]
+    checks = [r.records for r in reports if r.records is not None]
+    records = None
+    if checks:
+        problems = [f"bay {i}: {c.problem}" for i, c in enumerate(checks, 1) if c.problem]
+        records = RecordCheck(
+            ok=all(c.ok for c in checks),
+            count=sum(c.count for c in checks),
+            problem="; ".join(problems) or None,
+        )
+    count = {
+        k: sum(1 for c in cars if c.outcome == k)
+        for k in ("served", "failed", "turned_away", "waiting")
+    }
+    return first.model_copy(
+        update={
+            "arrivals": len(cars),
+            "served": count["served"],
+            "failed": count["failed"],
+            "turned_away": count["turned_away"],
+            "waiting": count["waiting"],
+            "waits": percentiles([c.wait_s for c in cars if c.wait_s is not None]),
+            "waits_all": percentiles([c.waited_s for c in cars if c.waited_s is not None]),
+            "hours": hours,
+            "swap_times": percentiles(
+                [c.swap_s for c in cars if c.outcome == "served" and c.swap_s is not None]
+            ),
+            "step_s": {k: percentiles(v) for k, v in sorted(steps.items())},
+            "cars": cars,
+            "samples": samples,
+            "alarms": sorted(
+                (
+                    a.model_copy(update={"scope": f"bay {i}/{a.scope}"})
+                    for i, r in enumerate(reports, 1)
+                    for a in r.alarms
+                ),
+                key=lambda a: a.t_s,
+            ),
+            "faults": sorted(
+                (
+                    f.model_copy(update={"what": f"bay {i}: {f.what}"})
+                    for i, r in enumerate(reports, 1)
+                    for f in r.faults
+                ),
+                key=lambda f: f.t_s,
+            ),
+            "energy_kwh": round(sum(r.energy_kwh for r in reports), 1),
+            "peak_grid_kw": round(max((x.grid_kw for x in samples), default=0.0), 1),
+            "records": records,
+            "sim_records_kib": sum(r.sim_records_kib for r in reports),
+            "bays": [_bay_stat(r, lane) for r, lane in zip(reports, lanes, strict=True)],
+        }
+    )
+
+
+def _bay_stat(report: Report, lane: _Lane) -> BayStat:
+    n = len(report.samples) or 1
+    busy = sum(1 for s in report.samples if s.phase != Phase.IDLE)
+    waiting = sum(1 for s in report.samples if s.phase == Phase.IDLE and s.queue > 0)
+    return BayStat(
+        bay=lane.bay,
+        station_id=lane.station_id,
+        arrivals=report.arrivals,
+        served=report.served,
+        failed=report.failed,
+        turned_away=report.turned_away,
+        waiting=report.waiting,
+        busy=round(busy / n, 3),
+        waiting_for_pack=round(waiting / n, 3),
+        idle=round((len(report.samples) - busy - waiting) / n, 3) if report.samples else 0.0,
+        energy_kwh=report.energy_kwh,
+        swap_p50_s=report.swap_times.p50,
+        records=report.records,
     )
 
 
@@ -1141,6 +1382,11 @@ def summary(report: Report) -> str:
         ),
         f"  alarms raised {raised}, fault entries {len(report.faults)}",
     ]
+    if report.bays:
+        lines.append(
+            f"  {len(report.bays)} bays: "
+            + "; ".join(f"{b.bay}: served {b.served}, busy {b.busy:.0%}" for b in report.bays)
+        )
     if report.waits_all is not None and report.turned_away:
         a = report.waits_all
         lines.insert(
@@ -1176,11 +1422,11 @@ class Progress:
         self.tty = bool(getattr(stream, "isatty", lambda: False)())
         self._tenth = -1
 
-    def update(self, fleet: Fleet, done_s: float, total_s: float, wall_s: float) -> None:
-        """Show where the run is."""
+    def update(
+        self, c: Mapping[str, int], t: float, done_s: float, total_s: float, wall_s: float
+    ) -> None:
+        """Show where the run is: `c` cars per outcome, `t` the simulated time of day."""
         frac = min(1.0, done_s / total_s) if total_s > 0 else 1.0
-        c = fleet.counts
-        t = fleet.now()
         eta = wall_s / frac - wall_s if frac > 0 else 0.0
         bar = "#" * int(frac * 20) + "." * (20 - int(frac * 20))
         line = (

@@ -86,11 +86,13 @@ class SimStation:
         plc_tick_s: float | None = None,
         rack_tick_s: float | None = None,
         lift_time_s: float = 8.0,
+        clock: SimClock | None = None,
     ) -> None:
+        """`clock`: one shared with other stations (a site's bays), else its own at `speed`."""
         self.workdir = workdir
         self.specs = list(racks)
         self.rack_tick_s = rack_tick_s
-        self.clock = SimClock(speed)
+        self.clock = clock or SimClock(speed)
         self.profiles_dir = profiles_dir
         self.comm_timeout_s = comm_timeout_s
         self.racks: dict[str, SimRack] = {}

@@ -29,7 +29,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -41,6 +41,9 @@ from drivers import clock
 from drivers.backoff import Backoff
 from simstation.plc import SimPlc, SimVehicle
 from simstation.station import SimStation
+
+if TYPE_CHECKING:
+    from simstation.dispatch import Dispatch
 
 ENDINGS = ("swap_completed", "swap_aborted", "swap_failed")  # events that end a swap
 STOPPED = frozenset(phase.value for phase in SWAP_STOPPED)  # an operator decides
@@ -430,6 +433,7 @@ class Car:
     next_ask_s: float = 0.0
     left_s: float | None = None  # when it gave up (turned away)
     ready_when_refused: int | None = None  # its type's ready packs when it was last refused
+    bay: int = 1  # the bay whose queue it joined (a site of several: `simstation.dispatch`)
 
 
 @dataclass(frozen=True)
@@ -469,9 +473,14 @@ class Fleet(Traffic):
         root: str,
         say: Say,
         fleet: FleetOptions | None = None,
+        dispatch: Dispatch | None = None,
+        bay: int = 1,
     ) -> None:
-        self.cars = sorted(cars, key=lambda c: c.arrive_s)
-        types = sorted({c.pack_type for c in self.cars}) or None
+        """`dispatch`: the cars come from a site's dispatch (several bays), not from `cars`."""
+        every = dispatch.cars if dispatch is not None else cars
+        types = sorted({c.pack_type for c in every}) or None
+        self.cars = [] if dispatch is not None else sorted(cars, key=lambda c: c.arrive_s)
+        self.dispatch, self.bay = dispatch, bay
         super().__init__(sim, host=host, port=port, root=root, say=say, pack_types=types)
         self.fleet = fleet or FleetOptions()
         self.client_id = f"sim-fleet-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -487,6 +496,8 @@ class Fleet(Traffic):
         self._end_at: dict[str, float] = {}  # swap id -> time of day of its end event
         self.on_event.append(self._on_fleet_event)
         self.on_state.append(lambda _: self._changed.set())
+        if dispatch is not None:
+            dispatch.join(self)
 
     # --- the clock ------------------------------------------------------------------------------
 
@@ -546,6 +557,8 @@ class Fleet(Traffic):
         times = [car.arrive_s + self.fleet.max_wait_s + GIVE_UP_AFTER_S for car in self.queue]
         if self._pending:
             times.append(self._pending[-1].arrive_s)
+        if self.dispatch is not None and (next_s := self.dispatch.next_arrival_s()) is not None:
+            times.append(next_s)
         if self.queue:
             times.append(self.queue[0].next_ask_s)
         # A moment passed is not due again: a head that may ask waits for the bay (news).
@@ -557,6 +570,8 @@ class Fleet(Traffic):
     def _admit(self) -> None:
         """Cars that have arrived join the queue; those that waited too long leave it."""
         now = self.now()
+        if self.dispatch is not None:
+            self.dispatch.admit(now)
         while self._pending and self._pending[-1].arrive_s <= now:
             self.queue.append(self._pending.pop())
         for car in list(self.queue):
@@ -587,6 +602,20 @@ class Fleet(Traffic):
                 await self._pause()
                 continue
             await self._ask(client, head)
+
+    def ahead(self) -> list[Car]:
+        """The cars that would start before a newcomer: in the bay, then queued."""
+        return ([self.serving] if self.serving is not None else []) + list(self.queue)
+
+    def take(self, car: Car) -> None:
+        """`car` joins this bay's queue (from the site's dispatch)."""
+        self.cars.append(car)
+        self.queue.append(car)
+        self._changed.set()
+
+    def ready_of(self, pack_type: str) -> int:
+        """Dispensable packs of a type, as the station last said."""
+        return self._ready_of(pack_type)
 
     def _ready_of(self, pack_type: str) -> int:
         ready = (self._state or {}).get("packs_ready") or {}
