@@ -32,6 +32,9 @@ from simstation.clock import SimClock
 _log = logging.getLogger(__name__)
 
 TICK_S = 0.02  # one PLC cycle, real time
+# Vehicles remembered after they left (tests and conservation checks look at the recent ones):
+# a month's run does not hold ten thousand.
+DEPARTED_KEEP = 200
 FC_COILS = 1
 FC_DISCRETE = 2
 FC_HOLDING = 3
@@ -151,7 +154,7 @@ class SimPlc:
         self.plc_ok = True
         self.gate_is_open = False
         self.vehicle: SimVehicle | None = None
-        self.departed: list[SimVehicle] = []
+        self.departed: list[SimVehicle] = []  # the last DEPARTED_KEEP to 2x that, oldest first
         self.accidents = 0  # vehicles that drove off the raised lift
         self.unsafe_lowerings = 0  # cycles lowering a vehicle without a locked pack
         self.silent = False  # receive requests but never answer
@@ -337,6 +340,8 @@ class SimPlc:
         vehicle.in_position = False
         vehicle.hv_off = False
         self.departed.append(vehicle)
+        if len(self.departed) >= 2 * DEPARTED_KEEP:
+            del self.departed[:-DEPARTED_KEEP]
         self.vehicle = None
         self._enter(_Phase.PARKED, self.clock.now())
 

@@ -49,6 +49,7 @@ _log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 0.25
 RECENT = 16  # sequence numbers remembered for duplicate suppression
+EXECUTIONS_KEEP = 1000  # commands executed, remembered for tests (a month's run: not all)
 LOCK_TORQUE_NM = 120.0
 
 
@@ -155,7 +156,7 @@ class SimRobot:
         self.boot_id = self.rng.randrange(1, 0x10000)
         self.last_seq = 0
         self.synced = False
-        self.executions: list[tuple[int, MsgType]] = []
+        self.executions: list[tuple[int, MsgType]] = []  # the last EXECUTIONS_KEEP or more
         self.path: Path | None = None
         self.address: tuple[str, int] | None = None  # where it listens on TCP (`start_tcp`)
         self._listener: socket.socket | None = None
@@ -372,6 +373,8 @@ class SimRobot:
             return
         record.replies.append(self._reply(msg.seq, MsgType.ACK))
         self.executions.append((msg.seq, kind))
+        if len(self.executions) >= 2 * EXECUTIONS_KEEP:
+            del self.executions[:-EXECUTIONS_KEEP]
         self.state = RobotState.BUSY
         self.last_seq = msg.seq
         self._running_seq = msg.seq
