@@ -19,7 +19,11 @@ class Bay(Protocol):
     bay: int
 
     def ahead(self) -> list[Car]:
-        """The cars that would start before a newcomer: in the bay, then queued."""
+        """The cars queued before a newcomer (not the one in the bay: its pack is reserved)."""
+        ...
+
+    def busy(self) -> bool:
+        """Whether a car is in the bay (its swap under way)."""
         ...
 
     def ready_of(self, pack_type: str) -> int:
@@ -34,16 +38,18 @@ class Bay(Protocol):
 def choose(bays: Sequence[Bay], car: Car) -> Bay:
     """The bay a newcomer picks.
 
-    One with a pack for it (more ready packs of its type than cars of its type ahead of it),
-    then the one with the fewest cars ahead, then the most ready packs of its type, then the first.
+    One with a pack for it (more ready packs of its type than cars of its type queued ahead of
+    it; the car in the bay has its pack reserved, outside the ready count already), then the one
+    with the fewest cars ahead (queued, and the one in the bay), then the most ready packs of
+    its type, then the first.
     """
 
     def key(indexed: tuple[int, Bay]) -> tuple[bool, int, int, int]:
         index, bay = indexed
-        ahead = bay.ahead()
+        queued = bay.ahead()
         ready = bay.ready_of(car.pack_type)
-        same = sum(1 for other in ahead if other.pack_type == car.pack_type)
-        return (ready <= same, len(ahead), -ready, index)
+        same = sum(1 for other in queued if other.pack_type == car.pack_type)
+        return (ready <= same, len(queued) + bay.busy(), -ready, index)
 
     return min(enumerate(bays), key=key)[1]
 
@@ -64,9 +70,11 @@ class Dispatch:
         """When the next car comes (simulated time of day), None when all have."""
         return self._pending[-1].arrive_s if self._pending else None
 
-    def admit(self, now: float) -> None:
-        """Every car arrived by `now` joins the bay it picks."""
-        while self._pending and self._pending[-1].arrive_s <= now:
+    def admit(self, now: float, *, before: bool = False) -> None:
+        """Every car arrived by `now` (`before`: before `now`) joins the bay it picks."""
+        while self._pending and (
+            self._pending[-1].arrive_s < now if before else self._pending[-1].arrive_s <= now
+        ):
             car = self._pending.pop()
             bay = choose(self.bays, car)
             car.bay = bay.bay

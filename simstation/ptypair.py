@@ -86,6 +86,7 @@ class PtyPair:
 
     def start(self) -> None:
         """Start socat and wait until both links exist; a pair another program holds is replaced."""
+        why: str | None = ""
         for attempt in range(1, FRESH_TRIES + 1):
             self._start_socat()
             node = os.path.realpath(self.controller_end)
@@ -95,7 +96,9 @@ class PtyPair:
             self.stop()
             fresh = "; trying a fresh one" if attempt < FRESH_TRIES else ""
             self._say(f"{self.name}: the pty {node} {why}{fresh}")
-        raise PtyPairError(f"{self.name}: {FRESH_TRIES} ptys in a row were held by another program")
+        raise PtyPairError(
+            f"{self.name}: {FRESH_TRIES} ptys in a row could not be had (the last {why})"
+        )
 
     def _start_socat(self) -> None:
         socat = shutil.which("socat")

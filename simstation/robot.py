@@ -650,6 +650,7 @@ class SimRobot:
 
 def _free_pty(say: Callable[[str], None]) -> tuple[int, int]:
     """A raw pty (master, slave) whose slave no other program holds."""
+    why: str | None = ""
     for attempt in range(1, FRESH_TRIES + 1):
         master, slave = os.openpty()
         node = os.ttyname(slave)
@@ -664,7 +665,7 @@ def _free_pty(say: Callable[[str], None]) -> tuple[int, int]:
         os.close(slave)
         fresh = "; trying a fresh one" if attempt < FRESH_TRIES else ""
         say(f"robot: the pty {node} {why}{fresh}")
-    raise PtyPairError(f"robot: {FRESH_TRIES} ptys in a row were held by another program")
+    raise PtyPairError(f"robot: {FRESH_TRIES} ptys in a row could not be had (the last {why})")
 
 
 def _link(path: Path, target: str) -> None:

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from controller.config.loader import _message, _show, _suggest
+from controller.config.model import NumbersNotBools
 from controller.config.toml import read_toml
 from controller.errors import ConfigError, ConfigIssue
 from drivers.errors import format_loc
@@ -30,8 +31,8 @@ URBAN_PROFILE = (
 PACK_KWH = {"STD75": 75.0, "LR100": 100.0}
 
 
-class Model(BaseModel):
-    """Base: frozen, no unknown keys."""
+class Model(NumbersNotBools):
+    """Base: frozen, no unknown keys, no `true` for a number."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -73,6 +73,8 @@ from simstation.station import CONTACTOR_S, SimRackSpec, SimStation
 from simstation.traffic import Car, Fleet, FleetOptions
 from simstation.vloop import VirtualClock, VirtualLoop, day_start, run_eagerly
 
+_log = logging.getLogger(__name__)
+
 STATION_ID = "sim"
 SAMPLE_EVERY_S = 60.0  # simulated
 PROGRESS_EVERY_S = 0.25  # wall
@@ -614,6 +616,21 @@ class _Lane:
             await self.sim.stop()
 
 
+@dataclass
+class SitePower:
+    """The charging power over every bay's racks at each physics step: the site's peak."""
+
+    rack_w: dict[str, float] = field(default_factory=dict)
+    peak_w: float = 0.0
+    counting: bool = False
+
+    def on_tick(self, rack: str, power_w: float) -> None:
+        """A rack's power after its physics step."""
+        self.rack_w[rack] = power_w
+        if self.counting:
+            self.peak_w = max(self.peak_w, sum(self.rack_w.values()))
+
+
 @dataclass(frozen=True)
 class _Site:
     """What every bay of a run shares."""
@@ -626,6 +643,7 @@ class _Site:
     cars: list[Car]
     dispatch: Dispatch | None
     log: list[str]
+    power: SitePower = field(default_factory=SitePower)
 
 
 async def _start_lane(site: _Site, bay: int, specs: list[SimRackSpec]) -> _Lane:
@@ -656,9 +674,11 @@ async def _start_lane(site: _Site, bay: int, specs: list[SimRackSpec]) -> _Lane:
             daemon.log_path = site.work / "daemon.log"
         await daemon.start()
     except BaseException:
-        if daemon is not None:
-            await daemon.stop()
-        await sim.stop()
+        try:
+            if daemon is not None:
+                await daemon.stop()
+        finally:
+            await sim.stop()
         raise
     log = site.log
     fleet = Fleet(
@@ -676,7 +696,7 @@ async def _start_lane(site: _Site, bay: int, specs: list[SimRackSpec]) -> _Lane:
     rec = Recorder(fleet, log=log)
     fleet.on_event.append(rec.on_event)
     for name, rack in sim.racks.items():
-        rack.on_tick.append(_tick_hook(rec, name, rack))
+        rack.on_tick.append(_tick_hook(rec, name, rack, site.power if bays > 1 else None))
     return _Lane(bay, station_id, work, sim, daemon, fleet, rec)
 
 
@@ -730,6 +750,7 @@ async def _run(
                 _inject(loaded, first.rec, first.fleet, first.sim, rng), name="faults"
             )
         )
+        site.power.counting = True
         for lane in lanes:
             lane.rec.counting = True
             lane.fleet.begin(now)
@@ -737,17 +758,29 @@ async def _run(
             lanes, tasks=tasks, progress=progress,
             window=(start_s, end_s), every_s=PROGRESS_EVERY_SIM_S if virtual else None,
         )  # fmt: skip
+        # The day is over: nothing moves on the fleets' side while the report is made.
+        await _cancel(tasks)
+        if site.dispatch is not None:
+            site.dispatch.admit(end_s, before=True)  # arrived, not yet handed to a bay
         return await _report(site, lanes, wall_s)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for lane in lanes:
-            await lane.stop()
+        await _cancel(tasks)
+        # Every bay is stopped, whatever one of them raises on the way.
+        stopped = await asyncio.gather(*(lane.stop() for lane in lanes), return_exceptions=True)
+        for failure in stopped:
+            if isinstance(failure, BaseException):
+                _log.warning("stopping a bay: %r", failure)
+
+
+async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _report(site: _Site, lanes: Sequence[_Lane], wall_s: float) -> Report:
     """The run's report, once the day is over: each bay's, merged for a site of several."""
+    site.power.counting = False
     for lane in lanes:
         lane.rec.counting = False
     lanes[0].rec.life.append(life_sample(lanes, fleet_now(lanes)))
@@ -761,7 +794,10 @@ async def _report(site: _Site, lanes: Sequence[_Lane], wall_s: float) -> Report:
         mode = "virtual" if site.virtual else "wall"
         reports.append(build_report(site.loaded, lane.fleet, rec, wall_s, clock_mode=mode))
     (site.work / "fleet.log").write_text("\n".join(site.log) + "\n")
-    return reports[0] if len(lanes) == 1 else merge_bays(site.loaded, reports, lanes)
+    if len(lanes) == 1:
+        return reports[0]
+    merged = merge_bays(site.loaded, reports, lanes)
+    return merged.model_copy(update={"peak_grid_kw": round(site.power.peak_w / 1000.0, 1)})
 
 
 def fleet_now(lanes: Sequence[_Lane]) -> float:
@@ -903,11 +939,16 @@ def deep_size(*roots: object) -> int:
     return total
 
 
-def _tick_hook(rec: Recorder, name: str, rack: Any) -> Callable[[float], None]:
+def _tick_hook(
+    rec: Recorder, name: str, rack: Any, site: SitePower | None = None
+) -> Callable[[float], None]:
     def hook(sim_now: float) -> None:
         chargers = [c for c in rack.chargers.values() if c.pack is not None]
         budget = sum(c.current_a * c.pack.bms_voltage_max for c in chargers)
-        rec.on_tick(name, sim_now, sum(c.power_w for c in chargers), budget)
+        power_w = sum(c.power_w for c in chargers)
+        rec.on_tick(name, sim_now, power_w, budget)
+        if site is not None:
+            site.on_tick(f"{rec.fleet.bay}/{name}", power_w)
 
     return hook
 
@@ -1157,8 +1198,8 @@ def merge_bays(loaded: LoadedScenario, reports: Sequence[Report], lanes: Sequenc
     """The site's report from its bays' reports (`reports[i]` is `lanes[i]`'s).
 
     The cars of every bay; the hours and samples summed (shares averaged); each bay's own
-    figures in `bays`. The peak is the highest per-minute sample of the site's power (a bay's
-    own peak is per physics step).
+    figures in `bays`. The peak here is the highest per-minute sample of the site's power;
+    `_report` puts the one taken at every physics step in its place (`SitePower`).
     """
     st = loaded.scenario.station
     first = reports[0]
@@ -1204,6 +1245,7 @@ def merge_bays(loaded: LoadedScenario, reports: Sequence[Report], lanes: Sequenc
             queue=sum(x.queue for x in ss),
             phase=",".join(x.phase for x in ss),
         )
+        # On wall time a bay's sampler may have taken one sample more than another's at the end.
         for ss in zip(*(r.samples for r in reports), strict=False)
     ]
     checks = [r.records for r in reports if r.records is not None]

@@ -391,6 +391,7 @@ class SimStation:
         """Every pack of the simulated world and where it is: (serial, place), one per pack.
 
         A serial listed twice would be a pack in two places: conservation checks look for it.
+        Of the vehicles that left, the last `plc.DEPARTED_KEEP` or more are remembered.
         """
         places: list[tuple[str, str]] = []
         for rack in self.racks.values():

@@ -604,8 +604,12 @@ class Fleet(Traffic):
             await self._ask(client, head)
 
     def ahead(self) -> list[Car]:
-        """The cars that would start before a newcomer: in the bay, then queued."""
-        return ([self.serving] if self.serving is not None else []) + list(self.queue)
+        """The cars queued before a newcomer (not the one in the bay)."""
+        return list(self.queue)
+
+    def busy(self) -> bool:
+        """Whether a car is in the bay (its swap under way)."""
+        return self.serving is not None
 
     def take(self, car: Car) -> None:
         """`car` joins this bay's queue (from the site's dispatch)."""

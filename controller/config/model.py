@@ -85,37 +85,53 @@ def is_number_type(leaf: object) -> bool:
     return leaf in (int, float)
 
 
-def _bool_for_number(value: object, annotation: object) -> bool:
-    """Whether `value` has a true/false where `annotation` wants a number (at any depth).
+def unbool(value: object, annotation: object) -> object:
+    """`value` with every true/false where `annotation` wants a number made text.
 
-    pydantic reads `true` as 1 for an int, a float or `Literal[1, 2]`: a key such as
-    `max_current_a = true` would be 1 A. TOML says what it means; a boolean is not a number.
+    The number's own validation then refuses `"true"` / `"false"` at its exact key, at any
+    depth (`racks[0].slots[1]: must be an integer (got 'true')`). pydantic reads `true` as 1
+    for an int, a float or `Literal[1, 2]`: a key such as `max_current_a = true` would be 1 A.
+    TOML says what it means; a boolean is not a number.
     """
     leaves = admitted_types(annotation)
     if isinstance(value, bool):
-        return bool not in leaves and any(is_number_type(leaf) for leaf in leaves)
+        if bool not in leaves and any(is_number_type(leaf) for leaf in leaves):
+            return "true" if value else "false"
+        return value
     for leaf in leaves:
         origin, args = get_origin(leaf), get_args(leaf)
-        if isinstance(value, list | tuple) and origin in (list, tuple) and args:
-            return any(_bool_for_number(item, args[0]) for item in value)
+        if isinstance(value, list) and origin in (list, tuple) and args:
+            if origin is tuple and args[-1] is not Ellipsis:  # fixed: a type per position
+                return [unbool(v, t) for v, t in zip(value, args, strict=False)] + value[
+                    len(args) :
+                ]
+            return [unbool(v, args[0]) for v in value]
         if isinstance(value, dict) and origin is dict and len(args) == 2:
-            return any(_bool_for_number(item, args[1]) for item in value.values())
-    return False
+            return {k: unbool(v, args[1]) for k, v in value.items()}
+    return value
 
 
-class Section(BaseModel):
+class NumbersNotBools(BaseModel):
+    """A model whose number fields refuse `true`/`false` (pydantic would read 1 or 0)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, data: object) -> object:
+        """A number key given `true`/`false` is refused at its key, not read as 1 or 0."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, field in cls.model_fields.items():
+            key = field.alias or name
+            if key in out:
+                out[key] = unbool(out[key], field.annotation)
+        return out
+
+
+class Section(NumbersNotBools):
     """Base of every config section: unknown keys are errors, values are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_for_a_number(cls, value: object, info: ValidationInfo) -> object:
-        """A number key given `true`/`false` is refused, not read as 1 or 0."""
-        field = cls.model_fields.get(info.field_name or "")
-        if field is not None and _bool_for_number(value, field.annotation):
-            raise ValueError("must be a number, not true or false")
-        return value
 
 
 class TlsConfig(Section):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tomli_w
@@ -537,13 +538,51 @@ def test_a_number_key_given_true_or_false_is_refused_by_name(
     key: tuple[str, ...], value: bool
 ) -> None:
     """`true` is not 1: any number key set to a boolean is one line naming it, never taken."""
-    import tomllib
-
-    data = tomllib.loads((REPO / "config" / "station.example.toml").read_text())
+    data = _example_without_files()
     table = data
     for part in key[:-1]:
         table = table.setdefault(part, {})
     table[key[-1]] = value
     config, lines = _load_with(tomli_w.dumps(data))
     assert config is None
-    assert any(f"{'.'.join(key)}: must be a number, not true or false" in ln for ln in lines), lines
+    said = f"{'.'.join(key)}: must be "
+    got = f"(got '{str(value).lower()}')"
+    assert any(said in line and line.endswith(got) for line in lines), lines
+
+
+def _example_without_files() -> dict[str, Any]:
+    """The production example's settings, less the files it names (TLS, password), with the
+    shipped profiles."""
+    import tomllib
+
+    data = tomllib.loads((REPO / "config" / "station.example.toml").read_text())
+    data["mqtt"].pop("tls")
+    data["mqtt"].pop("password_file")
+    data["profiles_dir"] = str(PROFILES)
+    return data
+
+
+def test_the_example_without_its_files_loads() -> None:
+    """The base of the test above is valid: a refusal there is the boolean's."""
+    config, lines = _load_with(tomli_w.dumps(_example_without_files()))
+    assert config is not None, lines
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ('[[racks]]\nname = "a"\ntransport = "tcp"\nhost = "h"\nunit_id = 1\nslots = [1, true]\n',
+         "racks[0].slots[1]: must be an integer (got 'true')"),
+        ("[power]\nmin_ready = { STD75 = false }\n",
+         "power.min_ready.STD75: must be an integer (got 'false')"),
+        ('[robot.serial]\ndevice = "/dev/ttyX"\nstopbits = true\n',
+         "robot.serial.stopbits: must be one of 1 or 2 (got 'true')"),
+    ],
+)  # fmt: skip
+def test_a_boolean_inside_an_array_or_table_of_numbers_is_refused_at_its_place(
+    text: str, line: str
+) -> None:
+    """Not the whole array or table: the item, by its index or key."""
+    config, lines = _load_with(BASE + text)
+    assert config is None
+    assert any(got.endswith(line) for got in lines), lines

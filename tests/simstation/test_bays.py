@@ -24,9 +24,13 @@ class FakeBay:
     bay: int
     ready: dict[str, int] = field(default_factory=dict)
     queue: list[Car] = field(default_factory=list)
+    serving: Car | None = None
 
     def ahead(self) -> list[Car]:
         return list(self.queue)
+
+    def busy(self) -> bool:
+        return self.serving is not None
 
     def ready_of(self, pack_type: str) -> int:
         return self.ready.get(pack_type, 0)
@@ -47,6 +51,17 @@ def test_a_car_picks_a_bay_with_a_pack_for_it_over_a_shorter_queue() -> None:
     # Two cars of its type ahead for two packs: none left for it, the shorter queue wins.
     stocked.queue.append(car(3, "A"))
     assert choose([empty, stocked], car(4, "A")) is empty
+
+
+def test_the_car_in_the_bay_is_not_counted_against_the_ready_packs_twice() -> None:
+    """The station's ready count leaves out the pack reserved for the swap under way: a bay
+    serving a car of the type with one more ready still has a pack for the newcomer."""
+    serving = FakeBay(1, ready={"A": 1}, serving=car(1, "A"))
+    without = FakeBay(2, ready={"A": 0})
+    assert choose([serving, without], car(2, "A")) is serving
+    # And a car in the bay counts as one ahead.
+    free = FakeBay(3, ready={"A": 1})
+    assert choose([serving, free], car(3, "A")) is free
 
 
 def test_then_the_fewest_cars_ahead_then_the_most_packs_then_the_first() -> None:
@@ -124,6 +139,8 @@ def test_a_site_of_two_bays_serves_from_both_and_its_report_adds_up(
     assert sum(h.arrived for h in report.hours) == report.arrivals
     assert sum(h.served for h in report.hours) == report.served
     assert all(s.phase.count(",") == 1 for s in report.samples)
+    # The site's peak is taken at every physics step: at least any minute's sum of the bays.
+    assert report.peak_grid_kw >= max(s.grid_kw for s in report.samples) - 0.05
     # The cars are the ones a single bay would get (bay 1 draws as a single bay does).
     one = apply_overrides(
         load_scenario(REPO / "config" / "scenarios" / "pss13-saturated.toml"),
@@ -139,3 +156,15 @@ def test_a_site_of_two_bays_serves_from_both_and_its_report_adds_up(
     assert sorted(planned) == sorted((c.vehicle_id, c.arrived_s) for c in report.cars)
     assert (tmp_path / "bay-1" / "state").is_dir()
     assert (tmp_path / "bay-2" / "state").is_dir()
+
+
+def test_a_scenario_refuses_true_for_its_number_of_bays(tmp_path: Path) -> None:
+    """Planners' files are outside input too: `bays = true` is not one bay."""
+    from controller.errors import ConfigError
+
+    text = (REPO / "config" / "scenarios" / "pss13.toml").read_text()
+    path = tmp_path / "s.toml"
+    path.write_text(text.replace("[station]\n", "[station]\nbays = true\n", 1))
+    with pytest.raises(ConfigError) as err:
+        load_scenario(path)
+    assert err.value.lines() == [f"{path}: station.bays: must be an integer (got 'true')"]

@@ -370,6 +370,9 @@ def test_the_same_scenario_gives_the_same_report_car_by_car_with_the_cpu_busy(
     assert quiet.samples == busy.samples
     assert (quiet.energy_kwh, quiet.peak_grid_kw) == (busy.energy_kwh, busy.peak_grid_kw)
     assert not any(a.code == "station_io_stale" for a in busy.alarms)
+    # One bay: no site's merge, every car at bay 1.
+    assert quiet.station.bays == 1 and quiet.bays == []
+    assert {c.bay for c in quiet.cars} == {1}
 
 
 # --- a study: variants x seeds ------------------------------------------------------------------
