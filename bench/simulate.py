@@ -28,15 +28,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from simstation.runreport import summary, write_report
 from simstation.scenario import load_scenario
-from simstation.simulate import (
-    Progress,
-    apply_overrides,
-    run_virtual,
-    simulate,
-    summary,
-    write_report,
-)
+from simstation.simulate import Progress, apply_overrides, run_virtual, simulate
 
 
 def main() -> None:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from drivers.modbus.profile import SlotStatus
 
 CELL_OCV_EMPTY = 3.30
+NOMINAL_V = 360.0  # a pack's nominal voltage (96 cells x 3.75 V): kWh -> Ah
+CHARGE_V = 403.2  # a full pack's charge voltage (96 x 4.2 V): a charger's kW from its amps
 CELL_OCV_FULL = 4.20
 CUTOFF_C_RATE = 0.025  # stop when the CV current falls below this fraction of capacity
 MAX_STEP_S = 10.0  # integrate in steps of at most this much simulated time

@@ -689,7 +689,7 @@ def _bays_table(report: Report) -> str:
     if not report.bays:
         return ""
     names = ["bay", "station", "cars", "served", "failed", "turned away", "still waiting"]
-    names += ["busy", "waiting for a pack", "idle", "kWh", "swap p50"]
+    names += ["busy", "waiting for a pack", "time idle", "kWh", "swap p50"]
     head = "".join(
         f'<th class="num">{h}</th>' if i > 1 else f"<th>{h}</th>" for i, h in enumerate(names)
     )

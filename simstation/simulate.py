@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
-import itertools
 import logging
 import os
 import random
@@ -36,26 +34,21 @@ from controller.swap.phase import Phase
 from drivers import clock
 from drivers.robot.protocol import MsgType
 from simstation.broker import Mosquitto
-from simstation.charger import SimPack
+from simstation.charger import CHARGE_V, NOMINAL_V, SimPack
 from simstation.children import die_with_parent
 from simstation.cli import stop_daemon
 from simstation.clock import SimClock
 from simstation.dispatch import Dispatch
 from simstation.minibroker import MiniBroker
 from simstation.paths import scenario as shipped_or_path
+from simstation.recorder import OVERRUN_S, Recorder, SitePower, sample_minutes, tick_hook
 from simstation.report import (
-    AlarmEntry,
-    BayStat,
     FaultEntry,
-    HourStat,
     LifeSample,
     RecordCheck,
     Report,
-    Sample,
-    StationSummary,
-    percentiles,
 )
-from simstation.report import Car as CarEntry
+from simstation.runreport import build_report, merge_bays, summary, write_report
 from simstation.scenario import (
     ChargerFault,
     FaultBase,
@@ -76,7 +69,6 @@ from simstation.vloop import VirtualClock, VirtualLoop, day_start, run_eagerly
 _log = logging.getLogger(__name__)
 
 STATION_ID = "sim"
-SAMPLE_EVERY_S = 60.0  # simulated
 PROGRESS_EVERY_S = 0.25  # wall
 READY_TIMEOUT_S = 60.0  # wall: the daemon up, the racks read, the packs seen
 # Poll periods (wall seconds) for the daemon in a simulation: at 720x a 0.05 s poll is 36
@@ -103,14 +95,10 @@ VIRTUAL = {
     "rack_tick_s": 2.0,
     "evaluate_every_s": 0.15,
 }
-OVERRUN_S = 0.1  # wall seconds: a wake-up this late is an overrun (60 simulated s at 600x)
-SEEN_KEEP = 20_000  # event seqs remembered to drop a redelivered event
 LIFE_EVERY_S = 3600.0  # simulated: the daemon's process and journal sampled every hour
 PROGRESS_EVERY_SIM_S = 60.0  # on virtual time: progress (and the daemon's health) per minute
 DAEMON_STOP_S = 30.0  # simulated: the daemon's orderly stop at the end
 CLOCKS = ("virtual", "wall")
-NOMINAL_V = 360.0  # a pack's nominal voltage (96 cells x 3.75 V): kWh -> Ah
-CHARGE_V = 403.2  # a full pack's charge voltage (96 x 4.2 V): a charger's kW from its amps
 
 if TYPE_CHECKING:
     from controller.runtime.daemon import Daemon
@@ -264,102 +252,6 @@ def _err(line: str) -> None:
 
 
 # --- the run -------------------------------------------------------------------------------------
-
-
-@dataclass
-class Recorder:
-    """What the run observes: events (deduplicated), power at the racks, samples."""
-
-    fleet: Fleet
-    seen: set[int] = field(default_factory=set)
-    alarms: list[AlarmEntry] = field(default_factory=list)
-    phases: dict[str, list[tuple[float, str]]] = field(default_factory=dict)  # swap -> (t, to)
-    faults: list[FaultEntry] = field(default_factory=list)
-    samples: list[Sample] = field(default_factory=list)
-    rack_w: dict[str, float] = field(default_factory=dict)
-    # The same as the controller counts it against the grid limit: amps x the BMS voltage limit.
-    rack_budget_w: dict[str, float] = field(default_factory=dict)
-    rack_t: dict[str, float] = field(default_factory=dict)
-    energy_kwh: float = 0.0
-    peak_w: float = 0.0
-    load: list[float] = field(default_factory=list)  # the 1-min load: start, max, end
-    counting: bool = False
-    life: list[LifeSample] = field(default_factory=list)
-    records: RecordCheck | None = None
-    sim_kib: int = 0  # what the simulator holds of the run (`Report.sim_records_kib`)
-    log: list[str] = field(default_factory=list)  # fleet.log's lines, written at the end
-    _held: dict[str, int] = field(default_factory=dict)  # records already counted, per kind
-    _held_bytes: int = 0
-    overrun_max_s: float = 0.0  # wall time: the latest the run's own timer woke (loop lag)
-    overruns: int = 0  # wall time: wake-ups later than OVERRUN_S
-
-    def held_kib(self) -> int:
-        """What the simulator holds of the run so far, counted as it grows (records only grow)."""
-        kinds: dict[str, list[Any]] = {
-            "samples": self.samples,
-            "phases": list(self.phases.values()),
-            "alarms": self.alarms,
-            "faults": self.faults,
-            "life": self.life,
-            "log": self.log,
-        }
-        for kind, items in kinds.items():
-            done = self._held.get(kind, 0)
-            self._held_bytes += deep_size(*items[done:])
-            self._held[kind] = len(items)
-        seen = sys.getsizeof(self.seen) + 32 * len(self.seen)  # bounded: at most SEEN_KEEP
-        return (self._held_bytes + seen) // 1024
-
-    def on_event(self, event: dict[str, Any]) -> None:
-        """Alarms and swap phases from `<root>/events` (at least once: by `seq`)."""
-        seq = event.get("seq")
-        if isinstance(seq, int):
-            if seq in self.seen:
-                return
-            self.seen.add(seq)
-            if len(self.seen) > SEEN_KEEP:
-                # A repeat comes soon after its first delivery (a reconnect's redelivery): the
-                # last few thousand are enough, and a month's run does not hold them all.
-                self.seen = {n for n in self.seen if n > seq - SEEN_KEEP // 2}
-        kind = event.get("kind")
-        data = event.get("data") or {}
-        t = self.fleet.time_of(event.get("at"))
-        if t is None or not self.counting:
-            return
-        if kind in {"alarm_raised", "alarm_cleared"}:
-            self.alarms.append(
-                AlarmEntry(
-                    t_s=round(t, 1),
-                    kind="raised" if kind == "alarm_raised" else "cleared",
-                    scope=str(data.get("scope")),
-                    code=str(data.get("code")),
-                    severity=str(data.get("severity")),
-                    message=str(data.get("message")),
-                )
-            )
-        elif kind == "swap_phase":
-            self.phases.setdefault(str(data.get("swap_id")), []).append((t, str(data.get("to"))))
-
-    def on_tick(self, rack: str, sim_now: float, power_w: float, budget_w: float = 0.0) -> None:
-        """After a physics step of a rack: power and energy (and power as budgeted)."""
-        self.rack_budget_w[rack] = budget_w
-        last = self.rack_t.get(rack)
-        self.rack_t[rack] = sim_now
-        if self.counting and last is not None:
-            self.energy_kwh += self.rack_w.get(rack, 0.0) * (sim_now - last) / 3.6e6
-        self.rack_w[rack] = power_w
-        if self.counting:
-            self.peak_w = max(self.peak_w, sum(self.rack_w.values()))
-
-    def step_times(self) -> dict[str, list[float]]:
-        """Simulated seconds spent in each phase, over every swap."""
-        out: dict[str, list[float]] = {}
-        for transitions in self.phases.values():
-            ordered = sorted(transitions)
-            for (t0, phase), (t1, _) in itertools.pairwise(ordered):
-                if phase not in {Phase.IDLE, Phase.COMPLETE}:
-                    out.setdefault(phase, []).append(max(0.0, t1 - t0))
-        return out
 
 
 async def simulate(
@@ -616,21 +508,6 @@ class _Lane:
             await self.sim.stop()
 
 
-@dataclass
-class SitePower:
-    """The charging power over every bay's racks at each physics step: the site's peak."""
-
-    rack_w: dict[str, float] = field(default_factory=dict)
-    peak_w: float = 0.0
-    counting: bool = False
-
-    def on_tick(self, rack: str, power_w: float) -> None:
-        """A rack's power after its physics step."""
-        self.rack_w[rack] = power_w
-        if self.counting:
-            self.peak_w = max(self.peak_w, sum(self.rack_w.values()))
-
-
 @dataclass(frozen=True)
 class _Site:
     """What every bay of a run shares."""
@@ -696,7 +573,7 @@ async def _start_lane(site: _Site, bay: int, specs: list[SimRackSpec]) -> _Lane:
     rec = Recorder(fleet, log=log)
     fleet.on_event.append(rec.on_event)
     for name, rack in sim.racks.items():
-        rack.on_tick.append(_tick_hook(rec, name, rack, site.power if bays > 1 else None))
+        rack.on_tick.append(tick_hook(rec, name, rack, site.power if bays > 1 else None))
     return _Lane(bay, station_id, work, sim, daemon, fleet, rec)
 
 
@@ -740,7 +617,9 @@ async def _run(
             return start_s + (site.clock.now() - t0)
 
         tasks += [
-            asyncio.create_task(_sample(ln.rec, ln.fleet, ln.sim, end_s), name=f"sampler-{ln.bay}")
+            asyncio.create_task(
+                sample_minutes(ln.rec, ln.fleet, ln.sim, end_s), name=f"sampler-{ln.bay}"
+            )
             for ln in lanes
         ]
         # The scenario's faults happen at the first bay.
@@ -914,45 +793,6 @@ async def check_records(state: Path) -> RecordCheck:
     return RecordCheck(ok=result.ok, count=result.count, problem=result.problem)
 
 
-def deep_size(*roots: object) -> int:
-    """Bytes held by `roots` and everything they reach (containers, objects' attributes)."""
-    seen: set[int] = set()
-    stack: list[object] = list(roots)
-    total = 0
-    while stack:
-        obj = stack.pop()
-        if id(obj) in seen or isinstance(obj, type):
-            continue
-        seen.add(id(obj))
-        total += sys.getsizeof(obj)
-        if isinstance(obj, dict):
-            stack.extend(obj.keys())
-            stack.extend(obj.values())
-        elif isinstance(obj, (list, tuple, set, frozenset)):
-            stack.extend(obj)
-        elif isinstance(obj, (str, bytes, int, float, bool)) or obj is None:
-            continue
-        elif hasattr(obj, "__dict__"):
-            stack.append(vars(obj))
-        elif dataclasses.is_dataclass(obj):
-            stack.extend(getattr(obj, f.name) for f in dataclasses.fields(obj))
-    return total
-
-
-def _tick_hook(
-    rec: Recorder, name: str, rack: Any, site: SitePower | None = None
-) -> Callable[[float], None]:
-    def hook(sim_now: float) -> None:
-        chargers = [c for c in rack.chargers.values() if c.pack is not None]
-        budget = sum(c.current_a * c.pack.bms_voltage_max for c in chargers)
-        power_w = sum(c.power_w for c in chargers)
-        rec.on_tick(name, sim_now, power_w, budget)
-        if site is not None:
-            site.on_tick(f"{rec.fleet.bay}/{name}", power_w)
-
-    return hook
-
-
 def plan_cars(loaded: LoadedScenario, rng: random.Random) -> list[Car]:
     """The scenario's cars: arrival times, pack types by the mix, SoC by the distribution."""
     sc = loaded.scenario
@@ -999,26 +839,6 @@ async def _until_ready(
                 f" {fleet._status}, state {state}"  # noqa: SLF001
             )
         await asyncio.sleep(0.05)
-
-
-async def _sample(rec: Recorder, fleet: Fleet, sim: SimStation, end_s: float) -> None:
-    """The station every simulated minute."""
-    t = fleet.now()
-    while t < end_s:
-        state = fleet._state or {}  # noqa: SLF001
-        ready = state.get("packs_ready") or {}
-        rec.samples.append(
-            Sample(
-                t_s=round(t, 1),
-                grid_kw=round(sum(rec.rack_w.values()) / 1000.0, 2),
-                budget_kw=round(sum(rec.rack_budget_w.values()) / 1000.0, 2),
-                ready={str(k): int(v) for k, v in ready.items()},
-                queue=len(fleet.queue),
-                phase=str(state.get("phase", "?")),
-            )
-        )
-        t += SAMPLE_EVERY_S
-        await asyncio.sleep(max(0.0, sim.clock.real(t - fleet.now())))
 
 
 # --- faults --------------------------------------------------------------------------------------
@@ -1098,359 +918,6 @@ async def _one_fault(
         if plc.vehicle is vehicle:
             plc.close_door()
         note(f"{vehicle.vehicle_id}: door closed")
-
-
-# --- the report ----------------------------------------------------------------------------------
-
-
-def build_report(
-    loaded: LoadedScenario, fleet: Fleet, rec: Recorder, wall_s: float, *, clock_mode: str = "wall"
-) -> Report:
-    """The report of a run."""
-    sc = loaded.scenario
-    st = sc.station
-    end_s = sc.start_s + sc.run_s
-    cars = []
-    for car in fleet.cars:
-        if car.arrive_s >= end_s:
-            continue
-        outcome = car.outcome or "waiting"
-        wait = None if car.accepted_s is None else round(car.accepted_s - car.arrive_s, 1)
-        swap = None
-        if car.accepted_s is not None and car.ended_s is not None:
-            swap = round(car.ended_s - car.accepted_s, 1)
-        if car.accepted_s is not None:
-            waited: float | None = car.accepted_s - car.arrive_s
-        elif car.left_s is not None:
-            waited = car.left_s - car.arrive_s
-        else:
-            waited = end_s - car.arrive_s if outcome == "waiting" else None
-        cars.append(
-            CarEntry(
-                vehicle_id=car.vehicle_id,
-                pack_type=car.pack_type,
-                soc=car.soc,
-                arrived_s=round(car.arrive_s, 1),
-                outcome=outcome,
-                wait_s=wait,
-                swap_s=swap,
-                swap_id=car.swap_id,
-                reason=car.reason if outcome in {"turned_away", "failed"} else None,
-                waited_s=None if waited is None else round(waited, 1),
-                bay=car.bay,
-            )
-        )
-    count = {
-        k: sum(1 for c in cars if c.outcome == k)
-        for k in ("served", "failed", "turned_away", "waiting")
-    }
-    return Report(
-        scenario=sc.name,
-        description=sc.description,
-        station=StationSummary(
-            slots=st.slots,
-            packs=dict(st.packs),
-            charger_kw=round(st.charger_max_a * CHARGE_V / 1000.0, 1),
-            grid_limit_kw=st.grid_limit_kw,
-            policy=st.policy,
-            bays=st.bays,
-        ),
-        speed=sc.speed if clock_mode == "wall" else round(sc.run_s / max(wall_s, 1e-9), 1),
-        clock=clock_mode,
-        start_s=sc.start_s,
-        duration_s=sc.run_s,
-        wall_s=round(wall_s, 1),
-        arrivals=len(cars),
-        served=count["served"],
-        failed=count["failed"],
-        turned_away=count["turned_away"],
-        waiting=count["waiting"],
-        waits=percentiles([c.wait_s for c in cars if c.wait_s is not None]),
-        waits_all=percentiles([c.waited_s for c in cars if c.waited_s is not None]),
-        hours=hours(
-            fleet,
-            rec.samples,
-            sc.start_s,
-            end_s,
-            None if st.grid_limit_kw is None else st.grid_limit_kw - st.safety_margin_kw,
-        ),
-        swap_times=percentiles(
-            [c.swap_s for c in cars if c.outcome == "served" and c.swap_s is not None]
-        ),
-        step_s={k: percentiles(v) for k, v in sorted(rec.step_times().items())},
-        cars=cars,
-        samples=rec.samples,
-        alarms=rec.alarms,
-        faults=sorted(rec.faults, key=lambda f: f.t_s),
-        energy_kwh=round(rec.energy_kwh, 1),
-        peak_grid_kw=round(rec.peak_w / 1000.0, 1),
-        load=[round(x, 2) for x in rec.load],
-        cores=os.cpu_count() or 0,
-        life=rec.life,
-        records=rec.records,
-        sim_records_kib=rec.sim_kib,
-        overrun_max_s=round(rec.overrun_max_s, 3),
-        overruns=rec.overruns,
-    )
-
-
-def merge_bays(loaded: LoadedScenario, reports: Sequence[Report], lanes: Sequence[_Lane]) -> Report:
-    """The site's report from its bays' reports (`reports[i]` is `lanes[i]`'s).
-
-    The cars of every bay; the hours and samples summed (shares averaged); each bay's own
-    figures in `bays`. The peak here is the highest per-minute sample of the site's power;
-    `_report` puts the one taken at every physics step in its place (`SitePower`).
-    """
-    st = loaded.scenario.station
-    first = reports[0]
-    cars = sorted((c for r in reports for c in r.cars), key=lambda c: (c.arrived_s, c.vehicle_id))
-    steps: dict[str, list[float]] = {}
-    for lane in lanes:
-        for phase, times in lane.rec.step_times().items():
-            steps.setdefault(phase, []).extend(times)
-    usable = None if st.grid_limit_kw is None else st.grid_limit_kw - st.safety_margin_kw
-    hours = []
-    for hs in zip(*(r.hours for r in reports), strict=True):
-        n = len(hs)
-        busy = sum(h.busy for h in hs) / n
-        waiting = sum(h.waiting_for_pack for h in hs) / n
-        budget = sum(h.budget_kw for h in hs)
-        hours.append(
-            hs[0].model_copy(
-                update={
-                    "arrived": sum(h.arrived for h in hs),
-                    "served": sum(h.served for h in hs),
-                    "failed": sum(h.failed for h in hs),
-                    "turned_away": sum(h.turned_away for h in hs),
-                    "busy": round(busy, 3),
-                    "waiting_for_pack": round(waiting, 3),
-                    "idle": round(sum(h.idle for h in hs) / n, 3),
-                    "grid_kw": round(sum(h.grid_kw for h in hs), 1),
-                    "budget_kw": round(budget, 1),
-                    "binding": binding_limit(
-                        busy, waiting, budget, None if usable is None else usable * n
-                    ),
-                }
-            )
-        )
-    samples = [
-        Sample(
-            t_s=ss[0].t_s,
-            grid_kw=round(sum(x.grid_kw for x in ss), 2),
-            budget_kw=round(sum(x.budget_kw for x in ss), 2),
-            ready={
-                t: sum(x.ready.get(t, 0) for x in ss)
-                for t in sorted({t for x in ss for t in x.ready})
-            },
-            queue=sum(x.queue for x in ss),
-            phase=",".join(x.phase for x in ss),
-        )
-        # On wall time a bay's sampler may have taken one sample more than another's at the end.
-        for ss in zip(*(r.samples for r in reports), strict=False)
-    ]
-    checks = [r.records for r in reports if r.records is not None]
-    records = None
-    if checks:
-        problems = [f"bay {i}: {c.problem}" for i, c in enumerate(checks, 1) if c.problem]
-        records = RecordCheck(
-            ok=all(c.ok for c in checks),
-            count=sum(c.count for c in checks),
-            problem="; ".join(problems) or None,
-        )
-    count = {
-        k: sum(1 for c in cars if c.outcome == k)
-        for k in ("served", "failed", "turned_away", "waiting")
-    }
-    return first.model_copy(
-        update={
-            "arrivals": len(cars),
-            "served": count["served"],
-            "failed": count["failed"],
-            "turned_away": count["turned_away"],
-            "waiting": count["waiting"],
-            "waits": percentiles([c.wait_s for c in cars if c.wait_s is not None]),
-            "waits_all": percentiles([c.waited_s for c in cars if c.waited_s is not None]),
-            "hours": hours,
-            "swap_times": percentiles(
-                [c.swap_s for c in cars if c.outcome == "served" and c.swap_s is not None]
-            ),
-            "step_s": {k: percentiles(v) for k, v in sorted(steps.items())},
-            "cars": cars,
-            "samples": samples,
-            "alarms": sorted(
-                (
-                    a.model_copy(update={"scope": f"bay {i}/{a.scope}"})
-                    for i, r in enumerate(reports, 1)
-                    for a in r.alarms
-                ),
-                key=lambda a: a.t_s,
-            ),
-            "faults": sorted(
-                (
-                    f.model_copy(update={"what": f"bay {i}: {f.what}"})
-                    for i, r in enumerate(reports, 1)
-                    for f in r.faults
-                ),
-                key=lambda f: f.t_s,
-            ),
-            "energy_kwh": round(sum(r.energy_kwh for r in reports), 1),
-            "peak_grid_kw": round(max((x.grid_kw for x in samples), default=0.0), 1),
-            "records": records,
-            "sim_records_kib": sum(r.sim_records_kib for r in reports),
-            "bays": [_bay_stat(r, lane) for r, lane in zip(reports, lanes, strict=True)],
-        }
-    )
-
-
-def _bay_stat(report: Report, lane: _Lane) -> BayStat:
-    n = len(report.samples) or 1
-    busy = sum(1 for s in report.samples if s.phase != Phase.IDLE)
-    waiting = sum(1 for s in report.samples if s.phase == Phase.IDLE and s.queue > 0)
-    return BayStat(
-        bay=lane.bay,
-        station_id=lane.station_id,
-        arrivals=report.arrivals,
-        served=report.served,
-        failed=report.failed,
-        turned_away=report.turned_away,
-        waiting=report.waiting,
-        busy=round(busy / n, 3),
-        waiting_for_pack=round(waiting / n, 3),
-        idle=round((len(report.samples) - busy - waiting) / n, 3) if report.samples else 0.0,
-        energy_kwh=report.energy_kwh,
-        swap_p50_s=report.swap_times.p50,
-        records=report.records,
-    )
-
-
-BAY_BOUND = 0.9  # a swap under way this much of an hour: the bay is the limit
-PACKS_BOUND = 0.1  # cars waiting with the bay free this much of it: charged packs are
-GRID_BOUND = 0.95  # and charging at this much of the usable grid power: the grid is
-
-
-def binding_limit(
-    busy: float, waiting_for_pack: float, budget_kw: float, usable_kw: float | None
-) -> str:
-    """What held an hour's swaps back (see `HourStat.binding`).
-
-    `budget_kw`: the hour's charging power as the controller counts it against the grid limit
-    (amps x the BMS voltage limit), which is what reaches the limit, not the measured watts.
-    """
-    if busy >= BAY_BOUND:
-        return "bay"
-    if waiting_for_pack >= PACKS_BOUND:
-        if usable_kw is not None and budget_kw >= GRID_BOUND * usable_kw:
-            return "charged packs: grid"
-        return "charged packs: chargers"
-    return "none"
-
-
-def hours(
-    fleet: Fleet,
-    samples: list[Sample],
-    start_s: float,
-    end_s: float,
-    usable_kw: float | None = None,
-) -> list[HourStat]:
-    """Each hour of the run: arrivals, outcomes by when they happened, the bay's shares."""
-    out = []
-    t = start_s
-    while t < end_s:
-        top = min(t + 3600.0, end_s)
-
-        def within(x: float | None, lo: float = t, hi: float = top) -> bool:
-            return x is not None and lo <= x < hi
-
-        cars = fleet.cars
-        mine = [s for s in samples if within(s.t_s)]
-        n = len(mine) or 1
-        busy = sum(1 for s in mine if s.phase != Phase.IDLE)
-        waiting = sum(1 for s in mine if s.phase == Phase.IDLE and s.queue > 0)
-        grid_kw = sum(s.grid_kw for s in mine) / n
-        budget_kw = sum(s.budget_kw for s in mine) / n
-        out.append(
-            HourStat(
-                start_s=t,
-                arrived=sum(1 for c in cars if within(c.arrive_s)),
-                served=sum(1 for c in cars if c.outcome == "served" and within(c.ended_s)),
-                failed=sum(1 for c in cars if c.outcome == "failed" and within(c.ended_s)),
-                turned_away=sum(1 for c in cars if c.outcome == "turned_away" and within(c.left_s)),
-                busy=round(busy / n, 3),
-                waiting_for_pack=round(waiting / n, 3),
-                idle=round((len(mine) - busy - waiting) / n, 3) if mine else 0.0,
-                grid_kw=round(grid_kw, 1),
-                budget_kw=round(budget_kw, 1),
-                binding=binding_limit(busy / n, waiting / n, budget_kw, usable_kw),
-            )
-        )
-        t = top
-    return out
-
-
-def write_report(report: Report, out: Path, *, html: bool = True, warn: Write = _err) -> list[Path]:
-    """report.json, and report.html when the renderer is there; the paths written."""
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "report.json"]
-    paths[0].write_text(report.model_dump_json(indent=1) + "\n")
-    if html:
-        try:
-            from simstation import reporthtml
-        except ImportError as exc:
-            warn(f"warning: no HTML report ({exc}); report.json only")
-        else:
-            path = out / "report.html"
-            path.write_text(reporthtml.render(report))
-            paths.append(path)
-    return paths
-
-
-def summary(report: Report) -> str:
-    """The figures in a few lines."""
-    w, s = report.waits, report.swap_times
-    raised = sum(1 for a in report.alarms if a.kind == "raised")
-    lines = [
-        (
-            f"{report.scenario}: {report.duration_s / 3600:g} h simulated in"
-            f" {report.wall_s:.0f} s ({report.speed:g}x)"
-        ),
-        (
-            f"  cars {report.arrivals}: served {report.served}, turned away"
-            f" {report.turned_away}, failed {report.failed}, still waiting {report.waiting}"
-        ),
-        (
-            f"  wait p50 {w.p50 / 60:.1f} min, p90 {w.p90 / 60:.1f} min; swap p50"
-            f" {s.p50 / 60:.1f} min; peak grid {report.peak_grid_kw:.0f} kW,"
-            f" {report.energy_kwh:.0f} kWh"
-        ),
-        f"  alarms raised {raised}, fault entries {len(report.faults)}",
-    ]
-    if report.bays:
-        lines.append(
-            f"  {len(report.bays)} bays: "
-            + "; ".join(f"{b.bay}: served {b.served}, busy {b.busy:.0%}" for b in report.bays)
-        )
-    if report.waits_all is not None and report.turned_away:
-        a = report.waits_all
-        lines.insert(
-            3,
-            f"  every car's wait (the turned away until they gave up): p50 {a.p50 / 60:.1f} min,"
-            f" p90 {a.p90 / 60:.1f} min",
-        )
-    if report.load:
-        start, peak, end = report.load
-        lines.append(
-            f"  machine: load {start:.2f} at the start, {peak:.2f} at most, {end:.2f} at the end"
-            f" ({report.cores} cores)"
-        )
-    if report.clock == "wall" and report.overruns:
-        lines.append(
-            f"  overruns: the loop woke up to {report.overrun_max_s:.2f} s late"
-            f" ({report.overruns} times by more than {OVERRUN_S:g} s): handovers were as late,"
-            " times the speed"
-        )
-    if report.records is not None and not report.records.ok:
-        lines.append(f"  swap records: chain broken: {report.records.problem}")
-    return "\n".join(lines)
 
 
 # --- progress ------------------------------------------------------------------------------------

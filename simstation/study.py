@@ -148,7 +148,8 @@ def with_changes(loaded: LoadedScenario, changes: dict[str, Any], seed: int) -> 
 
 def _one(job: tuple[LoadedScenario, Path]) -> str:
     """One run in a worker process; its report as JSON."""
-    from simstation.simulate import run_virtual, write_report
+    from simstation.runreport import write_report
+    from simstation.simulate import run_virtual
 
     loaded, out = job
     report = run_virtual(loaded, out)

@@ -9,8 +9,9 @@ import pytest
 
 from controller.errors import ConfigError
 from simstation.report import Report
+from simstation.runreport import write_report
 from simstation.scenario import load_scenario
-from simstation.simulate import apply_overrides, main, simulate, write_report
+from simstation.simulate import apply_overrides, main, simulate
 from tests.support import REPO
 
 SCENARIOS = REPO / "config" / "scenarios"

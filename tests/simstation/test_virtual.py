@@ -450,7 +450,7 @@ def test_a_study_runs_every_variant_with_every_seed(
 def test_the_binding_limit_of_an_hour(
     busy: float, waiting: float, grid_kw: float, usable_kw: float | None, binding: str
 ) -> None:
-    from simstation.simulate import binding_limit
+    from simstation.runreport import binding_limit
 
     assert binding_limit(busy, waiting, grid_kw, usable_kw) == binding
 
