@@ -560,3 +560,15 @@ def test_a_study_killed_leaves_no_worker_running(tmp_path: Path) -> None:
             break
         assert time.monotonic() < deadline + 10, f"still running: {alive}"
         time.sleep(0.05)
+
+
+@pytest.mark.timeout(10)
+def test_the_brokers_packet_ids_wrap_without_zero_and_hold_nothing() -> None:
+    """1..65535, then 1 again (0 is not a packet id); the session keeps one int, not a pass."""
+    from simstation.minibroker import _Session
+
+    session = _Session(MiniBroker())
+    ids = [session.next_id() for _ in range(65535 * 2 + 1)]
+    assert ids[0] == 1 and ids[65534] == 65535 and ids[65535] == 1 and ids[-1] == 1
+    assert min(ids) == 1 and max(ids) == 65535
+    assert session.last_id == 1
