@@ -619,9 +619,6 @@ class Fleet(Traffic):
 
     def ready_of(self, pack_type: str) -> int:
         """Dispensable packs of a type, as the station last said."""
-        return self._ready_of(pack_type)
-
-    def _ready_of(self, pack_type: str) -> int:
         ready = (self._state or {}).get("packs_ready") or {}
         count = ready.get(pack_type, 0) if isinstance(ready, dict) else 0
         return count if isinstance(count, int) else 0
@@ -632,7 +629,7 @@ class Fleet(Traffic):
         return (
             self.fleet.ask_when_ready
             and car.ready_when_refused is not None
-            and self._ready_of(car.pack_type) > car.ready_when_refused
+            and self.ready_of(car.pack_type) > car.ready_when_refused
         )
 
     async def _ask(self, client: aiomqtt.Client, car: Car) -> None:
@@ -669,7 +666,7 @@ class Fleet(Traffic):
         car.reason = str(reply.get("message") or reply.get("code"))
         # Busy: the last swap is ending; anything else (no pack, blocked): a minute later.
         car.next_ask_s = self.now() + (0.0 if reply.get("code") == "busy" else self.fleet.retry_s)
-        car.ready_when_refused = self._ready_of(car.pack_type)
+        car.ready_when_refused = self.ready_of(car.pack_type)
 
     async def _gave_up_meanwhile(self, client: aiomqtt.Client, car: Car, swap_id: str) -> None:
         """The car's patience ran out while its start_swap was answered: it has left.
