@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from controller.charging.forecast import forecast
-from controller.charging.power import PowerModel, allocate, budget_w
+from controller.charging.limits import budget_w
+from controller.charging.power import PowerModel, allocate
 from controller.config.model import StationConfig
 from controller.plant.slots import SlotView
 from drivers.rack import SlotReading

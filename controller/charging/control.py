@@ -27,10 +27,16 @@ import math
 from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
 
+from controller.charging.circuits import tree_of
 from controller.charging.forecast import Forecast, forecast
+from controller.charging.gridcmds import GridCommands
 from controller.charging.latches import Latch, latch, report, restore
+from controller.charging.limits import PowerLimits, PowerState
+from controller.charging.offer import FlexOffer, Inputs, OfferCheck, build_offer, cost, judge
 from controller.charging.operator import OperatorCommands
-from controller.charging.power import Allocation, Demand, PowerModel, allocate, budget_w
+from controller.charging.outlook import TypeOutlook, outlooks
+from controller.charging.plan import plan_deferred
+from controller.charging.power import Allocation, Demand, PowerModel, allocate
 from controller.charging.setpoints import (
     LIMIT_TOLERANCE_A,
     Rack,
@@ -39,6 +45,7 @@ from controller.charging.setpoints import (
     raises,
 )
 from controller.charging.supervision import SlotCheck, SlotRules
+from controller.charging.tariff import Tariff
 from controller.config.model import StationConfig
 from controller.plant.alarms import AlarmBook, Cause, Severity, rack_scope, slot_scope
 from controller.plant.slots import SlotBook, SlotView
@@ -54,6 +61,8 @@ _log = logging.getLogger(__name__)
 
 MIN_RESTEP_S = 0.1  # a slot's next deadline is at least this far ahead
 
+OFFER_EVERY_S = 300.0  # the flexibility offer is made again this often
+PLAN_EVERY_S = 60.0  # the forecast (and the cost plan) at least this often, changed or not
 STARTS_BUDGET_S = 1.0  # the starts of one step, all racks in parallel: at most this long
 NOT_APPLIED = "setpoint_not_applied"
 
@@ -92,6 +101,11 @@ class SlotControl:
         self.stopping = False  # once set, nothing is switched on again
         self.last_step = clocks.monotonic()  # wall time: the watchdog's
         self.power = PowerModel(config)
+        self.limits = PowerLimits(config.power)
+        self.tariff = Tariff(config.power.tariff)
+        self.tree = tree_of(config)
+        self.deferred: dict[int, str] = {}  # slots the cost policy holds back now, and why
+        self._ended: list[str] = []  # run-time limits that ended, to journal
         self.allocation = Allocation({}, None, 0.0, 0.0)
         self._demands: dict[int, Demand] = {}
         # Per slot, the watts committed and allocated without a grid limit (`_merged`).
@@ -99,6 +113,9 @@ class SlotControl:
         self._allocated_w: dict[int, float] = {}
         self.demands_changed = 0  # counts changes of any slot's demand (the forecast's input)
         self.forecast: Forecast | None = None
+        self.outlook: dict[str, TypeOutlook] = {}  # the demand-aware forecast (power.demand)
+        self.offer: FlexOffer | None = None
+        self._offer_at: float | None = None  # the station's clock at the last offer
         self.on_forecast: Callable[[], None] = lambda: None
         # Packs dispensable now per type (set by the station: the dispense policy decides).
         self.ready_counts: Callable[[], dict[str, int]] = dict
@@ -116,6 +133,7 @@ class SlotControl:
             racks, book, actuators, clock=clock, blocked=lambda s: self.blockers(s, power=False)
         )
         self.operator = OperatorCommands(self)
+        self.grid = GridCommands(self)
 
     @property
     def demands(self) -> list[Demand]:
@@ -127,6 +145,44 @@ class SlotControl:
         if self.allocation.budget_w is None:
             return None
         return self.allocation.limits_a.get(slot, 0.0)
+
+    def limits_changed(self) -> None:
+        """A power limit or a price changed: share the power again now, and say so."""
+        self.touch(*self.book.slots)
+        self.on_station_change()
+
+    def power_state(self) -> PowerState:
+        """The limits, what binds, the draw and the price now (for `state`)."""
+        at = clocks.localnow()
+        state = self.limits.state(at)
+        price = self.tariff.price_at(at)
+        return state if price is None else state.model_copy(update={"price": price[0]})
+
+    async def assess_limit(self, kw: float, duration_s: float) -> OfferCheck:
+        """What a limit of `kw` for `duration_s` would cost, and whether the offer covers it."""
+        inputs = self._inputs()
+        if inputs is None:
+            return OfferCheck(True, None, "no power.demand profile: the cost is not predicted")
+        step = await asyncio.to_thread(cost, inputs, kw, duration_s)
+        return judge(step)
+
+    def _inputs(self) -> Inputs | None:
+        """A snapshot of what the outlook, the plan and the offer are computed from."""
+        cfg = self.config.power
+        if cfg.demand is None:
+            return None
+        alloc = self.allocation
+        return Inputs(
+            model=self.power,
+            demands=list(self.demands),
+            budget_w=alloc.budget_w,
+            ready=self.ready_counts(),
+            demand=cfg.demand,
+            min_ready=dict(cfg.min_ready),
+            at=clocks.localnow(),
+            margin_w=cfg.safety_margin_kw * 1000.0,
+            draw_kw=alloc.bound_w / 1000.0,
+        )
 
     # --- inputs ------------------------------------------------------------------------------
 
@@ -175,6 +231,13 @@ class SlotControl:
         while True:
             self._busy_since = None
             due = min(self._due.values(), default=None)
+            change = self.limits.next_change(clocks.localnow())
+            if change is not None:
+                # A limit or a time window ends: share again then (any slot re-shares all).
+                at = self.clock() + max(0.0, change - clocks.wall()) + 1e-3
+                if due is None or at < due:
+                    self._due[0] = at
+                    due = at
             wait = None if due is None else max(0.0, due - self.clock())
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
@@ -233,6 +296,10 @@ class SlotControl:
         targets = self.book.slots if slots is None else sorted(s for s in slots if s)
         views, measured = self._evaluate(now, batch, targets)
         reshared = self._allocate(views, measured, now)
+        for source in self._ended:
+            batch.execute("DELETE FROM power_limits WHERE source = ?", (source,))
+            batch.event("power_limit_ended", {"source": source})
+        self._ended.clear()
         for slot in reshared - views.keys():
             views[slot] = self.setpoints.as_commanded(self.book.view(slot, now))
         stops: list[tuple[SlotView, tuple[bool, float]]] = []
@@ -363,8 +430,10 @@ class SlotControl:
         under one, all of them are shared again. Returns the other slots whose share changed.
         """
         cfg = self.config.power
-        limited = cfg.grid_limit_kw is not None or bool(cfg.time_limits)
-        budget = budget_w(cfg, clocks.localnow()) if limited else None
+        at = clocks.localnow()
+        for ended in self.limits.prune(at.timestamp()):
+            self._ended.append(ended.source)
+        budget = self.limits.budget_w(at) if self.limits.limited else None
         self.power.learn(self._unlearnt(measured))
         fresh: list[int] = list(views)
         if len(self._demands) < len(self.book.rack_of):  # never looked at yet: the worst case
@@ -383,7 +452,7 @@ class SlotControl:
                 self._demands[slot] = demand
                 self.demands_changed += 1
         before = self.allocation
-        if budget is None and before.budget_w is None:
+        if budget is None and before.budget_w is None and not self.tree:
             part = allocate(
                 [self._demands[s] for s in views], None, policy=cfg.policy,
                 min_current_a=cfg.min_current_a, ready_soc=self.config.swap.min_dispense_soc,
@@ -401,6 +470,8 @@ class SlotControl:
             ready_soc=self.config.swap.min_dispense_soc,
             ready_now=self.ready_counts() if budget is not None else {},
             min_ready=cfg.min_ready,
+            tree=self.tree,
+            deferred=self.deferred if cfg.policy == "cost" else None,
         )
         after = self.allocation
         return {
@@ -454,21 +525,63 @@ class SlotControl:
         nothing to do.
         """
         last: tuple[int, float | None, dict[str, int]] | None = None
+        last_at = self.clock()
         while True:
             # The packs ready now move without any demand moving (a reservation, an alarm,
             # a disabled slot on an idle pack): counted every period, O(slots).
             inputs = (self.demands_changed, self.allocation.budget_w, self.ready_counts())
-            if inputs != last:
-                last = inputs
+            now = self.clock()
+            if inputs != last or (self._demand_aware and now - last_at >= PLAN_EVERY_S):
+                last, last_at = inputs, now
                 await self.update_forecast()
             await asyncio.sleep(self.config.power.forecast_every_s)
 
     async def update_forecast(self) -> Forecast:
-        """The forecast from the latest allocation (computed on a worker thread)."""
+        """The forecast from the latest allocation (computed on a worker thread).
+
+        With `power.demand`: the demand-aware outlook too, the cost policy's plan, and every
+        `OFFER_EVERY_S` the flexibility offer.
+        """
         demands, budget, ready = list(self.demands), self.allocation.budget_w, self.ready_counts()
-        self.forecast = await asyncio.to_thread(forecast, self.power, demands, budget, ready)
+        fc = await asyncio.to_thread(forecast, self.power, demands, budget, ready)
+        self.forecast = fc
+        inputs = self._inputs()
+        if inputs is not None:
+            self.outlook = await asyncio.to_thread(
+                outlooks, inputs.demand, fc.supply_s, ready, inputs.min_ready, inputs.at
+            )
+            await self._replan(inputs)
+            now = self.clock()
+            if self._offer_at is None or now - self._offer_at >= OFFER_EVERY_S:
+                self._offer_at = now
+                self.offer = await asyncio.to_thread(build_offer, inputs)
         self.on_forecast()
-        return self.forecast
+        return fc
+
+    async def _replan(self, inputs: Inputs) -> None:
+        """The cost policy: which slots wait for a cheaper hour; shared again if that moved."""
+        cfg = self.config.power
+        if cfg.policy != "cost":
+            return
+        deferred = await asyncio.to_thread(
+            plan_deferred,
+            inputs.demands,
+            budget_w=inputs.budget_w,
+            ready_now=inputs.ready,
+            demand=inputs.demand,
+            min_ready=inputs.min_ready,
+            tariff=self.tariff,
+            at=inputs.at,
+            horizon_h=cfg.plan_horizon_h,
+            ready_soc=self.config.swap.min_dispense_soc,
+        )
+        if deferred != self.deferred:
+            self.deferred = deferred
+            self.touch(*self.book.slots)
+
+    @property
+    def _demand_aware(self) -> bool:
+        return self.config.power.demand is not None
 
     def _held_on(self, demand: Demand, now: float) -> Demand:
         """A charger switched on less than `min_on_s` ago keeps at least the minimum current.

@@ -41,6 +41,7 @@ class Forecast(BaseModel):
 
     types: dict[str, TypeForecast]
     ready_in_s: dict[int, float]  # slot -> seconds until its pack reaches the dispense SoC
+    supply_s: dict[str, list[float]] = {}  # pack type -> when its charging packs get ready, s
 
 
 @dataclass
@@ -87,15 +88,19 @@ def advance(
 
 def forecast(
     model: PowerModel, demands: Sequence[Demand], budget: float | None,
-    ready_now: Mapping[str, int],
+    ready_now: Mapping[str, int], *, horizon_min: int = max(HORIZONS_MIN),
+    cut: tuple[float, float] | None = None,
 ) -> Forecast:  # fmt: skip
     """Run the allocator forward an hour (nobody arriving) and see when packs get ready.
 
     Times are the packs' own (the station's clock; a simulated station's simulated time).
+    `cut`: (budget W, seconds) a lower budget for the first seconds (a curtailment's cost).
     """
     cfg = model.cfg
     ready_soc = model.config.swap.min_dispense_soc
-    horizon = max(HORIZONS_MIN) * 60.0
+    horizon = horizon_min * 60.0
+    if cut is not None and budget is None:
+        budget = math.inf
     packs = [
         _Pack(d, d.soc or 0.0, d.capacity_ah, model.slope(d.pack_type))
         for d in demands
@@ -123,8 +128,9 @@ def forecast(
         current = [
             _with_soc(p.demand, p.soc, _taper_cap(p.demand.cap_a, p.k, p.soc)) for p in charging
         ]
+        now_budget = budget if cut is None or t >= cut[1] else min(budget, cut[0])
         alloc = allocate(
-            [*fixed, *current], budget, policy=cfg.policy, min_current_a=cfg.min_current_a,
+            [*fixed, *current], now_budget, policy=cfg.policy, min_current_a=cfg.min_current_a,
             ready_soc=ready_soc, ready_now=ready, min_ready=cfg.min_ready,
         )  # fmt: skip
         for p in charging:
@@ -154,9 +160,14 @@ def forecast(
             next_ready_min=None if nxt[0] is None else math.ceil(nxt[0] / 60.0),
             next_ready_slot=nxt[1],
         )
+    supply: dict[str, list[float]] = {}
+    for p in packs:
+        if p.ready_at is not None:
+            supply.setdefault(p.demand.pack_type or "", []).append(round(p.ready_at, 1))
     return Forecast(
         types=types,
         ready_in_s={p.demand.slot: round(p.ready_at, 1) for p in packs if p.ready_at is not None},
+        supply_s={k: sorted(v) for k, v in supply.items()},
     )
 
 

@@ -30,9 +30,8 @@ import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from datetime import time as dtime
 
+from controller.charging.circuits import NO_TREE, Tree
 from controller.config.model import PackTypeConfig, PowerConfig, StationConfig
 from controller.plant.slots import SlotView
 from drivers.modbus.profile import SlotStatus
@@ -75,27 +74,6 @@ class Allocation:
     def bound_w(self) -> float:
         """Upper bound of the station's total draw once the limits are applied."""
         return self.committed_w + self.allocated_w
-
-
-def budget_w(cfg: PowerConfig, at: datetime) -> float | None:
-    """The power the chargers may draw together at local time `at` (None: unlimited)."""
-    limits = [cfg.grid_limit_kw] if cfg.grid_limit_kw is not None else []
-    now = at.time()
-    limits += [w.limit_kw for w in cfg.time_limits if _in_window(now, _hhmm(w.start), _hhmm(w.end))]
-    if not limits:
-        return None
-    return max(0.0, (min(limits) - cfg.safety_margin_kw) * 1000.0)
-
-
-def _hhmm(text: str) -> dtime:
-    hours, minutes = text.split(":")
-    return dtime(int(hours), int(minutes))
-
-
-def _in_window(now: dtime, start: dtime, end: dtime) -> bool:
-    if start <= end:
-        return start <= now < end
-    return now >= start or now < end  # wraps past midnight
 
 
 def derate(cfg: PowerConfig, temp_min: float | None, temp_max: float | None, low: float,
@@ -231,10 +209,20 @@ def allocate(
     ready_soc: float,
     ready_now: Mapping[str, int],
     min_ready: Mapping[str, int],
+    tree: Tree = NO_TREE,
+    deferred: Mapping[int, str] | None = None,
 ) -> Allocation:
-    """Current limits for every wanting slot; the bound of the total stays within `budget`."""
+    """Current limits for every wanting slot; the bound of the total stays within `budget`.
+
+    `tree`: every circuit's total stays within its limit too. `deferred`: slots the cost
+    policy holds back now (slot -> why); they get nothing, beyond a contactor's floor.
+    """
     committed = sum(d.committed_w for d in demands if not d.wants)
+    nodes = tree.left_after((d.slot, d.committed_w) for d in demands if not d.wants)
     wanting = [d for d in demands if d.wants]
+    deferred = deferred or {}
+    if tree and budget is None:
+        budget = math.inf  # the circuits bound it: shared like a budget
     if budget is None:
         limits = {d.slot: quantise(d.cap_a, min_current_a) for d in wanting}
         allocated = sum(limits[d.slot] * d.volt_bound_v for d in wanting)
@@ -244,34 +232,74 @@ def allocate(
     # Chargers held on (their contactor's minimum on-time) get their floor first, in priority
     # order while the budget lasts; the policy then shares what is left on top of it.
     floors: dict[int, float] = {}
-    for d in order if policy == "demand" else sorted(wanting, key=lambda d: d.slot):
+    for d in order if policy != "equal" else sorted(wanting, key=lambda d: d.slot):
         amps = quantise(min(d.floor_a, d.cap_a), min_current_a) if d.floor_a > 0 else 0.0
-        if amps > 0 and amps * d.volt_bound_v <= left:
+        watts = amps * d.volt_bound_v
+        if amps > 0 and watts <= left and watts <= tree.room(nodes, d.slot):
             floors[d.slot] = amps
-            left -= amps * d.volt_bound_v
+            left -= watts
+            tree.take(nodes, d.slot, watts)
     rest = [
         dataclasses.replace(d, cap_a=d.cap_a - floors[d.slot]) if d.slot in floors else d
         for d in wanting
     ]
+    rest = [d for d in rest if d.slot not in deferred]
     if policy == "equal":
         extra = _equal(rest, left, min_current_a)
+        if tree:
+            extra = _within_circuits(rest, extra, tree, nodes, min_current_a)
     else:
         extra = {}
         by_slot = {d.slot: d for d in rest}
-        for d in (by_slot[o.slot] for o in order):
+        for d in (by_slot[o.slot] for o in order if o.slot in by_slot):
             least = 1.0 if d.slot in floors else min_current_a  # on top of a floor: any amp
-            amps = quantise(min(d.cap_a, max(0.0, left) / d.volt_bound_v), least)
+            room = min(max(0.0, left), max(0.0, tree.room(nodes, d.slot)))
+            amps = quantise(min(d.cap_a, room / d.volt_bound_v), least)
             extra[d.slot] = amps
             left -= amps * d.volt_bound_v
+            tree.take(nodes, d.slot, amps * d.volt_bound_v)
     limits = {d.slot: floors.get(d.slot, 0.0) + extra.get(d.slot, 0.0) for d in wanting}
     allocated = sum(limits[d.slot] * d.volt_bound_v for d in wanting)
     waiting = _waiting_cap(wanting, limits)
     for d in wanting:
         if limits[d.slot] == 0.0 and d.slot not in waiting:
-            waiting[d.slot] = f"waiting for power: the {budget / 1000:.0f} kW budget is in use" + (
-                " by packs nearer to ready" if policy == "demand" else ""
+            waiting[d.slot] = deferred.get(d.slot) or _why_waiting(
+                d.slot, budget, tree, nodes, policy
             )
-    return Allocation(limits, budget, committed, allocated, waiting)
+    return Allocation(limits, None if math.isinf(budget) else budget, committed, allocated, waiting)
+
+
+def _why_waiting(
+    slot: int, budget: float, tree: Tree, nodes: Mapping[str, float], policy: str
+) -> str:
+    """A waiting slot's reason: the budget, or the circuit above it that is full."""
+    by = " by packs nearer to ready" if policy != "equal" else ""
+    full = [n for n in tree.paths.get(slot, ()) if nodes[n] < 1000.0]
+    if full:
+        kw = tree.limits_w[full[-1]] / 1000
+        return f"waiting for power: circuit {full[-1]} ({kw:.0f} kW) is in use{by}"
+    return f"waiting for power: the {budget / 1000:.0f} kW budget is in use{by}"
+
+
+def _within_circuits(
+    wanting: Sequence[Demand], limits: Mapping[int, float], tree: Tree, nodes: dict[str, float],
+    min_current_a: float,
+) -> dict[int, float]:  # fmt: skip
+    """Equal shares cut evenly under every circuit that they would overload (deepest first)."""
+    out = dict(limits)
+    by_slot = {d.slot: d for d in wanting}
+    depth = {n: max(len(p) - p.index(n) for p in tree.paths.values() if n in p) for n in nodes}
+    for node in sorted(nodes, key=lambda n: -depth[n]):
+        under = [s for s in out if node in tree.paths.get(s, ()) and out[s] > 0]
+        drawn = sum(out[s] * by_slot[s].volt_bound_v for s in under)
+        if drawn <= nodes[node] or drawn <= 0:
+            continue
+        scale = max(0.0, nodes[node]) / drawn
+        for s in under:
+            out[s] = quantise(out[s] * scale, min_current_a)
+    for s, amps in out.items():
+        tree.take(nodes, s, amps * by_slot[s].volt_bound_v)
+    return out
 
 
 def quantise(amps: float, min_current_a: float) -> float:

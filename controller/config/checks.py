@@ -191,6 +191,7 @@ def semantic_issues(config: StationConfig) -> list[ConfigIssue]:
                     )
                 )
         lines.setdefault(io_dev, ("station_io", {}))
+    issues += circuit_issues(config)
     if config.robot is not None and config.robot.serial.device in lines:
         dev = config.robot.serial.device
         issues.append(
@@ -199,6 +200,69 @@ def semantic_issues(config: StationConfig) -> list[ConfigIssue]:
                 f"the robot needs a serial port of its own; {dev} is used by {lines[dev][0]}",
             )
         )
+    return issues
+
+
+def circuit_issues(config: StationConfig) -> list[ConfigIssue]:
+    """The circuit tree must close: unique names, known parents, no cycle, every rack on one."""
+    circuits = config.power.circuits
+    if not circuits:
+        return [
+            ConfigIssue(
+                f"racks[{i}].circuit", "no power.circuits are configured", got=repr(r.circuit)
+            )
+            for i, r in enumerate(config.racks)
+            if r.circuit is not None
+        ]
+    issues: list[ConfigIssue] = []
+    index: dict[str, int] = {}
+    for i, c in enumerate(circuits):
+        if c.name in index:
+            issues.append(
+                ConfigIssue(
+                    f"power.circuits[{i}].name",
+                    f"circuit names must be unique, also used by power.circuits[{index[c.name]}]",
+                    got=repr(c.name),
+                )
+            )
+        index.setdefault(c.name, i)
+    for i, c in enumerate(circuits):
+        if c.parent is not None and c.parent not in index:
+            issues.append(
+                ConfigIssue(
+                    f"power.circuits[{i}].parent", "no circuit of that name", got=repr(c.parent)
+                )
+            )
+            continue
+        seen, node = {c.name}, c.parent
+        while node is not None and node in index:
+            if node in seen:
+                issues.append(
+                    ConfigIssue(
+                        f"power.circuits[{i}].parent",
+                        f"a cycle: {c.name} hangs (through its parents) on itself",
+                        got=repr(c.parent),
+                    )
+                )
+                break
+            seen.add(node)
+            node = circuits[index[node]].parent
+    for i, rack in enumerate(config.racks):
+        if rack.circuit is None:
+            issues.append(
+                ConfigIssue(
+                    f"racks[{i}].circuit", "with power.circuits, every rack names its circuit"
+                )
+            )
+        elif rack.circuit not in index:
+            known = ", ".join(sorted(index))
+            issues.append(
+                ConfigIssue(
+                    f"racks[{i}].circuit",
+                    f"no circuit of that name (known: {known})",
+                    got=repr(rack.circuit),
+                )
+            )
     return issues
 
 

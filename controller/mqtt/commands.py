@@ -36,6 +36,8 @@ from paho.mqtt.properties import Properties
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import from_json
 
+from controller.charging import requests as power
+from controller.charging.gridcmds import GridCommands
 from controller.config.model import CommandsConfig
 from controller.errors import BrokerRefusedError, BusyError, NotConnectedError, RefusedError
 from controller.mqtt.link import MqttLink
@@ -106,6 +108,18 @@ class SetSlot(swap.SetSlot, Request):
     """Take a slot out of service (`enabled: false`) or back; kept across restarts."""
 
 
+class SetPowerLimit(power.SetPowerLimit, Request):
+    """Limit the station's charging power from a source until lifted, or for a while."""
+
+
+class ClearPowerLimit(power.ClearPowerLimit, Request):
+    """Lift the limit of a source set at run time."""
+
+
+class SetTariff(power.SetTariff, Request):
+    """Day-ahead prices over the configured time-of-use schedule."""
+
+
 class Ping(Request):
     """Answered `done` at once (with the station's clock)."""
 
@@ -121,6 +135,9 @@ COMMANDS: dict[str, type[Request]] = {
     "recover": Recover,
     "set_mode": SetMode,
     "set_slot": SetSlot,
+    "set_power_limit": SetPowerLimit,
+    "clear_power_limit": ClearPowerLimit,
+    "set_tariff": SetTariff,
     "ping": Ping,
     "republish": Republish,
 }
@@ -163,9 +180,11 @@ class CommandServer:
         config: CommandsConfig,
         *,
         republish: Callable[[], Awaitable[None]] | None = None,
+        grid: GridCommands | None = None,
     ) -> None:
         self.link = link
         self.seq = seq
+        self.grid = grid
         self.journal = journal
         self.config = config
         self.republish = republish
@@ -394,11 +413,15 @@ class CommandServer:
         return _reply(request.id, "done", "pong", result={"at": clocks.utcnow().isoformat()})
 
     async def _run(self, name: str, ident: str, request: BaseModel) -> CommandReply:
-        """Hand a request to the swap (by its type) and answer with its outcome."""
-        if not isinstance(request, swap.SwapRequest):
-            return _reply(ident, "unknown_command", f"{name} is not a request to the swap")
+        """Hand a request to the swap or the power management (by its type); answer its outcome."""
+        outcome: swap.Outcome | power.Outcome
         try:
-            outcome = await self.seq.submit(request)
+            if isinstance(request, power.PowerRequest) and self.grid is not None:
+                outcome = await self.grid.submit(request)
+            elif isinstance(request, swap.SwapRequest):
+                outcome = await self.seq.submit(request)
+            else:
+                return _reply(ident, "unknown_command", f"{name} is not served here")
         except BusyError as exc:
             return _reply(ident, "busy", str(exc))
         except RefusedError as exc:

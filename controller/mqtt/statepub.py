@@ -19,6 +19,9 @@ from pydantic import BaseModel, ConfigDict
 
 from controller.charging.control import SlotControl
 from controller.charging.forecast import TypeForecast
+from controller.charging.limits import PowerState
+from controller.charging.offer import FlexOffer
+from controller.charging.outlook import TypeOutlook
 from controller.errors import BrokerRefusedError, NotConnectedError
 from controller.mqtt.link import MqttLink
 from controller.plant.alarms import Alarm, Severity
@@ -70,6 +73,10 @@ class StationState(BaseModel):
     alarms: list[Alarm]
     packs_ready: dict[str, int]  # dispensable packs per type
     forecast: dict[str, TypeForecast]  # ready packs per type ahead (docs/power-management.md)
+    # With power.demand: ready packs ahead with the cars expected, and the flexibility offer.
+    outlook: dict[str, TypeOutlook] = {}
+    flex: FlexOffer | None = None
+    power: PowerState | None = None  # the limit in force, the source that binds, every source
     io: Literal["ok", "unknown"]  # station I/O trusted, or stale / unreachable
     updated_at: datetime
 
@@ -121,6 +128,9 @@ def station_state(seq: Sequencer, control: SlotControl, station_id: str) -> Stat
         packs_ready=seq.packs_ready(),
         forecast=control.forecast.types if control.forecast is not None else {},
         io="ok" if reading is not None else "unknown",
+        outlook=control.outlook,
+        flex=control.offer,
+        power=control.power_state(),
         updated_at=clock.utcnow(),
     )
 

@@ -108,7 +108,12 @@ class Station:
             self.control.ready_counts = self.sequencer.packs_ready
             self.state_publisher = StatePublisher(self.sequencer, self.control, journal, link)
             self.commands = CommandServer(
-                link, self.sequencer, journal, config.commands, republish=link.republish
+                link,
+                self.sequencer,
+                journal,
+                config.commands,
+                republish=link.republish,
+                grid=self.control.grid,
             )
 
     def _io_snapshot(self) -> IoSnapshot | None:
@@ -151,6 +156,7 @@ class Station:
     async def start(self) -> None:
         """Restore what the journal remembers."""
         await self.control.load()
+        await self.control.grid.load()
         if self.sequencer is not None:
             await self.sequencer.load()
 

@@ -186,6 +186,22 @@ MIGRATIONS: tuple[str, ...] = (
         since REAL NOT NULL
     ) STRICT;
     """,
+    """
+    -- Power limits set at run time (set_power_limit), one per source, until lifted or ended.
+    CREATE TABLE power_limits (
+        source TEXT PRIMARY KEY,
+        kw     REAL NOT NULL,
+        until  REAL,
+        set_at REAL NOT NULL,
+        by     TEXT
+    ) STRICT;
+    -- Day-ahead prices (set_tariff), per kWh, over the configured schedule.
+    CREATE TABLE tariff_prices (
+        start REAL PRIMARY KEY,
+        end   REAL NOT NULL,
+        price REAL NOT NULL
+    ) STRICT;
+    """,
 )
 
 

@@ -23,8 +23,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from controller.charging import control as control_module
 from controller.charging.control import SlotControl
+from controller.charging.limits import PowerLimits
 from controller.charging.power import allocate
 from controller.charging.setpoints import Rack
 from controller.config.model import StationConfig
@@ -378,8 +378,8 @@ def test_a_waiting_reason_survives_the_switch_from_a_budget_to_none() -> None:
     budget: list[float | None] = [100_000.0]
     cfg = station_config(grid_kw=100.0)
     s = TwoRacks(2, cfg)
-    original = control_module.__dict__["budget_w"]
-    control_module.__dict__["budget_w"] = lambda _cfg, _at: budget[0]
+    original = PowerLimits.__dict__["budget_w"]
+    PowerLimits.budget_w = lambda _self, _at: budget[0]  # type: ignore[method-assign, assignment]
     try:
         s.set_pack(1, "PK-1", soc=40.0)
         s.set_pack(4, "PK-4", soc=40.0, bms_current_max=0.5)  # takes < 1 A: waits
@@ -393,7 +393,7 @@ def test_a_waiting_reason_survives_the_switch_from_a_budget_to_none() -> None:
         s.step(racks=("a",))  # only rack a answers this period
         assert s.c.blockers(4) == want
     finally:
-        control_module.__dict__["budget_w"] = original
+        PowerLimits.budget_w = original  # type: ignore[method-assign]
         s.close()
 
 
@@ -469,8 +469,8 @@ def _published_or_unchanged(s: TwoRacks, published: dict[int, Any], script: Any)
 def test_two_racks_event_driven_equals_full_steps(script: list[tuple[Any, ...]]) -> None:
     """Two racks polled apart, budget switched on and off, operators: same chargers as full."""
     budget: list[float | None] = [None]
-    original = control_module.__dict__["budget_w"]
-    control_module.__dict__["budget_w"] = lambda _cfg, _at: budget[0]
+    original = PowerLimits.__dict__["budget_w"]
+    PowerLimits.budget_w = lambda _self, _at: budget[0]  # type: ignore[method-assign, assignment]
     cfg = station_config(grid_kw=100.0, min_on_s=5.0, min_off_s=5.0)
     ev, full = TwoRacks(2, cfg), TwoRacks(2, cfg)
     try:
@@ -507,7 +507,7 @@ def test_two_racks_event_driven_equals_full_steps(script: list[tuple[Any, ...]])
             alarms = {(a.scope, a.code) for a in ev.c.alarms.active()}
             assert alarms == {(a.scope, a.code) for a in full.c.alarms.active()}, script[: n + 1]
     finally:
-        control_module.__dict__["budget_w"] = original
+        PowerLimits.budget_w = original  # type: ignore[method-assign]
         ev.close()
         full.close()
 
@@ -578,8 +578,8 @@ def test_operator_commands_between_polls_act_without_a_poll() -> None:
 @pytest.mark.timeout(60)
 def test_merged_totals_equal_a_full_allocation_after_budget_switches() -> None:
     budget: list[float | None] = [None]
-    original = control_module.__dict__["budget_w"]
-    control_module.__dict__["budget_w"] = lambda _cfg, _at: budget[0]
+    original = PowerLimits.__dict__["budget_w"]
+    PowerLimits.budget_w = lambda _self, _at: budget[0]  # type: ignore[method-assign, assignment]
     s = TwoRacks(2, station_config(grid_kw=100.0))
     try:
         for slot, soc in ((1, 30.0), (2, 60.0), (3, 80.0)):
@@ -599,7 +599,7 @@ def test_merged_totals_equal_a_full_allocation_after_budget_switches() -> None:
                         assert a.limits_a == ref.limits_a
                         assert abs(a.bound_w - ref.bound_w) < 1e-6
     finally:
-        control_module.__dict__["budget_w"] = original
+        PowerLimits.budget_w = original  # type: ignore[method-assign]
         s.close()
 
 

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.charging.forecast import advance, forecast, ready_text
-from controller.charging.power import Demand, PowerModel, allocate, budget_w, derate, priority_order
+from controller.charging.limits import budget_w
+from controller.charging.power import Demand, PowerModel, allocate, derate, priority_order
 from controller.config.model import PowerConfig, StationConfig
 from simstation.charger import SimCharger, SimPack
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import math
 import os
 import random
 import threading
@@ -242,14 +243,17 @@ async def test_hostile_payloads_are_answered_and_never_run(
 # --- the schemas' own requests, and every invalid variant of them ---------------------------------
 
 
-def from_schema(node: dict[str, Any]) -> st.SearchStrategy[Any]:
+def from_schema(node: dict[str, Any], defs: dict[str, Any] | None = None) -> st.SearchStrategy[Any]:
     """Documents the published schema accepts (the subset of JSON Schema it uses).
 
     `reply_to` is left out: where a reply may go is more than its schema (a topic name,
     no wildcard, not the station's own tree), and it is tested on its own.
     """
+    defs = node.get("$defs", defs)
+    if "$ref" in node:
+        return from_schema((defs or {})[node["$ref"].rsplit("/", 1)[-1]], defs)
     if "anyOf" in node:
-        return st.one_of(*(from_schema(n) for n in node["anyOf"]))
+        return st.one_of(*(from_schema(n, defs) for n in node["anyOf"]))
     if "enum" in node:
         return st.sampled_from(node["enum"])
     kind = node.get("type")
@@ -257,8 +261,8 @@ def from_schema(node: dict[str, Any]) -> st.SearchStrategy[Any]:
         props = {k: v for k, v in node["properties"].items() if k != "reply_to"}
         required = set(node.get("required", ()))
         return st.fixed_dictionaries(
-            {k: from_schema(v) for k, v in props.items() if k in required},
-            optional={k: from_schema(v) for k, v in props.items() if k not in required},
+            {k: from_schema(v, defs) for k, v in props.items() if k in required},
+            optional={k: from_schema(v, defs) for k, v in props.items() if k not in required},
         )
     if kind == "string":
         if node.get("format") == "date-time":
@@ -274,6 +278,22 @@ def from_schema(node: dict[str, Any]) -> st.SearchStrategy[Any]:
         )
     if kind == "integer":
         return st.integers(node.get("minimum"), node.get("maximum"))
+    if kind == "number":
+        low, high = node.get("minimum"), node.get("maximum")
+        above = node.get("exclusiveMinimum")
+        numbers = st.floats(
+            low if above is None else above, high, exclude_min=above is not None,
+            allow_nan=False, allow_infinity=False,
+        )  # fmt: skip
+        return numbers | st.integers(
+            None if low is None else math.ceil(low), None if high is None else math.floor(high)
+        ).filter(lambda n: above is None or n > above)
+    if kind == "array":
+        return st.lists(
+            from_schema(node["items"], defs),
+            min_size=node.get("minItems", 0),
+            max_size=min(node.get("maxItems", 5), 5),
+        )
     if kind == "boolean":
         return st.booleans()
     if kind == "null":

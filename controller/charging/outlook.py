@@ -1,0 +1,174 @@
+"""The demand-aware forecast: ready packs ahead, given the cars expected, with a band.
+
+The ready-pack forecast (forecast.py) says when each charging pack reaches the dispense SoC
+with nobody arriving. Here the cars come too: `power.demand.arrivals_per_hour` times the type's
+share of the cars (`pack_mix`), served at most one per `swap_s` by the one bay (its capacity
+shared by type as the cars are). Minute by minute a distribution is carried over
+`n = ready packs - cars waiting for one`: a pack getting ready adds one, a car served takes
+one (Poisson arrivals), and a car that waits finds nothing leaves after `max_wait_min` on
+average (turned away). The expected ready packs are `E[max(n, 0)]`, the band its 10th and
+90th percentiles. Pure: no I/O, a few milliseconds per type (docs/power-management.md).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+
+from pydantic import BaseModel, ConfigDict
+
+from controller.config.power import DemandConfig
+
+QUEUE_MAX = 12  # cars waiting at most in the model (more: turned away at once)
+TAIL = 1e-5  # Poisson terms below this are left out (their mass goes to the last kept)
+BAND = (0.1, 0.9)
+
+
+class TypeOutlook(BaseModel):
+    """One pack type's ready packs ahead with the cars expected ("5", "15", ... minutes)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    expected: dict[str, float]  # mean ready packs then
+    low: dict[str, int]  # 10th percentile
+    high: dict[str, int]  # 90th percentile
+    cars: dict[str, float]  # cars expected by then
+    turned_away: dict[str, float]  # cars expected to leave without a pack by then
+    below_floor: dict[str, float]  # expected packs short of min_ready then
+
+
+def arrival_rates(
+    cfg: DemandConfig, pack_type: str, types: Sequence[str], at: datetime, minutes: int
+) -> list[float]:
+    """Cars of `pack_type` expected in each of the next `minutes` minutes (local time `at`).
+
+    Capped at the bay's share: with a queue the bay serves one car per `swap_s`.
+    """
+    share = pack_share(cfg, pack_type, types)
+    bay = 60.0 / cfg.swap_s * share
+    out = []
+    for m in range(minutes):
+        hour = (at + timedelta(minutes=m)).hour
+        out.append(min(cfg.arrivals_per_hour[hour] / 60.0 * share, bay))
+    return out
+
+
+def pack_share(cfg: DemandConfig, pack_type: str, types: Sequence[str]) -> float:
+    """The share of the cars that bring `pack_type` (the mix given, else even over `types`)."""
+    if cfg.pack_mix:
+        total = sum(cfg.pack_mix.values())
+        return cfg.pack_mix.get(pack_type, 0.0) / total if total > 0 else 0.0
+    return 1.0 / max(1, len(types))
+
+
+def outlook(
+    ready_now: int,
+    supply_s: Sequence[float],
+    rates: Sequence[float],
+    *,
+    max_wait_min: float,
+    floor: int = 0,
+    horizons: Sequence[int] = (5, 15, 30, 60),
+) -> TypeOutlook:
+    """The distribution of ready packs carried minute by minute over `max(horizons)` minutes."""
+    top = ready_now + len(supply_s)
+    size = top + QUEUE_MAX + 1
+    dist = [0.0] * size  # index i: n = i - QUEUE_MAX
+    dist[ready_now + QUEUE_MAX] = 1.0
+    supply = [0] * (max(horizons) + 1)
+    for s in supply_s:
+        m = int(s // 60.0)
+        if m < len(supply):
+            supply[m] += 1
+    keep: dict[str, tuple[float, int, int, float, float, float]] = {}
+    cars = turned = 0.0
+    leave = 1.0 / max_wait_min
+    for minute in range(max(horizons)):
+        if supply[minute]:
+            k = supply[minute]
+            dist = [0.0] * k + dist[: size - k]  # n grows by the packs getting ready
+        lam = rates[minute] if minute < len(rates) else 0.0
+        cars += lam
+        if lam > 0:
+            dist, lost = _arrive(dist, lam)
+            turned += lost
+        # A car waiting in vain leaves after max_wait_min on average (the first of the queue).
+        moved = [0.0] * size
+        for i, p in enumerate(dist):
+            if i < QUEUE_MAX and p:
+                go = min(1.0, (QUEUE_MAX - i) * leave)
+                moved[i] += p * (1 - go)
+                moved[i + 1] += p * go
+                turned += p * go
+            else:
+                moved[i] += p
+        dist = moved
+        if minute + 1 in horizons:
+            keep[str(minute + 1)] = (*_ready_stats(dist, floor), cars, turned)
+    return TypeOutlook(
+        expected={h: round(v[0], 2) for h, v in keep.items()},
+        low={h: v[1] for h, v in keep.items()},
+        high={h: v[2] for h, v in keep.items()},
+        below_floor={h: round(v[3], 2) for h, v in keep.items()},
+        cars={h: round(v[4], 2) for h, v in keep.items()},
+        turned_away={h: round(v[5], 3) for h, v in keep.items()},
+    )
+
+
+def _arrive(dist: list[float], lam: float) -> tuple[list[float], float]:
+    """Poisson(lam) cars take a pack each (or wait); beyond the queue's end they leave."""
+    terms = [math.exp(-lam)]
+    while terms[-1] > TAIL and len(terms) < 30:
+        terms.append(terms[-1] * lam / len(terms))
+    terms[-1] += max(0.0, 1.0 - sum(terms))
+    out = [0.0] * len(dist)
+    lost = 0.0
+    for i, p in enumerate(dist):
+        if not p:
+            continue
+        for k, w in enumerate(terms):
+            j = i - k
+            if j < 0:
+                out[0] += p * w
+                lost += p * w * -j
+            else:
+                out[j] += p * w
+    return out, lost
+
+
+def _ready_stats(dist: Sequence[float], floor: int) -> tuple[float, int, int, float]:
+    """E[ready], its 10th and 90th percentiles, E[packs short of `floor`]."""
+    mean = short = 0.0
+    acc = 0.0
+    low = high = -1
+    for i, p in enumerate(dist):
+        ready = max(0, i - QUEUE_MAX)
+        mean += p * ready
+        short += p * max(0, floor - ready)
+        acc += p
+        if low < 0 and acc >= BAND[0]:
+            low = ready
+        if high < 0 and acc >= BAND[1] - 1e-9:
+            high = ready
+    return mean, max(0, low), max(0, high), short
+
+
+def outlooks(  # noqa: PLR0917 - the inputs of one computation, as the forecast's
+    cfg: DemandConfig, supply: Mapping[str, Sequence[float]], ready_now: Mapping[str, int],
+    min_ready: Mapping[str, int], at: datetime, horizons: Sequence[int] = (5, 15, 30, 60),
+) -> dict[str, TypeOutlook]:  # fmt: skip
+    """Every type's outlook (the types known: ready, charging, in the mix or the floor)."""
+    types = sorted(set(ready_now) | set(supply) | set(cfg.pack_mix) | set(min_ready))
+    types = [t for t in types if t]
+    return {
+        t: outlook(
+            ready_now.get(t, 0),
+            supply.get(t, ()),
+            arrival_rates(cfg, t, types, at, max(horizons)),
+            max_wait_min=cfg.max_wait_min,
+            floor=min_ready.get(t, 0),
+            horizons=horizons,
+        )
+        for t in types
+    }
