@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller.swap.phase import Phase
-from simstation.report import AlarmEntry, FaultEntry, LifeSample, RecordCheck, Sample
+from simstation.report import (
+    AlarmEntry,
+    FaultEntry,
+    GridEventResult,
+    LifeSample,
+    RecordCheck,
+    Sample,
+)
 from simstation.station import SimStation
 from simstation.traffic import Fleet
 
@@ -49,6 +56,10 @@ class Recorder:
     log: list[str] = field(default_factory=list)  # fleet.log's lines, written at the end
     _held: dict[str, int] = field(default_factory=dict)  # records already counted, per kind
     _held_bytes: int = 0
+    prices: list[float] | None = None  # the tariff's price of every minute of the day
+    grid_events: list[GridEventResult] = field(default_factory=list)
+    cost: float = 0.0  # the energy's price, summed at every physics step
+    energy_by_hour: dict[int, float] = field(default_factory=dict)  # hour since midnight -> kWh
     overrun_max_s: float = 0.0  # wall time: the latest the run's own timer woke (loop lag)
     overruns: int = 0  # wall time: wake-ups later than OVERRUN_S
 
@@ -105,7 +116,13 @@ class Recorder:
         last = self.rack_t.get(rack)
         self.rack_t[rack] = sim_now
         if self.counting and last is not None:
-            self.energy_kwh += self.rack_w.get(rack, 0.0) * (sim_now - last) / 3.6e6
+            kwh = self.rack_w.get(rack, 0.0) * (sim_now - last) / 3.6e6
+            self.energy_kwh += kwh
+            day_s = self.fleet.now()  # since the simulated day's midnight (the step's end)
+            hour = int(day_s // 3600)
+            self.energy_by_hour[hour] = self.energy_by_hour.get(hour, 0.0) + kwh
+            if self.prices is not None:
+                self.cost += kwh * self.prices[int(day_s // 60) % 1440]
         self.rack_w[rack] = power_w
         if self.counting:
             self.peak_w = max(self.peak_w, sum(self.rack_w.values()))
@@ -183,6 +200,7 @@ async def sample_minutes(rec: Recorder, fleet: Fleet, sim: SimStation, end_s: fl
     while t < end_s:
         state = fleet._state or {}  # noqa: SLF001
         ready = state.get("packs_ready") or {}
+        power = state.get("power") or {}
         rec.samples.append(
             Sample(
                 t_s=round(t, 1),
@@ -191,6 +209,15 @@ async def sample_minutes(rec: Recorder, fleet: Fleet, sim: SimStation, end_s: fl
                 ready={str(k): int(v) for k, v in ready.items()},
                 queue=len(fleet.queue),
                 phase=str(state.get("phase", "?")),
+                forecast={
+                    str(k): {h: int(n) for h, n in (v.get("ready_in_min") or {}).items()}
+                    for k, v in (state.get("forecast") or {}).items()
+                },
+                outlook={
+                    str(k): {h: float(n) for h, n in (v.get("expected") or {}).items()}
+                    for k, v in (state.get("outlook") or {}).items()
+                },
+                binding=power.get("binding"),
             )
         )
         t += SAMPLE_EVERY_S

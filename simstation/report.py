@@ -102,6 +102,12 @@ class Sample(Model):
     ready: dict[str, int]  # dispensable packs per type (the station's own `packs_ready`)
     queue: int  # cars waiting (not yet authorised)
     phase: str  # the station's swap phase
+    # The station's forecasts then, per type: ready packs at +5..60 min with nobody arriving
+    # (`forecast`) and with the cars expected (`outlook`, the demand-aware one), and the
+    # source of the power limit that bound.
+    forecast: dict[str, dict[str, int]] = Field(default_factory=dict)
+    outlook: dict[str, dict[str, float]] = Field(default_factory=dict)
+    binding: str | None = None
 
 
 class AlarmEntry(Model):
@@ -151,6 +157,30 @@ class BayStat(Model):
     records: RecordCheck | None = None
 
 
+class ForecastCheck(Model):
+    """A forecast against what was ready later: its error over the run, busy or quiet hours."""
+
+    forecast: Literal["static", "demand"]  # `forecast` (nobody arriving) or `outlook`
+    horizon_min: int
+    hours: Literal["busy", "quiet"]  # busy: the profile expects at least its mean an hour
+    n: int
+    mae: float  # mean absolute error, packs
+    bias: float  # mean of forecast - actual, packs
+    within_one: float  # share within one pack
+
+
+class GridEventResult(Model):
+    """A grid operator's limit: what the station answered, and its predicted cost."""
+
+    t_s: float
+    limit_kw: float
+    duration_min: float
+    code: str | None  # the reply's (None: unanswered)
+    message: str = ""
+    predicted_turned_away: float | None = None
+    predicted_below_floor: float | None = None
+
+
 class Report(Model):
     """Everything a simulated day came to."""
 
@@ -178,6 +208,13 @@ class Report(Model):
     alarms: list[AlarmEntry] = Field(default_factory=list)
     faults: list[FaultEntry] = Field(default_factory=list)
     energy_kwh: float = 0.0
+    energy_by_hour: list[float] = Field(default_factory=list)  # kWh in each hour of the run
+    energy_cost: float | None = None  # at the tariff's prices (None: no tariff)
+    cost_per_swap: float | None = None
+    currency: str | None = None
+    binding_by_hour: list[str] = Field(default_factory=list)  # the limit that bound, per hour
+    forecast_check: list[ForecastCheck] = Field(default_factory=list)
+    grid_events: list[GridEventResult] = Field(default_factory=list)
     peak_grid_kw: float = 0.0
     # The machine while it ran: its 1-minute load average at the start, the highest seen, at
     # the end, and its cores (a loaded machine delays a wall-clock-scaled run's round trips).

@@ -7,6 +7,7 @@ is the few lines a terminal shows.
 
 from __future__ import annotations
 
+import collections
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -15,6 +16,7 @@ from typing import Protocol
 
 from controller.swap.phase import Phase
 from simstation.charger import CHARGE_V
+from simstation.forecastcheck import check_forecasts
 from simstation.recorder import OVERRUN_S, Recorder
 from simstation.report import (
     BayStat,
@@ -124,6 +126,20 @@ def build_report(
         alarms=rec.alarms,
         faults=sorted(rec.faults, key=lambda f: f.t_s),
         energy_kwh=round(rec.energy_kwh, 1),
+        energy_by_hour=[
+            round(rec.energy_by_hour.get(h, 0.0), 2)
+            for h in range(int(sc.start_s // 3600), int(-(-end_s // 3600)))
+        ],
+        energy_cost=None if rec.prices is None else round(rec.cost, 2),
+        cost_per_swap=(
+            None
+            if rec.prices is None or not count["served"]
+            else round(rec.cost / count["served"], 3)
+        ),
+        currency=None if st.tariff is None else st.tariff.currency,
+        binding_by_hour=binding_by_hour(rec.samples, sc.start_s, end_s),
+        forecast_check=check_forecasts(rec.samples, loaded.expected_per_hour()),
+        grid_events=list(rec.grid_events),
         peak_grid_kw=round(rec.peak_w / 1000.0, 1),
         load=[round(x, 2) for x in rec.load],
         cores=os.cpu_count() or 0,
@@ -133,6 +149,17 @@ def build_report(
         overrun_max_s=round(rec.overrun_max_s, 3),
         overruns=rec.overruns,
     )
+
+
+def binding_by_hour(samples: Sequence[Sample], start_s: float, end_s: float) -> list[str]:
+    """Per hour of the run, the limit source the station named most often ("none": no limit)."""
+    out: list[str] = []
+    for h in range(int(start_s // 3600), int(-(-end_s // 3600))):
+        seen = collections.Counter(
+            s.binding or "none" for s in samples if h * 3600 <= s.t_s < (h + 1) * 3600
+        )
+        out.append(seen.most_common(1)[0][0] if seen else "none")
+    return out
 
 
 def merge_bays(

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from controller.config.loader import _message, _show, _suggest
 from controller.config.model import NumbersNotBools
+from controller.config.power import TariffConfig
 from controller.config.toml import read_toml
 from controller.errors import ConfigError, ConfigIssue
 from drivers.errors import format_loc
@@ -42,6 +43,17 @@ Minutes = Annotated[float, Field(gt=0, le=2880)]
 PackType = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")]
 
 
+class SimCircuit(Model):
+    """A circuit between the grid connection and some of the simulated racks."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    parent: str | None = None
+    limit_kw: float = Field(gt=0, le=100_000)
+    racks: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=list, description="1 = the first simulated rack"
+    )
+
+
 class StationSpec(Model):
     """The simulated station and its controller's power settings."""
 
@@ -52,8 +64,15 @@ class StationSpec(Model):
     charger_max_a: float = Field(default=150.0, gt=0, le=600)
     grid_limit_kw: float | None = Field(default=None, gt=0, le=100_000)
     safety_margin_kw: float = Field(default=0.0, ge=0, le=100_000)
-    policy: Literal["demand", "equal"] = "demand"
+    policy: Literal["demand", "equal", "cost"] = "demand"
     min_ready: dict[PackType, Annotated[int, Field(ge=0, le=100)]] = Field(default_factory=dict)
+    # A time-of-use tariff (the report prices the energy with it; the cost policy plans by it).
+    tariff: TariffConfig | None = None
+    circuits: list[SimCircuit] = Field(default_factory=list, max_length=64)
+    # The daemon is told the scenario's expected arrivals per hour ([power.demand]): the
+    # demand-aware forecast, the cost policy and the flexibility offer use them.
+    demand_profile: bool = True
+    swap_s: float = Field(default=240.0, gt=0, le=3600, description="the daemon's bay time")
     min_dispense_soc: float = Field(default=90.0, ge=10, le=100)
     # kWh of a pack type (beside the known STD75 and LR100; any other type is 75 kWh).
     pack_kwh: dict[PackType, Annotated[float, Field(gt=0, le=1000)]] = Field(default_factory=dict)
@@ -184,6 +203,22 @@ class FaultRate(Model):
     duration_min: Minutes | None = None
 
 
+class GridEvent(Model):
+    """A limit from the grid operator at `at_h` for `duration_min` (set_power_limit over MQTT)."""
+
+    at_h: Hour
+    duration_min: Minutes
+    kw: float | None = Field(default=None, ge=0, le=100_000)
+    share: float | None = Field(default=None, ge=0, le=1, description="of grid_limit_kw")
+    source: str = Field(default="grid_operator", pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+
+    @model_validator(mode="after")
+    def _one_size(self) -> GridEvent:
+        if (self.kw is None) == (self.share is None):
+            raise ValueError("give kw or share (of station.grid_limit_kw), one of them")
+        return self
+
+
 class Operator(Model):
     """The simulated operator: resets a swap fault (or E-stop) this long after it stopped."""
 
@@ -209,6 +244,7 @@ class Scenario(Model):
     operator: Operator = Operator()
     faults: list[Fault] = Field(default_factory=list, max_length=1000)
     fault_rates: list[FaultRate] = Field(default_factory=list, max_length=20)
+    grid_events: list[GridEvent] = Field(default_factory=list, max_length=100)
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:
@@ -225,6 +261,10 @@ class Scenario(Model):
             )
         if not any(mix.values()):
             raise ValueError("pack_mix: at least one pack type must have a weight > 0")
+        if self.station.policy == "cost" and self.station.tariff is None:
+            raise ValueError("station.policy 'cost' needs station.tariff")
+        if any(e.share is not None for e in self.grid_events) and not self.station.grid_limit_kw:
+            raise ValueError("grid_events: a share needs station.grid_limit_kw")
         return self
 
     @property
@@ -250,6 +290,20 @@ class LoadedScenario:
     def __init__(self, scenario: Scenario, path: Path) -> None:
         self.scenario = scenario
         self.path = path
+
+    def expected_per_hour(self) -> list[float]:
+        """The cars expected in each hour of the day (what the daemon is told as its profile).
+
+        Poisson: the scenario's own rates. A recorded day: the sample days' profile scaled to
+        the day's count (a station knows its usual day, not the day to come).
+        """
+        spec = self.scenario.arrivals
+        if isinstance(spec, PoissonArrivals):
+            weights, total = list(spec.hourly), spec.per_day
+        else:
+            weights, total = list(URBAN_PROFILE), float(len(read_day(self.arrivals_path())))
+        scale = total / sum(weights)
+        return [round(w * scale, 3) for w in weights]
 
     def arrivals_path(self) -> Path:
         """The arrivals file: relative to the scenario, or a shipped sample day."""

@@ -28,6 +28,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from controller.charging.tariff import minute_prices
 from controller.errors import ConfigError
 from controller.store.journal import FILENAME as JOURNAL_FILE
 from controller.swap.phase import Phase
@@ -44,6 +45,7 @@ from simstation.paths import scenario as shipped_or_path
 from simstation.recorder import OVERRUN_S, Recorder, SitePower, sample_minutes, tick_hook
 from simstation.report import (
     FaultEntry,
+    GridEventResult,
     LifeSample,
     RecordCheck,
     Report,
@@ -417,6 +419,34 @@ def rack_specs(
     return specs
 
 
+def _grid_sections(
+    loaded: LoadedScenario, power: dict[str, Any], racks: list[dict[str, Any]]
+) -> None:
+    """The scenario's tariff, circuits and arrival profile, into the daemon's `[power]`."""
+    sc = loaded.scenario
+    st = sc.station
+    if st.tariff is not None:
+        power["tariff"] = st.tariff.model_dump(exclude_none=True, mode="json")
+    if st.demand_profile:
+        mix = sc.mix()
+        total = sum(mix.values())
+        power["demand"] = {
+            "arrivals_per_hour": loaded.expected_per_hour(),
+            "pack_mix": {k: round(v / total, 4) for k, v in mix.items()},
+            "swap_s": st.swap_s,
+            "max_wait_min": sc.max_wait_min,
+        }
+    if st.circuits:
+        power["circuits"] = [
+            {"name": c.name, "limit_kw": c.limit_kw} | ({"parent": c.parent} if c.parent else {})
+            for c in st.circuits
+        ]
+        for c in st.circuits:
+            for n in c.racks:
+                if n <= len(racks):
+                    racks[n - 1]["circuit"] = c.name
+
+
 def daemon_config(
     loaded: LoadedScenario,
     sim: SimStation,
@@ -475,6 +505,7 @@ def daemon_config(
     io.update(poll_period_s=io_poll_s, timeout_max_s=0.05, heartbeat_timeout_s=0.5)
     if evaluate_every_s is not None:
         data.setdefault("swap", {})["evaluate_every_s"] = evaluate_every_s
+    _grid_sections(loaded, data["power"], data.get("racks", []))
     sim.write_toml(data, work / "station.toml")
     return str(work / "station.toml")
 
@@ -570,7 +601,8 @@ async def _start_lane(site: _Site, bay: int, specs: list[SimRackSpec]) -> _Lane:
         ),
         dispatch=site.dispatch, bay=bay,
     )  # fmt: skip
-    rec = Recorder(fleet, log=log)
+    tariff = sc.station.tariff
+    rec = Recorder(fleet, log=log, prices=None if tariff is None else minute_prices(tariff))
     fleet.on_event.append(rec.on_event)
     for name, rack in sim.racks.items():
         rack.on_tick.append(tick_hook(rec, name, rack, site.power if bays > 1 else None))
@@ -622,13 +654,19 @@ async def _run(
             )
             for ln in lanes
         ]
-        # The scenario's faults happen at the first bay.
+        # The scenario's faults and grid events happen at the first bay.
         first = lanes[0]
         tasks.append(
             asyncio.create_task(
                 _inject(loaded, first.rec, first.fleet, first.sim, rng), name="faults"
             )
         )
+        if sc.grid_events:
+            tasks.append(
+                asyncio.create_task(
+                    _grid_events(loaded, first.rec, first.fleet, first.sim), name="grid-events"
+                )
+            )
         site.power.counting = True
         for lane in lanes:
             lane.rec.counting = True
@@ -839,6 +877,47 @@ async def _until_ready(
                 f" {fleet._status}, state {state}"  # noqa: SLF001
             )
         await asyncio.sleep(0.05)
+
+
+# --- grid events ---------------------------------------------------------------------------------
+
+
+async def _grid_events(
+    loaded: LoadedScenario, rec: Recorder, fleet: Fleet, sim: SimStation
+) -> None:
+    """Each grid event at its time: `set_power_limit` over MQTT, as a grid operator would."""
+    sc = loaded.scenario
+    grid = sc.station.grid_limit_kw or 0.0
+    for n, event in enumerate(sorted(sc.grid_events, key=lambda e: e.at_h), 1):
+        at = event.at_h * 3600.0
+        if at < sc.start_s:
+            continue
+        await asyncio.sleep(max(0.0, sim.clock.real(at - fleet.now())))
+        kw = event.kw if event.kw is not None else round(grid * (event.share or 0.0), 1)
+        body = {
+            "id": f"grid-{n}-{int(at)}",
+            "source": event.source,
+            "kw": kw,
+            "duration_s": event.duration_min * 60.0,
+            "by": "simulated grid operator",
+        }
+        reply = await fleet.command("set_power_limit", body)
+        result = (reply or {}).get("result") or {}
+        predicted = result.get("predicted") or {}
+        rec.grid_events.append(
+            GridEventResult(
+                t_s=round(fleet.now(), 1),
+                limit_kw=kw,
+                duration_min=event.duration_min,
+                code=None if reply is None else str(reply.get("code")),
+                message=str((reply or {}).get("message", "")),
+                predicted_turned_away=predicted.get("turned_away"),
+                predicted_below_floor=predicted.get("below_floor"),
+            )
+        )
+        rec.faults.append(
+            FaultEntry(t_s=round(fleet.now(), 1), what=f"grid: {event.source} limit {kw:g} kW")
+        )
 
 
 # --- faults --------------------------------------------------------------------------------------

@@ -138,6 +138,7 @@ class Traffic:
         # Called with every event (`<root>/events`, parsed) and every new state, as they come.
         self.on_event: list[Callable[[dict[str, Any]], None]] = []
         self.on_state: list[Callable[[dict[str, Any]], None]] = []
+        self._session_client: aiomqtt.Client | None = None  # while connected
 
     # --- the connection ------------------------------------------------------------------------
 
@@ -178,7 +179,15 @@ class Traffic:
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
 
+    async def command(self, name: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """Send a command over the fleet's connection; its reply (None: not connected, none)."""
+        client = self._session_client
+        if client is None:
+            return None
+        return await self._request(client, name, body)
+
     async def _session(self, client: aiomqtt.Client) -> None:
+        self._session_client = client
         for topic in (self.reply_topic, *(f"{self.root}/{t}" for t in ("status", "state"))):
             await client.subscribe(topic, qos=1)
         await client.subscribe(f"{self.root}/events", qos=1)
@@ -187,6 +196,7 @@ class Traffic:
         try:
             done, _ = await asyncio.wait({reader, driver}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self._session_client = None
             for task in (reader, driver):
                 task.cancel()
             await asyncio.gather(reader, driver, return_exceptions=True)

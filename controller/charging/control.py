@@ -29,13 +29,11 @@ from datetime import UTC, datetime
 
 from controller.charging.circuits import tree_of
 from controller.charging.forecast import Forecast, forecast
+from controller.charging.foresight import Foresight
 from controller.charging.gridcmds import GridCommands
 from controller.charging.latches import Latch, latch, report, restore
 from controller.charging.limits import PowerLimits, PowerState
-from controller.charging.offer import FlexOffer, Inputs, OfferCheck, build_offer, cost, judge
 from controller.charging.operator import OperatorCommands
-from controller.charging.outlook import TypeOutlook, outlooks
-from controller.charging.plan import plan_deferred
 from controller.charging.power import Allocation, Demand, PowerModel, allocate
 from controller.charging.setpoints import (
     LIMIT_TOLERANCE_A,
@@ -61,7 +59,6 @@ _log = logging.getLogger(__name__)
 
 MIN_RESTEP_S = 0.1  # a slot's next deadline is at least this far ahead
 
-OFFER_EVERY_S = 300.0  # the flexibility offer is made again this often
 PLAN_EVERY_S = 60.0  # the forecast (and the cost plan) at least this often, changed or not
 STARTS_BUDGET_S = 1.0  # the starts of one step, all racks in parallel: at most this long
 NOT_APPLIED = "setpoint_not_applied"
@@ -104,7 +101,6 @@ class SlotControl:
         self.limits = PowerLimits(config.power)
         self.tariff = Tariff(config.power.tariff)
         self.tree = tree_of(config)
-        self.deferred: dict[int, str] = {}  # slots the cost policy holds back now, and why
         self._ended: list[str] = []  # run-time limits that ended, to journal
         self.allocation = Allocation({}, None, 0.0, 0.0)
         self._demands: dict[int, Demand] = {}
@@ -113,9 +109,6 @@ class SlotControl:
         self._allocated_w: dict[int, float] = {}
         self.demands_changed = 0  # counts changes of any slot's demand (the forecast's input)
         self.forecast: Forecast | None = None
-        self.outlook: dict[str, TypeOutlook] = {}  # the demand-aware forecast (power.demand)
-        self.offer: FlexOffer | None = None
-        self._offer_at: float | None = None  # the station's clock at the last offer
         self.on_forecast: Callable[[], None] = lambda: None
         # Packs dispensable now per type (set by the station: the dispense policy decides).
         self.ready_counts: Callable[[], dict[str, int]] = dict
@@ -134,6 +127,7 @@ class SlotControl:
         )
         self.operator = OperatorCommands(self)
         self.grid = GridCommands(self)
+        self.foresight = Foresight(self)
 
     @property
     def demands(self) -> list[Demand]:
@@ -157,32 +151,6 @@ class SlotControl:
         state = self.limits.state(at)
         price = self.tariff.price_at(at)
         return state if price is None else state.model_copy(update={"price": price[0]})
-
-    async def assess_limit(self, kw: float, duration_s: float) -> OfferCheck:
-        """What a limit of `kw` for `duration_s` would cost, and whether the offer covers it."""
-        inputs = self._inputs()
-        if inputs is None:
-            return OfferCheck(True, None, "no power.demand profile: the cost is not predicted")
-        step = await asyncio.to_thread(cost, inputs, kw, duration_s)
-        return judge(step)
-
-    def _inputs(self) -> Inputs | None:
-        """A snapshot of what the outlook, the plan and the offer are computed from."""
-        cfg = self.config.power
-        if cfg.demand is None:
-            return None
-        alloc = self.allocation
-        return Inputs(
-            model=self.power,
-            demands=list(self.demands),
-            budget_w=alloc.budget_w,
-            ready=self.ready_counts(),
-            demand=cfg.demand,
-            min_ready=dict(cfg.min_ready),
-            at=clocks.localnow(),
-            margin_w=cfg.safety_margin_kw * 1000.0,
-            draw_kw=alloc.bound_w / 1000.0,
-        )
 
     # --- inputs ------------------------------------------------------------------------------
 
@@ -359,6 +327,7 @@ class SlotControl:
         refusals = self.safety.causes(now)
         for view in measured:
             self.safety.observe(view.slot, now)
+            self.foresight.note_returned(view)
             r = view.fresh
             if r is not None and r.status == SlotStatus.FULL and r.pack_serial:
                 self._complete[view.slot] = r.pack_serial
@@ -471,7 +440,7 @@ class SlotControl:
             ready_now=self.ready_counts() if budget is not None else {},
             min_ready=cfg.min_ready,
             tree=self.tree,
-            deferred=self.deferred if cfg.policy == "cost" else None,
+            deferred=self.foresight.deferred if cfg.policy == "cost" else None,
         )
         after = self.allocation
         return {
@@ -531,7 +500,7 @@ class SlotControl:
             # a disabled slot on an idle pack): counted every period, O(slots).
             inputs = (self.demands_changed, self.allocation.budget_w, self.ready_counts())
             now = self.clock()
-            if inputs != last or (self._demand_aware and now - last_at >= PLAN_EVERY_S):
+            if inputs != last or (self.foresight.active and now - last_at >= PLAN_EVERY_S):
                 last, last_at = inputs, now
                 await self.update_forecast()
             await asyncio.sleep(self.config.power.forecast_every_s)
@@ -539,49 +508,14 @@ class SlotControl:
     async def update_forecast(self) -> Forecast:
         """The forecast from the latest allocation (computed on a worker thread).
 
-        With `power.demand`: the demand-aware outlook too, the cost policy's plan, and every
-        `OFFER_EVERY_S` the flexibility offer.
+        With `power.demand`, the foresight follows it (the outlook, the plan, the offer).
         """
         demands, budget, ready = list(self.demands), self.allocation.budget_w, self.ready_counts()
         fc = await asyncio.to_thread(forecast, self.power, demands, budget, ready)
         self.forecast = fc
-        inputs = self._inputs()
-        if inputs is not None:
-            self.outlook = await asyncio.to_thread(
-                outlooks, inputs.demand, fc.supply_s, ready, inputs.min_ready, inputs.at
-            )
-            await self._replan(inputs)
-            now = self.clock()
-            if self._offer_at is None or now - self._offer_at >= OFFER_EVERY_S:
-                self._offer_at = now
-                self.offer = await asyncio.to_thread(build_offer, inputs)
+        await self.foresight.update(fc)
         self.on_forecast()
         return fc
-
-    async def _replan(self, inputs: Inputs) -> None:
-        """The cost policy: which slots wait for a cheaper hour; shared again if that moved."""
-        cfg = self.config.power
-        if cfg.policy != "cost":
-            return
-        deferred = await asyncio.to_thread(
-            plan_deferred,
-            inputs.demands,
-            budget_w=inputs.budget_w,
-            ready_now=inputs.ready,
-            demand=inputs.demand,
-            min_ready=inputs.min_ready,
-            tariff=self.tariff,
-            at=inputs.at,
-            horizon_h=cfg.plan_horizon_h,
-            ready_soc=self.config.swap.min_dispense_soc,
-        )
-        if deferred != self.deferred:
-            self.deferred = deferred
-            self.touch(*self.book.slots)
-
-    @property
-    def _demand_aware(self) -> bool:
-        return self.config.power.demand is not None
 
     def _held_on(self, demand: Demand, now: float) -> Demand:
         """A charger switched on less than `min_on_s` ago keeps at least the minimum current.

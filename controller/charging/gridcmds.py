@@ -88,7 +88,7 @@ class GridCommands:
             raise RefusedError(
                 f"{MAX_RUNTIME_SOURCES} sources already hold a limit: clear one first"
             )
-        offer = await c.assess_limit(request.kw, (until or now + 3600.0) - now)
+        offer = await c.foresight.assess_limit(request.kw, (until or now + 3600.0) - now)
         if request.if_within_offer and not offer.within:
             raise RefusedError(f"outside the flexibility offer: {offer.text}")
         limit = RunLimit(request.source, request.kw, until, now, request.by)

@@ -73,6 +73,8 @@ class Inputs:
     at: datetime
     margin_w: float
     draw_kw: float  # the chargers' draw now (as budgeted: amps x BMS voltage limit)
+    kernels: Mapping[str, Sequence[float]]  # per type: returned packs ready by minute
+    waiting: Mapping[str, int]  # per type: cars refused lately for want of a pack
 
 
 def cost(inputs: Inputs, limit_kw: float, seconds: float) -> OfferStep:

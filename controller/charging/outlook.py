@@ -2,12 +2,14 @@
 
 The ready-pack forecast (forecast.py) says when each charging pack reaches the dispense SoC
 with nobody arriving. Here the cars come too: `power.demand.arrivals_per_hour` times the type's
-share of the cars (`pack_mix`), served at most one per `swap_s` by the one bay (its capacity
-shared by type as the cars are). Minute by minute a distribution is carried over
-`n = ready packs - cars waiting for one`: a pack getting ready adds one, a car served takes
-one (Poisson arrivals), and a car that waits finds nothing leaves after `max_wait_min` on
-average (turned away). The expected ready packs are `E[max(n, 0)]`, the band its 10th and
-90th percentiles. Pure: no I/O, a few milliseconds per type (docs/power-management.md).
+share of the cars (`pack_mix`). Minute by minute a distribution is carried over
+`n = ready packs - cars waiting for one`, starting from the packs ready now less the cars
+refused lately for want of one: a pack getting ready adds one, a car takes one (Poisson
+arrivals), a car that waits in vain leaves after `max_wait_min` on average (turned away), and
+a pack a car brings adds, in expectation, a ready pack when it would have charged (the SoC the
+station has seen such packs come back with, at the current a charger gets). The expected
+ready packs are `E[max(n, 0)]`, the band its 10th and 90th percentiles. Pure: no I/O, a few
+milliseconds per type (docs/power-management.md).
 """
 
 from __future__ import annotations
@@ -43,15 +45,15 @@ def arrival_rates(
 ) -> list[float]:
     """Cars of `pack_type` expected in each of the next `minutes` minutes (local time `at`).
 
-    Capped at the bay's share: with a queue the bay serves one car per `swap_s`.
+    Not capped by the bay: a car that cannot be served at once queues, and takes a pack as
+    soon as one is ready (capping at the bay's rate forecast 1.1 packs too many at 30 minutes
+    in pss13's busy hours; uncapped, 0.04).
     """
     share = pack_share(cfg, pack_type, types)
-    bay = 60.0 / cfg.swap_s * share
-    out = []
-    for m in range(minutes):
-        hour = (at + timedelta(minutes=m)).hour
-        out.append(min(cfg.arrivals_per_hour[hour] / 60.0 * share, bay))
-    return out
+    return [
+        cfg.arrivals_per_hour[(at + timedelta(minutes=m)).hour] / 60.0 * share
+        for m in range(minutes)
+    ]
 
 
 def pack_share(cfg: DemandConfig, pack_type: str, types: Sequence[str]) -> float:
@@ -62,6 +64,24 @@ def pack_share(cfg: DemandConfig, pack_type: str, types: Sequence[str]) -> float
     return 1.0 / max(1, len(types))
 
 
+def returned_kernel(
+    socs: Sequence[float], *, ready_soc: float, capacity_ah: float, amps: float, delay_min: float,
+    minutes: int,
+) -> list[float]:  # fmt: skip
+    """Share of the packs swapped in at minute 0 that are ready at minute d (d = 0..minutes).
+
+    A returned pack charges from its SoC (`socs`: those seen lately) at `amps` after
+    `delay_min` (the swap's end); one at or above `ready_soc` is ready once stored.
+    """
+    if not socs or amps <= 0:
+        return [0.0] * (minutes + 1)
+    done = []
+    for soc in socs:
+        charge = max(0.0, ready_soc - soc) / 100.0 * capacity_ah / amps * 60.0
+        done.append(delay_min + charge)
+    return [sum(1 for t in done if t <= d) / len(done) for d in range(minutes + 1)]
+
+
 def outlook(
     ready_now: int,
     supply_s: Sequence[float],
@@ -70,12 +90,21 @@ def outlook(
     max_wait_min: float,
     floor: int = 0,
     horizons: Sequence[int] = (5, 15, 30, 60),
+    kernel: Sequence[float] = (),
+    waiting: int = 0,
 ) -> TypeOutlook:
-    """The distribution of ready packs carried minute by minute over `max(horizons)` minutes."""
-    top = ready_now + len(supply_s)
+    """The distribution of ready packs carried minute by minute over `max(horizons)` minutes.
+
+    `kernel`: the share of a pack taken at minute m that is back, charged, at m + d
+    (`returned_kernel`): the packs the cars bring add to the supply, in expectation.
+    `waiting`: cars already waiting for a pack (refused for want of one, not yet gone).
+    """
+    span = max(horizons)
+    returned = [0.0] * (span + 1)  # expected packs coming back ready, by minute
+    top = ready_now + len(supply_s) + int(sum(rates[:span])) + 1
     size = top + QUEUE_MAX + 1
     dist = [0.0] * size  # index i: n = i - QUEUE_MAX
-    dist[ready_now + QUEUE_MAX] = 1.0
+    dist[ready_now - min(waiting, QUEUE_MAX) + QUEUE_MAX] = 1.0  # the queue takes packs first
     supply = [0] * (max(horizons) + 1)
     for s in supply_s:
         m = int(s // 60.0)
@@ -88,11 +117,19 @@ def outlook(
         if supply[minute]:
             k = supply[minute]
             dist = [0.0] * k + dist[: size - k]  # n grows by the packs getting ready
+        if returned[minute] > 0:
+            dist = _add_expected(dist, returned[minute])
         lam = rates[minute] if minute < len(rates) else 0.0
         cars += lam
         if lam > 0:
+            before = _mean_ready(dist)
             dist, lost = _arrive(dist, lam)
             turned += lost
+            taken = before - _mean_ready(dist)
+            for d in range(1, len(kernel)):
+                share = kernel[d] - kernel[d - 1]
+                if share > 0 and minute + d <= span:
+                    returned[minute + d] += taken * share
         # A car waiting in vain leaves after max_wait_min on average (the first of the queue).
         moved = [0.0] * size
         for i, p in enumerate(dist):
@@ -114,6 +151,22 @@ def outlook(
         cars={h: round(v[4], 2) for h, v in keep.items()},
         turned_away={h: round(v[5], 3) for h, v in keep.items()},
     )
+
+
+def _mean_ready(dist: Sequence[float]) -> float:
+    return sum(p * (i - QUEUE_MAX) for i, p in enumerate(dist) if i > QUEUE_MAX)
+
+
+def _add_expected(dist: list[float], packs: float) -> list[float]:
+    """`packs` more ready, in expectation: the whole ones surely, the rest with its chance."""
+    whole, part = int(packs), packs - int(packs)
+    size = len(dist)
+    if whole:
+        dist = [0.0] * whole + dist[: size - whole]
+    if part > 0:
+        shifted = [0.0, *dist[: size - 1]]
+        dist = [(1 - part) * a + part * b for a, b in zip(dist, shifted, strict=True)]
+    return dist
 
 
 def _arrive(dist: list[float], lam: float) -> tuple[list[float], float]:
@@ -157,8 +210,11 @@ def _ready_stats(dist: Sequence[float], floor: int) -> tuple[float, int, int, fl
 def outlooks(  # noqa: PLR0917 - the inputs of one computation, as the forecast's
     cfg: DemandConfig, supply: Mapping[str, Sequence[float]], ready_now: Mapping[str, int],
     min_ready: Mapping[str, int], at: datetime, horizons: Sequence[int] = (5, 15, 30, 60),
+    kernels: Mapping[str, Sequence[float]] | None = None,
+    waiting: Mapping[str, int] | None = None,
 ) -> dict[str, TypeOutlook]:  # fmt: skip
     """Every type's outlook (the types known: ready, charging, in the mix or the floor)."""
+    kernels, waiting = kernels or {}, waiting or {}
     types = sorted(set(ready_now) | set(supply) | set(cfg.pack_mix) | set(min_ready))
     types = [t for t in types if t]
     return {
@@ -169,6 +225,8 @@ def outlooks(  # noqa: PLR0917 - the inputs of one computation, as the forecast'
             max_wait_min=cfg.max_wait_min,
             floor=min_ready.get(t, 0),
             horizons=horizons,
+            kernel=kernels.get(t, ()),
+            waiting=waiting.get(t, 0),
         )
         for t in types
     }

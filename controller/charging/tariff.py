@@ -63,3 +63,8 @@ class Tariff:
             if iv.end > now and not any(iv.start < n.end and n.start < iv.end for n in intervals)
         ]
         self.ahead = sorted([*keep, *intervals], key=lambda iv: iv.start)[-MAX_PRICES:]
+
+
+def minute_prices(cfg: TariffConfig) -> list[float]:
+    """The configured price of every minute of the day (00:00 first)."""
+    return [price for price, _ in Tariff(cfg)._by_minute]  # noqa: SLF001 - its own table

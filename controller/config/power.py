@@ -109,10 +109,19 @@ class DemandConfig(Section):
         " or one type)",
     )
     swap_s: float = Field(
-        default=300.0, gt=0, le=3600, description="a swap in the bay, start to end"
+        default=300.0,
+        gt=0,
+        le=3600,
+        description="a swap in the bay, start to end (a returned pack is stored about half-way)",
     )
     max_wait_min: float = Field(
         default=15.0, gt=0, le=240, description="how long a car waits for a pack before it leaves"
+    )
+    returned_soc: float = Field(
+        default=30.0,
+        ge=0,
+        le=100,
+        description="the SoC the cars' packs come back with, until the station has seen some",
     )
 
 

@@ -128,8 +128,8 @@ def station_state(seq: Sequencer, control: SlotControl, station_id: str) -> Stat
         packs_ready=seq.packs_ready(),
         forecast=control.forecast.types if control.forecast is not None else {},
         io="ok" if reading is not None else "unknown",
-        outlook=control.outlook,
-        flex=control.offer,
+        outlook=control.foresight.outlook,
+        flex=control.foresight.offer,
         power=control.power_state(),
         updated_at=clock.utcnow(),
     )

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from controller.charging.control import SlotControl
-from controller.errors import BusyError, RefusedError
+from controller.errors import BusyError, NoPackError, RefusedError
 from controller.store.events import EventLog, JournalBatch
 from controller.swap import interlocks
 from controller.swap.current import CurrentSwap
@@ -95,7 +95,13 @@ class Handlers:
         causes = self.senses.station_causes(self.senses.facts())
         if causes:
             raise RefusedError("; ".join(causes))
-        pick = self.reservation.choose(request.pack_type)
+        try:
+            pick = self.reservation.choose(request.pack_type)
+        except NoPackError:
+            # A car waiting for a pack: the demand-aware forecast counts it (outlook.py).
+            self.control.foresight.note_waiting(request.vehicle_id, request.pack_type)
+            raise
+        self.control.foresight.note_served(request.vehicle_id)
         ctx = SwapContext(
             vehicle_id=request.vehicle_id,
             pack_type=request.pack_type,

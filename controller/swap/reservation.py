@@ -45,10 +45,11 @@ class Reservation:
             )
         except NoPackError as exc:
             text = str(exc)
-            if not text.startswith("no free slot"):
-                when = ready_text(self.control.forecast, pack_type)
-                text += f"; {when}" if when else ""
-            raise RefusedError(text) from None
+            if text.startswith("no free slot"):
+                raise RefusedError(text) from None
+            when = ready_text(self.control.forecast, pack_type)
+            text += f"; {when}" if when else ""
+            raise NoPackError(text) from None
 
     def problem(self) -> tuple[str, bool] | None:
         """Why the reserved pack (or the free slot) cannot be used now; and whether only unknown.

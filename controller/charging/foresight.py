@@ -1,0 +1,174 @@
+"""What the slot control sees coming: the cars, their packs, the cost of a lower limit.
+
+With `power.demand`, after every ready-pack forecast (forecast.py) it works out, on worker
+threads: the demand-aware outlook (outlook.py), the cost policy's plan (plan.py: which slots
+wait for a cheaper hour), and every `OFFER_EVERY_S` the flexibility offer (offer.py). It also
+keeps what they learn from the station: the SoC of the packs the cars bring back, and the cars
+refused lately for want of a charged pack (still waiting).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import TYPE_CHECKING
+
+from controller.charging.forecast import Forecast
+from controller.charging.offer import LOOK_MIN, FlexOffer, Inputs, OfferCheck, build_offer, cost
+from controller.charging.offer import judge as judge_offer
+from controller.charging.outlook import TypeOutlook, outlooks, returned_kernel
+from controller.charging.plan import plan_deferred
+from controller.config.power import DemandConfig
+from controller.plant.slots import SlotView
+from drivers import clock as clocks
+
+if TYPE_CHECKING:
+    from controller.charging.control import SlotControl
+
+WAITING_KEEP = 200  # cars refused for want of a pack remembered at most
+RETURNED_KEEP = 100  # returned packs' SoC remembered per type
+NOMINAL_V = 400.0  # a pack's voltage until one is seen charging
+OFFER_EVERY_S = 300.0  # the flexibility offer is made again this often
+HORIZONS = (5, 15, 30, 60)
+
+
+class Foresight:
+    """The demand-aware outlook, the cost plan and the offer of one `SlotControl`."""
+
+    def __init__(self, control: SlotControl) -> None:
+        self.control = control
+        self.outlook: dict[str, TypeOutlook] = {}
+        self.offer: FlexOffer | None = None
+        self.deferred: dict[int, str] = {}  # slots the cost policy holds back now, and why
+        self._offer_at: float | None = None  # the station's clock at the last offer
+        self._serials: dict[int, str | None] = {}  # slot -> the pack last seen in it
+        # pack type -> the SoC of the packs lately put into a slot (the cars' returned packs)
+        self.returned_socs: dict[str, collections.deque[float]] = {}
+        # vehicle -> (pack type, when) of the cars refused lately for want of a charged pack
+        self._waiting_cars: dict[str, tuple[str, float]] = {}
+
+    @property
+    def active(self) -> bool:
+        """Whether the station was given an arrival profile (`power.demand`)."""
+        return self.control.config.power.demand is not None
+
+    async def update(self, fc: Forecast) -> None:
+        """After a forecast: the outlook, the cost plan, and the offer when it is due."""
+        inputs = self.inputs()
+        if inputs is None:
+            return
+        self.outlook = await asyncio.to_thread(
+            outlooks, inputs.demand, fc.supply_s, inputs.ready, inputs.min_ready, inputs.at,
+            HORIZONS, inputs.kernels, inputs.waiting,
+        )  # fmt: skip
+        await self._replan(inputs)
+        now = self.control.clock()
+        if self._offer_at is None or now - self._offer_at >= OFFER_EVERY_S:
+            self._offer_at = now
+            self.offer = await asyncio.to_thread(build_offer, inputs)
+
+    async def assess_limit(self, kw: float, duration_s: float) -> OfferCheck:
+        """What a limit of `kw` for `duration_s` would cost, and whether the offer covers it."""
+        inputs = self.inputs()
+        if inputs is None:
+            return OfferCheck(True, None, "no power.demand profile: the cost is not predicted")
+        step = await asyncio.to_thread(cost, inputs, kw, duration_s)
+        return judge_offer(step)
+
+    def inputs(self) -> Inputs | None:
+        """A snapshot of what the outlook, the plan and the offer are computed from."""
+        c = self.control
+        cfg = c.config.power
+        if cfg.demand is None:
+            return None
+        alloc = c.allocation
+        return Inputs(
+            model=c.power,
+            demands=list(c.demands),
+            budget_w=alloc.budget_w,
+            ready=c.ready_counts(),
+            demand=cfg.demand,
+            min_ready=dict(cfg.min_ready),
+            at=clocks.localnow(),
+            margin_w=cfg.safety_margin_kw * 1000.0,
+            draw_kw=alloc.bound_w / 1000.0,
+            kernels=self._kernels(cfg.demand, alloc.budget_w),
+            waiting=self.waiting_counts(cfg.demand.max_wait_min * 60.0),
+        )
+
+    async def _replan(self, inputs: Inputs) -> None:
+        """The cost policy: which slots wait for a cheaper hour; shared again if that moved."""
+        c = self.control
+        cfg = c.config.power
+        if cfg.policy != "cost":
+            return
+        deferred = await asyncio.to_thread(
+            plan_deferred,
+            inputs.demands,
+            budget_w=inputs.budget_w,
+            ready_now=inputs.ready,
+            demand=inputs.demand,
+            min_ready=inputs.min_ready,
+            tariff=c.tariff,
+            at=inputs.at,
+            horizon_h=cfg.plan_horizon_h,
+            ready_soc=c.config.swap.min_dispense_soc,
+        )
+        if deferred != self.deferred:
+            self.deferred = deferred
+            c.touch(*c.book.slots)
+
+    def _kernels(self, demand: DemandConfig, budget: float | None) -> dict[str, list[float]]:
+        """Per type, when the packs the cars bring are ready (outlook.returned_kernel)."""
+        c = self.control
+        wanting = [d for d in c.demands if d.wants and d.volt_bound_v > 0]
+        volts = sum(d.volt_bound_v for d in wanting) / len(wanting) if wanting else NOMINAL_V
+        amps = c.config.charging.max_current_a
+        if budget is not None:
+            amps = min(amps, budget / volts / max(1, len(wanting) + 1))
+        types = set(self.returned_socs) | set(demand.pack_mix) | set(c.ready_counts())
+        return {
+            t: returned_kernel(
+                list(self.returned_socs.get(t, ())) or [demand.returned_soc],
+                ready_soc=c.config.swap.min_dispense_soc,
+                capacity_ah=c.power.pack_type(t).capacity_ah,
+                amps=amps,
+                delay_min=demand.swap_s / 120.0,
+                minutes=LOOK_MIN,
+            )
+            for t in types
+        }
+
+    def note_waiting(self, vehicle_id: str, pack_type: str) -> None:
+        """A car was refused for want of a charged pack: it waits (for `max_wait_min`)."""
+        self._waiting_cars.pop(vehicle_id, None)
+        self._waiting_cars[vehicle_id] = (pack_type, self.control.clock())
+        while len(self._waiting_cars) > WAITING_KEEP:
+            del self._waiting_cars[next(iter(self._waiting_cars))]
+
+    def note_served(self, vehicle_id: str) -> None:
+        """A car's swap was authorised: it no longer waits."""
+        self._waiting_cars.pop(vehicle_id, None)
+
+    def waiting_counts(self, patience_s: float) -> dict[str, int]:
+        """Cars per pack type refused for want of a pack within `patience_s` (still waiting)."""
+        now = self.control.clock()
+        counts: dict[str, int] = {}
+        for pack_type, since in self._waiting_cars.values():
+            if now - since <= patience_s:
+                counts[pack_type] = counts.get(pack_type, 0) + 1
+        return counts
+
+    def note_returned(self, view: SlotView) -> None:
+        """A pack newly in a slot that had been seen before: a car's, its SoC remembered."""
+        r = view.fresh
+        if r is None:
+            return
+        serial = r.pack_serial if r.pack_present else None
+        seen = view.slot in self._serials and serial != self._serials[view.slot]
+        if seen and serial and r.pack_type is not None and r.soc is not None:
+            kept = self.returned_socs.setdefault(
+                r.pack_type, collections.deque(maxlen=RETURNED_KEEP)
+            )
+            kept.append(r.soc)
+        self._serials[view.slot] = serial
