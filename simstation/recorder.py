@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller.swap.phase import Phase
+from simstation.ledger import PackLedger
 from simstation.report import (
     AlarmEntry,
     FaultEntry,
@@ -58,6 +59,7 @@ class Recorder:
     _held_bytes: int = 0
     prices: list[float] | None = None  # the tariff's price of every minute of the day
     grid_events: list[GridEventResult] = field(default_factory=list)
+    ledger: PackLedger = field(default_factory=lambda: PackLedger(None))
     cost: float = 0.0  # the energy's price, summed at every physics step
     energy_by_hour: dict[int, float] = field(default_factory=dict)  # hour since midnight -> kWh
     overrun_max_s: float = 0.0  # wall time: the latest the run's own timer woke (loop lag)
@@ -163,6 +165,10 @@ def tick_hook(
         budget = sum(c.current_a * c.pack.bms_voltage_max for c in chargers)
         power_w = sum(c.power_w for c in chargers)
         rec.on_tick(name, sim_now, power_w, budget)
+        packs = [
+            (c.pack.serial, c.power_w, c.pack.soc / 100 * c.pack.capacity_kwh) for c in chargers
+        ]
+        rec.ledger.on_tick(name, rec.fleet.now(), packs, counting=rec.counting)
         if site is not None:
             site.on_tick(f"{rec.fleet.bay}/{name}", power_w)
 

@@ -212,6 +212,12 @@ class Report(Model):
     energy_cost: float | None = None  # at the tariff's prices (None: no tariff)
     cost_per_swap: float | None = None
     currency: str | None = None
+    # The cheapest the energy charged could have cost: each pack's at the lowest price of its
+    # stay in a slot (simstation/ledger.py); and the energy in the store's packs at the start
+    # and the end (a policy that ends with an emptier store bought less, not cheaper).
+    energy_cost_bound: float | None = None
+    store_kwh_start: float | None = None
+    store_kwh_end: float | None = None
     binding_by_hour: list[str] = Field(default_factory=list)  # the limit that bound, per hour
     forecast_check: list[ForecastCheck] = Field(default_factory=list)
     grid_events: list[GridEventResult] = Field(default_factory=list)

@@ -137,6 +137,9 @@ def build_report(
             else round(rec.cost / count["served"], 3)
         ),
         currency=None if st.tariff is None else st.tariff.currency,
+        energy_cost_bound=None if rec.prices is None else round(rec.ledger.bound, 2),
+        store_kwh_start=_kwh(rec.ledger.store_start),
+        store_kwh_end=_kwh(sum(rec.ledger.store.values()) if rec.ledger.store else None),
         binding_by_hour=binding_by_hour(rec.samples, sc.start_s, end_s),
         forecast_check=check_forecasts(rec.samples, loaded.expected_per_hour()),
         grid_events=list(rec.grid_events),
@@ -149,6 +152,10 @@ def build_report(
         overrun_max_s=round(rec.overrun_max_s, 3),
         overruns=rec.overruns,
     )
+
+
+def _kwh(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
 
 
 def binding_by_hour(samples: Sequence[Sample], start_s: float, end_s: float) -> list[str]:

@@ -40,6 +40,7 @@ from simstation.children import die_with_parent
 from simstation.cli import stop_daemon
 from simstation.clock import SimClock
 from simstation.dispatch import Dispatch
+from simstation.ledger import PackLedger
 from simstation.minibroker import MiniBroker
 from simstation.paths import scenario as shipped_or_path
 from simstation.recorder import OVERRUN_S, Recorder, SitePower, sample_minutes, tick_hook
@@ -602,7 +603,8 @@ async def _start_lane(site: _Site, bay: int, specs: list[SimRackSpec]) -> _Lane:
         dispatch=site.dispatch, bay=bay,
     )  # fmt: skip
     tariff = sc.station.tariff
-    rec = Recorder(fleet, log=log, prices=None if tariff is None else minute_prices(tariff))
+    prices = None if tariff is None else minute_prices(tariff)
+    rec = Recorder(fleet, log=log, prices=prices, ledger=PackLedger(prices))
     fleet.on_event.append(rec.on_event)
     for name, rack in sim.racks.items():
         rack.on_tick.append(tick_hook(rec, name, rack, site.power if bays > 1 else None))
@@ -644,6 +646,12 @@ async def _run(
         site.clock.speed = 1.0 if virtual else sc.speed
         t0 = site.clock.now()
         start_s, end_s = sc.start_s, sc.start_s + sc.run_s
+        daemons_clock = clock.current()
+        if isinstance(daemons_clock, VirtualClock):
+            # The daemons' clock started a minute early for their start-up: it now reads the
+            # time of day the run starts at, so that their hours (tariffs, time windows,
+            # the arrival profile) are the report's.
+            daemons_clock.set_wall(day_start(start_s))
 
         def now() -> float:
             return start_s + (site.clock.now() - t0)
@@ -704,6 +712,7 @@ async def _report(site: _Site, lanes: Sequence[_Lane], wall_s: float) -> Report:
     reports = []
     for lane in lanes:
         rec = lane.rec
+        rec.ledger.close_all(lane.fleet.now())
         rec.records = await check_records(lane.work / "state")
         rec.sim_kib = rec.held_kib()
         for t, what in lane.fleet.operator_log:

@@ -131,6 +131,10 @@ class VirtualClock:
         """Seconds since the epoch, moving with the loop."""
         return self._offset + self.loop.time()
 
+    def set_wall(self, wall: float) -> None:
+        """Step the wall time to `wall` now (as NTP steps a clock); monotonic time goes on."""
+        self._offset = wall - self.loop.time()
+
 
 def day_start(seconds_of_day: float, day: date = EPOCH_DATE) -> float:
     """The epoch seconds of `seconds_of_day` into `day`, in this machine's time zone."""

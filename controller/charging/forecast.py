@@ -42,6 +42,9 @@ class Forecast(BaseModel):
     types: dict[str, TypeForecast]
     ready_in_s: dict[int, float]  # slot -> seconds until its pack reaches the dispense SoC
     supply_s: dict[str, list[float]] = {}  # pack type -> when its charging packs get ready, s
+    # Per minute ahead: the budget left over by the packs charging now (W; None: no limit),
+    # what the packs the cars bring can charge on (outlook.py).
+    spare_w: list[float | None] = []
 
 
 @dataclass
@@ -123,16 +126,20 @@ def forecast(
                     p.ready_at = t + crossed
                 t += FORECAST_STEP_S
     t = 0.0
+    spare: list[float | None] = []
     while budget is not None and t < horizon and any(p.ready_at is None for p in packs):
         charging = [p for p in packs if p.ready_at is None]
         current = [
             _with_soc(p.demand, p.soc, _taper_cap(p.demand.cap_a, p.k, p.soc)) for p in charging
         ]
-        now_budget = budget if cut is None or t >= cut[1] else min(budget, cut[0])
+        now_budget = _budget_at(budget, cut, t)
+        assert now_budget is not None
         alloc = allocate(
             [*fixed, *current], now_budget, policy=cfg.policy, min_current_a=cfg.min_current_a,
             ready_soc=ready_soc, ready_now=ready, min_ready=cfg.min_ready,
         )  # fmt: skip
+        used = sum(alloc.limits_a.get(p.demand.slot, 0.0) * p.demand.volt_bound_v for p in charging)
+        spare.append(max(0.0, now_budget - alloc.committed_w - used))
         for p in charging:
             amps = alloc.limits_a.get(p.demand.slot, 0.0)
             p.soc, crossed = advance(
@@ -143,6 +150,10 @@ def forecast(
                 kind = p.demand.pack_type or ""
                 ready[kind] = ready.get(kind, 0) + 1
         t += FORECAST_STEP_S
+    idle_w = sum(d.committed_w for d in demands if not d.wants)
+    while len(spare) < horizon_min:  # every pack ready (or no limit): the rest is spare
+        limit = _budget_at(budget, cut, len(spare) * FORECAST_STEP_S)
+        spare.append(None if limit is None else max(0.0, limit - idle_w))
     types: dict[str, TypeForecast] = {}
     kinds = set(ready_now) | {p.demand.pack_type or "" for p in packs}
     for kind in sorted(kinds):
@@ -168,7 +179,15 @@ def forecast(
         types=types,
         ready_in_s={p.demand.slot: round(p.ready_at, 1) for p in packs if p.ready_at is not None},
         supply_s={k: sorted(v) for k, v in supply.items()},
+        spare_w=[None if w is None or math.isinf(w) else round(w, 1) for w in spare],
     )
+
+
+def _budget_at(budget: float | None, cut: tuple[float, float] | None, t: float) -> float | None:
+    """The budget `t` seconds ahead: the curtailment's while it lasts."""
+    if budget is None or cut is None or t >= cut[1]:
+        return budget
+    return min(budget, cut[0])
 
 
 def _taper_cap(cap_a: float, k: float, soc: float) -> float:

@@ -14,9 +14,9 @@ import collections
 from typing import TYPE_CHECKING
 
 from controller.charging.forecast import Forecast
-from controller.charging.offer import LOOK_MIN, FlexOffer, Inputs, OfferCheck, build_offer, cost
+from controller.charging.offer import FlexOffer, Inputs, OfferCheck, build_offer, cost
 from controller.charging.offer import judge as judge_offer
-from controller.charging.outlook import TypeOutlook, outlooks, returned_kernel
+from controller.charging.outlook import Returned, TypeOutlook, outlooks
 from controller.charging.plan import plan_deferred
 from controller.config.power import DemandConfig
 from controller.plant.slots import SlotView
@@ -59,7 +59,7 @@ class Foresight:
             return
         self.outlook = await asyncio.to_thread(
             outlooks, inputs.demand, fc.supply_s, inputs.ready, inputs.min_ready, inputs.at,
-            HORIZONS, inputs.kernels, inputs.waiting,
+            HORIZONS, inputs.returned, fc.spare_w, inputs.waiting,
         )  # fmt: skip
         await self._replan(inputs)
         now = self.control.clock()
@@ -92,7 +92,7 @@ class Foresight:
             at=clocks.localnow(),
             margin_w=cfg.safety_margin_kw * 1000.0,
             draw_kw=alloc.bound_w / 1000.0,
-            kernels=self._kernels(cfg.demand, alloc.budget_w),
+            returned=self._returned(cfg.demand),
             waiting=self.waiting_counts(cfg.demand.max_wait_min * 60.0),
         )
 
@@ -118,26 +118,20 @@ class Foresight:
             self.deferred = deferred
             c.touch(*c.book.slots)
 
-    def _kernels(self, demand: DemandConfig, budget: float | None) -> dict[str, list[float]]:
-        """Per type, when the packs the cars bring are ready (outlook.returned_kernel)."""
+    def _returned(self, demand: DemandConfig) -> Returned:
+        """What decides when the packs the cars bring are ready (outlook.returned_back)."""
         c = self.control
         wanting = [d for d in c.demands if d.wants and d.volt_bound_v > 0]
         volts = sum(d.volt_bound_v for d in wanting) / len(wanting) if wanting else NOMINAL_V
-        amps = c.config.charging.max_current_a
-        if budget is not None:
-            amps = min(amps, budget / volts / max(1, len(wanting) + 1))
         types = set(self.returned_socs) | set(demand.pack_mix) | set(c.ready_counts())
-        return {
-            t: returned_kernel(
-                list(self.returned_socs.get(t, ())) or [demand.returned_soc],
-                ready_soc=c.config.swap.min_dispense_soc,
-                capacity_ah=c.power.pack_type(t).capacity_ah,
-                amps=amps,
-                delay_min=demand.swap_s / 120.0,
-                minutes=LOOK_MIN,
-            )
-            for t in types
-        }
+        return Returned(
+            socs={t: list(self.returned_socs.get(t, ())) or [demand.returned_soc] for t in types},
+            capacity_ah={t: c.power.pack_type(t).capacity_ah for t in types},
+            ready_soc=c.config.swap.min_dispense_soc,
+            max_current_a=c.config.charging.max_current_a,
+            volts=volts,
+            delay_min=demand.swap_s / 120.0,
+        )
 
     def note_waiting(self, vehicle_id: str, pack_type: str) -> None:
         """A car was refused for want of a charged pack: it waits (for `max_wait_min`)."""

@@ -18,7 +18,7 @@ from datetime import datetime
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from controller.charging.forecast import forecast
-from controller.charging.outlook import TypeOutlook, outlooks
+from controller.charging.outlook import Returned, TypeOutlook, outlooks
 from controller.charging.power import Demand, PowerModel
 from controller.config.power import DemandConfig
 
@@ -73,7 +73,7 @@ class Inputs:
     at: datetime
     margin_w: float
     draw_kw: float  # the chargers' draw now (as budgeted: amps x BMS voltage limit)
-    kernels: Mapping[str, Sequence[float]]  # per type: returned packs ready by minute
+    returned: Returned  # what decides when the packs the cars bring are charged
     waiting: Mapping[str, int]  # per type: cars refused lately for want of a pack
 
 

@@ -15,7 +15,9 @@ milliseconds per type (docs/power-management.md).
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict
@@ -64,22 +66,55 @@ def pack_share(cfg: DemandConfig, pack_type: str, types: Sequence[str]) -> float
     return 1.0 / max(1, len(types))
 
 
-def returned_kernel(
-    socs: Sequence[float], *, ready_soc: float, capacity_ah: float, amps: float, delay_min: float,
-    minutes: int,
-) -> list[float]:  # fmt: skip
-    """Share of the packs swapped in at minute 0 that are ready at minute d (d = 0..minutes).
+@dataclass(frozen=True, slots=True)
+class Returned:
+    """What decides when the packs the cars bring are charged (a snapshot of the station's)."""
 
-    A returned pack charges from its SoC (`socs`: those seen lately) at `amps` after
-    `delay_min` (the swap's end); one at or above `ready_soc` is ready once stored.
+    socs: Mapping[str, Sequence[float]]  # per type: the SoC such packs came back with lately
+    capacity_ah: Mapping[str, float]  # per type
+    ready_soc: float
+    max_current_a: float
+    volts: float  # a pack's charge voltage, for watts to amps
+    delay_min: float  # from a car's swap start to its pack charging in a slot
+
+
+Back = list[list[tuple[int, float]]]  # per minute a pack is taken: (minutes later, share) ready
+
+
+def returned_back(
+    returned: Returned, pack_type: str, spare_w: Sequence[float | None], in_flight: float,
+    minutes: int,
+) -> Back:  # fmt: skip
+    """When the pack a car brings at minute m is ready: (minutes after m, share) per m.
+
+    It charges on the budget the packs charging now leave over (`spare_w`, per minute; None:
+    no limit), shared with the other packs coming back meanwhile (`in_flight`), at most at the
+    charger's current.
     """
-    if not socs or amps <= 0:
-        return [0.0] * (minutes + 1)
-    done = []
-    for soc in socs:
-        charge = max(0.0, ready_soc - soc) / 100.0 * capacity_ah / amps * 60.0
-        done.append(delay_min + charge)
-    return [sum(1 for t in done if t <= d) / len(done) for d in range(minutes + 1)]
+    socs = list(returned.socs.get(pack_type, ()))
+    if not socs:
+        return [[] for _ in range(minutes)]
+    amps = []
+    for m in range(minutes):
+        spare = spare_w[m] if m < len(spare_w) else (spare_w[-1] if spare_w else None)
+        share = returned.max_current_a if spare is None else spare / returned.volts / in_flight
+        amps.append(max(0.0, min(returned.max_current_a, share)))
+    total = [0.0]
+    for a in amps:
+        total.append(total[-1] + a)  # ampere-minutes charged by the end of each minute
+    capacity = returned.capacity_ah.get(pack_type, 0.0)
+    needs = [max(0.0, returned.ready_soc - s) / 100.0 * capacity * 60.0 for s in socs]
+    share = 1.0 / len(socs)
+    back: Back = []
+    for m in range(minutes):
+        start = min(minutes, m + math.ceil(returned.delay_min))
+        done: dict[int, float] = {}
+        for need in needs:
+            at = bisect_left(total, total[start] + need - 1e-9, lo=start)
+            if at <= minutes:
+                done[at - m] = done.get(at - m, 0.0) + share
+        back.append(sorted(done.items()))
+    return back
 
 
 def outlook(
@@ -90,13 +125,13 @@ def outlook(
     max_wait_min: float,
     floor: int = 0,
     horizons: Sequence[int] = (5, 15, 30, 60),
-    kernel: Sequence[float] = (),
+    back: Back | None = None,
     waiting: int = 0,
 ) -> TypeOutlook:
     """The distribution of ready packs carried minute by minute over `max(horizons)` minutes.
 
-    `kernel`: the share of a pack taken at minute m that is back, charged, at m + d
-    (`returned_kernel`): the packs the cars bring add to the supply, in expectation.
+    `back`: when a pack taken at minute m is back, charged (`returned_back`): the packs the
+    cars bring add to the supply, in expectation.
     `waiting`: cars already waiting for a pack (refused for want of one, not yet gone).
     """
     span = max(horizons)
@@ -126,9 +161,8 @@ def outlook(
             dist, lost = _arrive(dist, lam)
             turned += lost
             taken = before - _mean_ready(dist)
-            for d in range(1, len(kernel)):
-                share = kernel[d] - kernel[d - 1]
-                if share > 0 and minute + d <= span:
+            for d, share in back[minute] if back is not None and minute < len(back) else ():
+                if minute + d <= span:
                     returned[minute + d] += taken * share
         # A car waiting in vain leaves after max_wait_min on average (the first of the queue).
         moved = [0.0] * size
@@ -210,23 +244,32 @@ def _ready_stats(dist: Sequence[float], floor: int) -> tuple[float, int, int, fl
 def outlooks(  # noqa: PLR0917 - the inputs of one computation, as the forecast's
     cfg: DemandConfig, supply: Mapping[str, Sequence[float]], ready_now: Mapping[str, int],
     min_ready: Mapping[str, int], at: datetime, horizons: Sequence[int] = (5, 15, 30, 60),
-    kernels: Mapping[str, Sequence[float]] | None = None,
+    returned: Returned | None = None,
+    spare_w: Sequence[float | None] = (),
     waiting: Mapping[str, int] | None = None,
 ) -> dict[str, TypeOutlook]:  # fmt: skip
     """Every type's outlook (the types known: ready, charging, in the mix or the floor)."""
-    kernels, waiting = kernels or {}, waiting or {}
+    waiting = waiting or {}
     types = sorted(set(ready_now) | set(supply) | set(cfg.pack_mix) | set(min_ready))
     types = [t for t in types if t]
-    return {
-        t: outlook(
+    span = max(horizons)
+    rates = {t: arrival_rates(cfg, t, types, at, span) for t in types}
+    # The packs coming back share what is spare with those of the next three quarters of an
+    # hour (about how long one charges).
+    in_flight = max(1.0, sum(sum(r[:45]) for r in rates.values()))
+    out = {}
+    for t in types:
+        back = None
+        if returned is not None:
+            back = returned_back(returned, t, spare_w, in_flight, span)
+        out[t] = outlook(
             ready_now.get(t, 0),
             supply.get(t, ()),
-            arrival_rates(cfg, t, types, at, max(horizons)),
+            rates[t],
             max_wait_min=cfg.max_wait_min,
             floor=min_ready.get(t, 0),
             horizons=horizons,
-            kernel=kernels.get(t, ()),
+            back=back,
             waiting=waiting.get(t, 0),
         )
-        for t in types
-    }
+    return out

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from controller.charging.circuits import Tree
 from controller.charging.limits import GRID, PowerLimits, RunLimit
-from controller.charging.outlook import outlook, returned_kernel
+from controller.charging.outlook import Returned, outlook, returned_back
 from controller.charging.plan import plan_deferred
 from controller.charging.power import Demand, allocate
 from controller.charging.tariff import Interval, Tariff, minute_prices
@@ -249,6 +249,16 @@ def GUANGDONG_PRICE_AT(at: datetime) -> float:  # noqa: N802 - a table lookup, n
 # --- the demand-aware outlook ------------------------------------------------------------------
 
 
+RETURNED = Returned(
+    socs={"STD75": [30.0, 60.0, 88.0]},
+    capacity_ah={"STD75": 200.0},
+    ready_soc=90.0,
+    max_current_a=150.0,
+    volts=400.0,
+    delay_min=2.0,
+)
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     ready=st.integers(0, 30),
@@ -261,8 +271,7 @@ def test_the_outlook_is_a_distribution_of_sense(
     ready: int, supply: list[float], rate: float, waiting: int, floor: int
 ) -> None:
     o = outlook(ready, supply, [rate] * 60, max_wait_min=15, floor=floor, waiting=waiting,
-                kernel=returned_kernel([30.0], ready_soc=90, capacity_ah=200, amps=150,
-                                       delay_min=2, minutes=60))  # fmt: skip
+                back=returned_back(RETURNED, "STD75", [None], 3.0, 60))  # fmt: skip
     for h in ("5", "15", "30", "60"):
         assert o.low[h] <= o.high[h]  # (the mean may lie outside the 10-90 % band)
         assert 0 <= o.expected[h] <= ready + len(supply) + o.cars[h] + 1

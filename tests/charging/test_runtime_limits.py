@@ -13,6 +13,7 @@ import json
 import sqlite3
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -224,3 +225,69 @@ async def test_a_limit_survives_a_restart_until_it_ends_and_can_be_lifted(
     finally:
         await asyncio.to_thread(op.close)
     assert journalled(tmp_path) == ["power_limit_set", "power_limit_cleared"]
+
+
+DEMAND = (
+    "[power.demand]\narrivals_per_hour = [" + ", ".join(["40"] * 24) + "]\n"
+    "max_wait_min = 15\n"
+    '[power.tariff]\ncurrency = "CNY"\n'
+    'periods = [{ start = "00:00", end = "00:00", price = 0.65 }]\n'
+)
+
+
+@pytest.mark.timeout(90)
+async def test_a_curtailment_outside_the_offer_is_answered_with_its_cost(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    op = await asyncio.to_thread(GridOperator, broker, "t1")
+    try:
+        async with running(
+            tmp_path, broker, [four_packs()], speed=SPEED, sections=SECTIONS + DEMAND,
+            robot=True, plc=True,
+        ):  # fmt: skip
+            await until(lambda: op.state.get("flex") is not None, what="the offer")
+            offer = op.state["flex"]
+            assert set(offer["offer_kw"]) == {"15", "30", "60"}
+            # Nothing ready, 40 cars an hour: an hour at 0 kW costs cars; asked only if it is
+            # within the offer, it is refused with that cost, and nothing is limited.
+            refused = await answered(
+                op,
+                op.send(
+                    "set_power_limit",
+                    {"id": "ask-1", "source": "flex_market", "kw": 0, "duration_s": 3600,
+                     "if_within_offer": True},
+                ),
+            )  # fmt: skip
+            assert refused["code"] == "rejected", refused
+            assert "outside the flexibility offer" in refused["message"]
+            assert "car(s) turned away" in refused["message"]
+            assert op.power()["binding"] == "grid connection"
+            # The same as an order (no if_within_offer) applies, and says what it costs.
+            ordered = await answered(
+                op,
+                op.send(
+                    "set_power_limit",
+                    {"id": "order-1", "source": "grid_operator", "kw": 0, "duration_s": 3600},
+                ),
+            )
+            assert ordered["code"] == "done", ordered
+            assert ordered["result"]["within_offer"] is False
+            assert ordered["result"]["predicted"]["turned_away"] > 0.5
+            await until(lambda: op.power().get("binding") == "grid_operator", what="state")
+            # Day-ahead prices: refused when they overlap, shown on the state when taken.
+            now = datetime.now(UTC)
+            overlapping = [
+                {"start": now.isoformat(), "end": (now + timedelta(hours=1)).isoformat(),
+                 "price": 0.1},
+                {"start": (now + timedelta(minutes=30)).isoformat(),
+                 "end": (now + timedelta(hours=2)).isoformat(), "price": 0.2},
+            ]  # fmt: skip
+            bad = await answered(op, op.send("set_tariff", {"id": "da-1", "prices": overlapping}))
+            assert bad["code"] == "rejected" and "overlap" in bad["message"], bad
+            good = await answered(
+                op, op.send("set_tariff", {"id": "da-2", "prices": overlapping[:1]})
+            )
+            assert good["code"] == "done", good
+            await until(lambda: op.power().get("price") == 0.1, what="the day-ahead price")
+    finally:
+        await asyncio.to_thread(op.close)
