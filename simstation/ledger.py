@@ -29,7 +29,7 @@ class PackLedger:
 
     @property
     def store_start(self) -> float | None:
-        """kWh in the store's packs when the run began (each rack at its first step)."""
+        """KWh in the store's packs when the run began (each rack at its first step)."""
         return sum(self.start.values()) if self.start else None
 
     def on_tick(

@@ -77,32 +77,43 @@ class Inputs:
     waiting: Mapping[str, int]  # per type: cars refused lately for want of a pack
 
 
-def cost(inputs: Inputs, limit_kw: float, seconds: float) -> OfferStep:
-    """What holding the station to `limit_kw` for `seconds` from now would cost."""
+def cost(
+    inputs: Inputs, limit_kw: float, seconds: float,
+    base: dict[str, TypeOutlook] | None = None,
+) -> OfferStep:  # fmt: skip
+    """What holding the station to `limit_kw` for `seconds` from now would cost.
+
+    `base`: the outlook without it (`baseline`), when several costs share one.
+    """
     minutes = max(1, min(LOOK_MIN, math.ceil(seconds / 60.0)))
-    horizons = sorted({minutes, LOOK_MIN})
     cut_w = max(0.0, limit_kw * 1000.0 - inputs.margin_w)
-    base = _outlook(inputs, None, horizons)
-    cut = _outlook(inputs, (cut_w, seconds), horizons)
+    if base is None or str(minutes) not in next(iter(base.values()), _EMPTY).expected:
+        base = baseline(inputs, (minutes,))
+    cut = _outlook(inputs, (cut_w, seconds), sorted({minutes, LOOK_MIN}))
     end, last = str(minutes), str(LOOK_MIN)
     extra_cars = sum(cut[t].turned_away[last] - base[t].turned_away[last] for t in cut)
     extra_short = sum(cut[t].below_floor[end] - base[t].below_floor[end] for t in cut)
-    draw = inputs.draw_kw
     return OfferStep(
         limit_kw=round(limit_kw, 1),
-        shed_kw=round(max(0.0, draw - limit_kw), 1),
+        shed_kw=round(max(0.0, inputs.draw_kw - limit_kw), 1),
         turned_away=round(max(0.0, extra_cars), 2),
         below_floor=round(max(0.0, extra_short), 2),
     )
 
 
+def baseline(inputs: Inputs, lengths: tuple[int, ...] = LENGTHS_MIN) -> dict[str, TypeOutlook]:
+    """The outlook as things are, at the ends of `lengths` and over the two hours."""
+    return _outlook(inputs, None, sorted({*lengths, LOOK_MIN}))
+
+
 def build_offer(inputs: Inputs) -> FlexOffer:
-    """The offer for 15, 30 and 60 minutes at the present draw."""
+    """The offer for 15, 30 and 60 minutes at the present draw (one baseline for all)."""
     draw_kw = inputs.draw_kw
+    base = baseline(inputs)
     steps: dict[str, list[OfferStep]] = {}
     offer: dict[str, float] = {}
     for length in LENGTHS_MIN:
-        mine = [cost(inputs, draw_kw * (1 - shed), length * 60.0) for shed in SHEDS]
+        mine = [cost(inputs, draw_kw * (1 - shed), length * 60.0, base) for shed in SHEDS]
         steps[str(length)] = mine
         fine = [s.shed_kw for s in mine if s.turned_away <= MAX_CARS and s.below_floor <= MAX_SHORT]
         offer[str(length)] = max(fine, default=0.0)
@@ -120,8 +131,11 @@ def judge(step: OfferStep) -> OfferCheck:
     return OfferCheck(within, predicted, text)
 
 
+_EMPTY = TypeOutlook(expected={}, low={}, high={}, cars={}, turned_away={}, below_floor={})
+
+
 def _outlook(
-    inputs: Inputs, cut: tuple[float, float] | None, horizons: list[int]
+    inputs: Inputs, cut: tuple[float, float] | None, horizons: Sequence[int]
 ) -> dict[str, TypeOutlook]:
     fc = forecast(
         inputs.model, inputs.demands, inputs.budget_w, inputs.ready, horizon_min=LOOK_MIN, cut=cut

@@ -16,11 +16,13 @@ from hypothesis import strategies as st
 
 from controller.charging.circuits import Tree
 from controller.charging.limits import GRID, PowerLimits, RunLimit
+from controller.charging.offer import Inputs, build_offer, cost
 from controller.charging.outlook import Returned, outlook, returned_back
 from controller.charging.plan import plan_deferred
-from controller.charging.power import Demand, allocate
+from controller.charging.power import Demand, PowerModel, allocate
 from controller.charging.tariff import Interval, Tariff, minute_prices
 from controller.config.loader import load_config
+from controller.config.model import StationConfig
 from controller.config.power import DemandConfig, PowerConfig, TariffConfig
 from controller.errors import ConfigError
 from tests.support import REPO
@@ -348,3 +350,36 @@ def test_a_pack_short_of_the_floor_never_waits_for_a_price(
     below = sorted((d for d in demands if (d.soc or 0) < 90.0), key=lambda d: -(d.soc or 0))
     for d in below[: 2 - ready]:
         assert d.slot not in deferred, (d, deferred)
+
+
+# --- the flexibility offer ---------------------------------------------------------------------
+
+
+def offer_inputs(per_hour: float, ready: int) -> Inputs:
+    config = StationConfig.model_validate(
+        {"station_id": "s", "power": {"grid_limit_kw": 300, "min_ready": {"STD75": 2}}}
+    )
+    demands = [pack(n, soc) for n, soc in enumerate([85.0, 70.0, 50.0, 30.0, 20.0], 1)]
+    return Inputs(
+        model=PowerModel(config), demands=demands, budget_w=300_000.0, ready={"STD75": ready},
+        demand=DemandConfig(arrivals_per_hour=[per_hour] * 24), min_ready={"STD75": 2},
+        at=NOON, margin_w=0.0, draw_kw=300.0, returned=RETURNED, waiting={},
+    )  # fmt: skip
+
+
+def test_a_deeper_cut_costs_at_least_as_much_and_none_costs_nothing() -> None:
+    inputs = offer_inputs(per_hour=12.0, ready=1)
+    costs = [cost(inputs, kw, 3600.0) for kw in (300.0, 150.0, 0.0)]
+    assert costs[0].turned_away == 0.0 and costs[0].below_floor == 0.0
+    assert costs[0].turned_away <= costs[1].turned_away + 0.05 <= costs[2].turned_away + 0.1
+    assert costs[2].turned_away > 0.5  # an hour without power, twelve cars an hour
+    offer = build_offer(inputs)
+    assert set(offer.offer_kw) == {"15", "30", "60"}
+    assert offer.offer_kw["15"] >= offer.offer_kw["60"]  # a longer shed costs more
+    for steps in offer.steps.values():
+        assert [s.shed_kw for s in steps] == [75.0, 150.0, 225.0, 300.0]
+
+
+def test_with_nobody_coming_the_whole_draw_is_on_offer() -> None:
+    offer = build_offer(offer_inputs(per_hour=0.0, ready=5))
+    assert offer.offer_kw == {"15": 300.0, "30": 300.0, "60": 300.0}
