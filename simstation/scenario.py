@@ -366,6 +366,15 @@ def _semantic_issues(loaded: LoadedScenario) -> list[ConfigIssue]:
         except (OSError, ValueError) as exc:
             issues.append(ConfigIssue("arrivals.path", str(exc), got=repr(sc.arrivals.path)))
     racks = -(-sc.station.slots // sc.station.rack_slots)
+    for i, circuit in enumerate(sc.station.circuits):
+        if any(n > racks for n in circuit.racks):
+            issues.append(
+                ConfigIssue(
+                    f"station.circuits[{i}].racks",
+                    f"the station has {racks} simulated racks",
+                    got=str(circuit.racks),
+                )
+            )
     end_h = sc.start_h + sc.run_s / 3600.0
     for i, fault in enumerate(sc.faults):
         if not sc.start_h <= fault.at_h < end_h:
