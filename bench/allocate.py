@@ -37,20 +37,13 @@ from controller.charging.plan import plan_deferred
 from controller.charging.power import PowerModel, allocate
 from controller.charging.tariff import Tariff
 from controller.config.model import StationConfig
-from controller.config.power import DemandConfig, TariffConfig
+from controller.config.power import DemandConfig
 from controller.plant.slots import SlotView
 from drivers.rack import SlotReading
+from simstation.scenario import load_scenario
 
-TARIFF = TariffConfig(
-    periods=[  # the example's hours (config/scenarios/urban-tariff.toml)
-        {"start": "00:00", "end": "08:00", "price": 0.247},
-        {"start": "08:00", "end": "10:00", "price": 0.65},
-        {"start": "10:00", "end": "12:00", "price": 1.105},
-        {"start": "12:00", "end": "14:00", "price": 0.65},
-        {"start": "14:00", "end": "19:00", "price": 1.105},
-        {"start": "19:00", "end": "00:00", "price": 0.65},
-    ]
-)
+# The example's tariff (Guangdong's hours and ratios: docs/power-management.md).
+TARIFF = load_scenario(REPO / "config" / "scenarios" / "urban-tariff.toml").scenario.station.tariff
 
 
 def views(n: int, rng: random.Random) -> list[SlotView]:

@@ -25,6 +25,7 @@ from controller.config.loader import load_config
 from controller.config.model import StationConfig
 from controller.config.power import DemandConfig, PowerConfig, TariffConfig
 from controller.errors import ConfigError
+from simstation.scenario import load_scenario
 from tests.support import REPO
 
 V = 400.0
@@ -209,16 +210,16 @@ def test_check_config_refuses_a_tree_that_does_not_close(
 
 # --- tariffs -----------------------------------------------------------------------------------
 
-GUANGDONG = TariffConfig(
-    periods=[
-        {"start": "00:00", "end": "08:00", "price": 0.247},
-        {"start": "08:00", "end": "10:00", "price": 0.65},
-        {"start": "10:00", "end": "12:00", "price": 1.105},
-        {"start": "12:00", "end": "14:00", "price": 0.65},
-        {"start": "14:00", "end": "19:00", "price": 1.105},
-        {"start": "19:00", "end": "00:00", "price": 0.65},
-    ]
-)
+
+# The example's tariff (Guangdong's hours and ratios: docs/power-management.md).
+def example_tariff() -> TariffConfig:
+    """The example's tariff (config/scenarios/urban-tariff.toml)."""
+    tariff = load_scenario(REPO / "config" / "scenarios" / "urban-tariff.toml").scenario
+    assert tariff.station.tariff is not None
+    return tariff.station.tariff
+
+
+GUANGDONG = example_tariff()
 
 
 def test_a_tariff_must_cover_the_day_once() -> None:

@@ -122,16 +122,22 @@ SECTIONS = (
 )
 
 
+def station(
+    tmp_path: Path, broker: Mosquitto, sections: str = SECTIONS
+) -> contextlib.AbstractAsyncContextManager[Rig]:
+    """The daemon and a simulated station (a rack of four packs, a robot, a PLC)."""
+    return running(
+        tmp_path, broker, [four_packs()], speed=SPEED, sections=sections, robot=True, plc=True
+    )
+
+
 @pytest.mark.timeout(90)
 async def test_a_limit_lowered_mid_charge_holds_after_one_control_step(
     tmp_path: Path, broker: Mosquitto
 ) -> None:
     op = await asyncio.to_thread(GridOperator, broker, "t1")
     try:
-        async with running(
-            tmp_path, broker, [four_packs()], speed=SPEED, sections=SECTIONS,
-            robot=True, plc=True,
-        ) as rig:  # fmt: skip
+        async with station(tmp_path, broker) as rig:
             samples = sampled(rig)
             await until(lambda: last_kw(samples) > 180, what="charging near the 250 kW limit")
             await until(lambda: op.power().get("binding") == "grid connection", what="state")
@@ -184,10 +190,7 @@ async def test_a_limit_survives_a_restart_until_it_ends_and_can_be_lifted(
 ) -> None:
     op = await asyncio.to_thread(GridOperator, broker, "t1")
     try:
-        async with running(
-            tmp_path, broker, [four_packs()], speed=SPEED, sections=SECTIONS,
-            robot=True, plc=True,
-        ):  # fmt: skip
+        async with station(tmp_path, broker):
             reply = await answered(
                 op,
                 op.send(
@@ -198,10 +201,7 @@ async def test_a_limit_survives_a_restart_until_it_ends_and_can_be_lifted(
             assert reply["code"] == "done", reply
         # The daemon restarts (an orderly stop, a new start on the same journal): the limit
         # holds from its first control step, before anything is switched on.
-        async with running(
-            tmp_path, broker, [four_packs()], speed=SPEED, sections=SECTIONS,
-            robot=True, plc=True,
-        ) as rig:  # fmt: skip
+        async with station(tmp_path, broker) as rig:
             samples = sampled(rig)
             limits = rig.station.control.limits
             assert "grid_operator" in limits.runtime
@@ -241,10 +241,7 @@ async def test_a_curtailment_outside_the_offer_is_answered_with_its_cost(
 ) -> None:
     op = await asyncio.to_thread(GridOperator, broker, "t1")
     try:
-        async with running(
-            tmp_path, broker, [four_packs()], speed=SPEED, sections=SECTIONS + DEMAND,
-            robot=True, plc=True,
-        ):  # fmt: skip
+        async with station(tmp_path, broker, SECTIONS + DEMAND):
             await until(lambda: op.state.get("flex") is not None, what="the offer")
             offer = op.state["flex"]
             assert set(offer["offer_kw"]) == {"15", "30", "60"}

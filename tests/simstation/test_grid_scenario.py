@@ -96,9 +96,7 @@ def test_a_curtailment_a_tree_and_a_tariff_in_a_simulated_day(tmp_path: Path) ->
     assert report.store_kwh_start is not None and report.store_kwh_end is not None
     assert report.currency == "CNY"
     served = report.served
-    assert report.cost_per_swap == (
-        None if not served else pytest.approx(cost / served, rel=1e-3)
-    )
+    assert report.cost_per_swap == (None if not served else pytest.approx(cost / served, rel=1e-3))
     checks = {(c.forecast, c.horizon_min) for c in report.forecast_check}
     assert ("demand", 5) in checks and ("static", 5) in checks
 
