@@ -14,6 +14,7 @@ from html import escape
 
 from controller.swap.phase import ACTIVE, ordered
 from simstation.report import Car, Percentiles, Report
+from simstation.reportgrid import energy_section, forecast_section, grid_events_section
 
 # Swap phases in the order a swap goes through them; others present follow alphabetically.
 PHASE_ORDER = ordered(ACTIVE)
@@ -103,6 +104,9 @@ def render(report: Report) -> str:
         _life_table(report),
         _ready_chart(report, span, marks),
         _grid_chart(report, span, marks),
+        energy_section(report),
+        grid_events_section(report),
+        forecast_section(report),
         _queue_chart(report, span, marks),
         _events(report, span, marks),
         _cars(report),

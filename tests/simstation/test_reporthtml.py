@@ -12,6 +12,8 @@ from simstation.report import (
     AlarmEntry,
     Car,
     FaultEntry,
+    ForecastCheck,
+    GridEventResult,
     Percentiles,
     Report,
     Sample,
@@ -313,3 +315,50 @@ def test_the_time_axis_spans_the_run_from_its_start_hour() -> None:
         )
         assert labels[0] == "06:00" and labels[-1] == "10:00", (title, labels)
         assert ">F1</text>" in svg
+
+
+def test_energy_cost_forecasts_and_grid_events_are_tables_with_hostile_text_escaped(
+    sample: Report,
+) -> None:
+    hours = len(sample.hours) or 1
+    report = sample.model_copy(
+        update={
+            "energy_by_hour": [10.0] * hours,
+            "energy_cost": 123.45,
+            "cost_per_swap": 6.5,
+            "currency": "<marquee>CNY</marquee>",
+            "energy_cost_bound": 100.0,
+            "store_kwh_start": 900.0,
+            "store_kwh_end": 850.0,
+            "binding_by_hour": [HOSTILE] * hours,
+            "forecast_check": [
+                ForecastCheck(
+                    forecast="demand",
+                    horizon_min=30,
+                    hours="busy",
+                    n=10,
+                    mae=1.2,
+                    bias=-0.3,
+                    within_one=0.6,
+                ),
+            ],  # fmt: skip
+            "grid_events": [
+                GridEventResult(
+                    t_s=64_800.0,
+                    limit_kw=375.0,
+                    duration_min=60.0,
+                    code="done",
+                    message=HOSTILE,
+                    predicted_turned_away=2.5,
+                    predicted_below_floor=0.4,
+                ),
+            ],  # fmt: skip
+        }
+    )
+    page = render(report)
+    for section in ('id="energy"', 'id="forecasts"', 'id="grid-events"'):
+        assert section in page
+    assert "123.45" in page and "6.50" in page and "100.00" in page
+    assert "18:00" in page and "2.5 cars, 0.4 packs" in page
+    assert "<marquee" not in page and "<script" not in page.lower()
+    assert render(report) == page
