@@ -341,7 +341,7 @@ def test_energy_cost_forecasts_and_grid_events_are_tables_with_hostile_text_esca
                     bias=-0.3,
                     within_one=0.6,
                 ),
-            ],  # fmt: skip
+            ],
             "grid_events": [
                 GridEventResult(
                     t_s=64_800.0,
@@ -352,7 +352,7 @@ def test_energy_cost_forecasts_and_grid_events_are_tables_with_hostile_text_esca
                     predicted_turned_away=2.5,
                     predicted_below_floor=0.4,
                 ),
-            ],  # fmt: skip
+            ],
         }
     )
     page = render(report)
