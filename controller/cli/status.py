@@ -134,10 +134,31 @@ def render(view: StationView) -> list[str]:
             else ""
         )
         lines.append(f"ready     {ready_text or 'none'}")
+        lines.append(f"power     {_power(state.get('power'))}")
     lines.append(f"robot     {_robot(view.robot)}")
     lines.append("")
     lines.extend(_slot_table(view.slots))
     return [_clean(line) for line in lines]
+
+
+def _power(power: object) -> str:
+    """The limit in force and its source, the budget, the policy and the price now."""
+    if not isinstance(power, dict):
+        return "unknown"
+    limit, binding = power.get("limit_kw"), power.get("binding")
+    parts = [
+        f"limit {limit:g} kW ({binding})"
+        if isinstance(limit, int | float) and not isinstance(limit, bool)
+        else "no limit"
+    ]
+    budget = power.get("budget_kw")
+    if isinstance(budget, int | float) and not isinstance(budget, bool):
+        parts.append(f"budget {budget:g} kW")
+    parts.append(f"policy {power.get('policy', '?')}")
+    price = power.get("price")
+    if isinstance(price, int | float) and not isinstance(price, bool):
+        parts.append(f"{price:g} {power.get('currency') or ''}/kWh".replace(" /", "/"))
+    return ", ".join(parts)
 
 
 def _header(view: StationView) -> str:

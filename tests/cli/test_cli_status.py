@@ -155,3 +155,20 @@ def test_render_a_swap_in_progress() -> None:
     # A cleared retained message removes the slot.
     assert view.update("slots/3", b"")
     assert 3 not in view.slots
+
+
+def test_render_the_power_limit_and_survive_a_garbled_one() -> None:
+    view = StationView("pss-0042")
+    state = {
+        "station": "pss-0042", "mode": "auto", "phase": "idle", "swap": None,
+        "power": {"limit_kw": 300.0, "binding": "grid_operator", "budget_kw": 290.0,
+                  "sources": [], "policy": "cost", "price": 1.105, "currency": "CNY"},
+    }  # fmt: skip
+    assert view.update("state", json.dumps(state).encode())
+    assert "power     limit 300 kW (grid_operator), budget 290 kW, policy cost, 1.105 CNY/kWh" in (
+        "\n".join(render(view))
+    )
+    for garbled in ("nonsense", {"limit_kw": True, "budget_kw": "x", "price": [1]}, None):
+        assert view.update("state", json.dumps({**state, "power": garbled}).encode())
+        text = "\n".join(render(view))
+        assert "power     " in text
