@@ -136,7 +136,7 @@ class SlotControl:
 
     def allocation_of(self, slot: int) -> float | None:
         """The power allocation of a slot in A (None: no grid limit bounds it)."""
-        if self.allocation.budget_w is None:
+        if not self.allocation.shared:
             return None
         return self.allocation.limits_a.get(slot, 0.0)
 
@@ -354,7 +354,7 @@ class SlotControl:
     ) -> None:
         """Switch on and raise, unless a charger is still above its share (under a budget)."""
         above = self._above_allocation(self.clock()) | failed
-        if above and self.allocation.budget_w is not None:
+        if above and self.allocation.shared:
             # A lower limit or a stop not taken yet, now or in an earlier step: nothing is
             # raised until it is down, or the budget could be exceeded.
             _log.warning("not raising charge limits: slot(s) %s above their share",
@@ -376,7 +376,7 @@ class SlotControl:
 
         A stale slot is counted at its worst case by the allocator already.
         """
-        if self.allocation.budget_w is None:
+        if not self.allocation.shared:
             return set()
         out: set[int] = set()
         for measured in self.book.views(now):

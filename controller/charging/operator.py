@@ -54,8 +54,8 @@ class OperatorCommands:
             reasons = self._refusing_on(slot, view, limit, bms)
             if reasons:
                 raise RefusedError(f"slot {slot}: cannot charge: {'; '.join(reasons)}")
-            if c.allocation.budget_w is not None:
-                # Under a grid limit the allocator starts it, within the budget, next step.
+            if c.allocation.shared:
+                # Under a grid limit (or circuits) the allocator starts it, within them, next step.
                 await self._set_manual_off(slot, off=False)
                 return
         else:

@@ -69,6 +69,12 @@ class Allocation:
     committed_w: float  # drawn (at worst) by slots that are not being allocated
     allocated_w: float  # upper bound of what the allocated slots can draw
     waiting: dict[int, str] = field(default_factory=dict)  # slot -> why it gets no power
+    circuits: bool = False  # shared within a circuit tree (with or without a budget)
+
+    @property
+    def shared(self) -> bool:
+        """Whether the slots' limits are shares of a limit (a budget, or circuits)."""
+        return self.budget_w is not None or self.circuits
 
     @property
     def bound_w(self) -> float:
@@ -266,7 +272,9 @@ def allocate(
             waiting[d.slot] = deferred.get(d.slot) or _why_waiting(
                 d.slot, budget, tree, nodes, policy
             )
-    return Allocation(limits, None if math.isinf(budget) else budget, committed, allocated, waiting)
+    return Allocation(
+        limits, None if math.isinf(budget) else budget, committed, allocated, waiting, bool(tree)
+    )
 
 
 def _why_waiting(

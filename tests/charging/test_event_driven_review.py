@@ -23,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from controller.charging.circuits import Tree
 from controller.charging.control import SlotControl
 from controller.charging.limits import PowerLimits
 from controller.charging.power import allocate
@@ -616,5 +617,44 @@ def test_views_are_not_served_stale_after_an_update_at_the_same_instant() -> Non
         after = c.book.view(1, s.clock.t)
         assert after is not before and after.reading is not None
         assert not after.reading.pack_present
+    finally:
+        s.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_feeder_without_a_grid_limit_is_never_overloaded_by_the_limits_in_force() -> None:
+    """A circuit tree and no grid limit: a 100 kW feeder over slot 1 (rack a) and slot 3 (rack
+    b) bounds their chargers at every step, the limits in force included, even while slot 1's
+    charger will not take a lower limit (nothing is raised until it does); slot 4, on no
+    feeder, charges at full current throughout."""
+    s = TwoRacks(2, station_config())
+    s.c.tree = Tree({"fa": 100_000.0}, {1: ("fa",), 3: ("fa",)})
+    try:
+        s.set_pack(1, "PK-1", soc=30.0)
+        s.set_pack(4, "PK-4", soc=30.0)
+
+        def feeder() -> float:
+            return sum(s.charger(n)[1] * V_BMS for n in (1, 3) if s.charger(n)[0])
+
+        for _ in range(20):  # past the start-up's minimum off-time: slot 1 alone, at full
+            s.step()
+        assert s.charger(1) == (True, float(CHARGER_MAX_A))
+        # Slot 3 gets a pack nearer to ready: it comes first and slot 1 must come down, but
+        # slot 1's charger ignores the lower limit: slot 3 is not switched on over the feeder.
+        s.peers["a"].ignore_limit_writes = True
+        s.set_pack(3, "PK-3", soc=80.0)
+        for _ in range(30):
+            s.step()
+            assert feeder() <= 100_000.0 + 1e-6, (feeder(), s.charger(1), s.charger(3))
+        assert s.charger(1) == (True, float(CHARGER_MAX_A))  # still ignoring
+        assert not s.charger(3)[0]
+        s.peers["a"].ignore_limit_writes = False
+        for _ in range(30):
+            s.step()
+            assert feeder() <= 100_000.0 + 1e-6, (feeder(), s.charger(1), s.charger(3))
+        assert s.charger(3) == (True, float(CHARGER_MAX_A))
+        assert s.c.allocation.shared and s.c.allocation.budget_w is None
+        assert s.charger(4) == (True, float(CHARGER_MAX_A))
+        assert s.c.allocation_of(1) is not None
     finally:
         s.close()
