@@ -119,7 +119,7 @@ class Foresight:
             c.touch(*c.book.slots)
 
     def _returned(self, demand: DemandConfig) -> Returned:
-        """What decides when the packs the cars bring are ready (outlook.returned_back)."""
+        """What decides when the packs the cars bring are ready (outlook.recharge_of)."""
         c = self.control
         wanting = [d for d in c.demands if d.wants and d.volt_bound_v > 0]
         volts = sum(d.volt_bound_v for d in wanting) / len(wanting) if wanting else NOMINAL_V

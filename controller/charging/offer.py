@@ -24,7 +24,7 @@ from controller.config.power import DemandConfig
 
 LENGTHS_MIN = (15, 30, 60)
 SHEDS = (0.25, 0.5, 0.75, 1.0)
-LOOK_MIN = 120  # the cost is counted over this long from now
+LOOK_MIN = 240  # the cost is counted over this long from now (a peak outlasts a cut)
 MAX_CARS = 0.5  # extra cars turned away that a shed in the offer may cost
 MAX_SHORT = 0.5  # extra packs short of the floor likewise
 
@@ -140,4 +140,7 @@ def _outlook(
     fc = forecast(
         inputs.model, inputs.demands, inputs.budget_w, inputs.ready, horizon_min=LOOK_MIN, cut=cut
     )
-    return outlooks(inputs.demand, fc.supply_s, inputs.ready, inputs.min_ready, inputs.at, horizons)
+    return outlooks(
+        inputs.demand, fc.supply_s, inputs.ready, inputs.min_ready, inputs.at, horizons,
+        inputs.returned, fc.spare_w, inputs.waiting,
+    )  # fmt: skip

@@ -15,7 +15,6 @@ milliseconds per type (docs/power-management.md).
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -78,43 +77,80 @@ class Returned:
     delay_min: float  # from a car's swap start to its pack charging in a slot
 
 
-Back = list[list[tuple[int, float]]]  # per minute a pack is taken: (minutes later, share) ready
+@dataclass(frozen=True, slots=True)
+class Recharge:
+    """How one type's returned packs charge: energy to ready per SoC group, power, what is spare."""
+
+    need_wh: Sequence[tuple[float, float]]  # (Wh a pack needs to be ready, share of the packs)
+    max_w: float  # the most one charger gives
+    spare_w: Sequence[float | None]  # per minute: left by the packs charging now (None: no limit)
+    delay_min: int
 
 
-def returned_back(
-    returned: Returned, pack_type: str, spare_w: Sequence[float | None], in_flight: float,
-    minutes: int,
-) -> Back:  # fmt: skip
-    """When the pack a car brings at minute m is ready: (minutes after m, share) per m.
+GROUPS = 4  # the returned packs' SoC, in this many groups (quantiles)
+COHORT_MIN = 5  # the packs taken within this many minutes charge as one cohort
 
-    It charges on the budget the packs charging now leave over (`spare_w`, per minute; None:
-    no limit), shared with the other packs coming back meanwhile (`in_flight`), at most at the
-    charger's current.
-    """
-    socs = list(returned.socs.get(pack_type, ()))
-    if not socs:
-        return [[] for _ in range(minutes)]
-    amps = []
-    for m in range(minutes):
-        spare = spare_w[m] if m < len(spare_w) else (spare_w[-1] if spare_w else None)
-        share = returned.max_current_a if spare is None else spare / returned.volts / in_flight
-        amps.append(max(0.0, min(returned.max_current_a, share)))
-    total = [0.0]
-    for a in amps:
-        total.append(total[-1] + a)  # ampere-minutes charged by the end of each minute
+
+def recharge_of(
+    returned: Returned, pack_type: str, spare_w: Sequence[float | None], share: float
+) -> Recharge:
+    """A type's `Recharge`: its SoC seen lately in groups; `share` of what is spare."""
+    socs = sorted(returned.socs.get(pack_type, ()))
     capacity = returned.capacity_ah.get(pack_type, 0.0)
-    needs = [max(0.0, returned.ready_soc - s) / 100.0 * capacity * 60.0 for s in socs]
-    share = 1.0 / len(socs)
-    back: Back = []
-    for m in range(minutes):
-        start = min(minutes, m + math.ceil(returned.delay_min))
-        done: dict[int, float] = {}
-        for need in needs:
-            at = bisect_left(total, total[start] + need - 1e-9, lo=start)
-            if at <= minutes:
-                done[at - m] = done.get(at - m, 0.0) + share
-        back.append(sorted(done.items()))
-    return back
+    groups: list[tuple[float, float]] = []
+    if socs:
+        size = max(1, math.ceil(len(socs) / GROUPS))
+        for i in range(0, len(socs), size):
+            part = socs[i : i + size]
+            soc = sum(part) / len(part)
+            need = max(0.0, returned.ready_soc - soc) / 100.0 * capacity * returned.volts
+            groups.append((need, len(part) / len(socs)))
+    return Recharge(
+        need_wh=groups,
+        max_w=returned.max_current_a * returned.volts,
+        spare_w=[None if w is None else w * share for w in spare_w],
+        delay_min=math.ceil(returned.delay_min),
+    )
+
+
+class _Cohorts:
+    """Packs brought by the cars, charging on what is spare, nearest to ready first."""
+
+    def __init__(self, recharge: Recharge, span: int) -> None:
+        self.r = recharge
+        self.pending = [0.0] * (span + recharge.delay_min + 1)
+        self.charging: list[list[float]] = []  # [Wh each still needs, packs]
+
+    def take(self, minute: int, packs: float) -> None:
+        """`packs` taken by cars in `minute`: theirs go into slots after the delay."""
+        self.pending[minute + self.r.delay_min] += packs
+
+    def step(self, minute: int) -> float:
+        """One minute's charging; the packs (in expectation) that got ready in it."""
+        ready = 0.0
+        if minute % COHORT_MIN == COHORT_MIN - 1:  # the packs due in the last few minutes
+            packs = sum(self.pending[minute + 1 - COHORT_MIN : minute + 1])
+            if packs > 1e-6:
+                for need, share in self.r.need_wh:
+                    if need <= 0:
+                        ready += packs * share
+                    else:
+                        self.charging.append([need, packs * share])
+        if not self.charging:
+            return ready
+        spares = self.r.spare_w
+        spare = spares[minute] if minute < len(spares) else (spares[-1] if spares else None)
+        left = math.inf if spare is None else max(0.0, spare)
+        self.charging.sort(key=lambda c: c[0])
+        for cohort in self.charging:
+            power = min(left, cohort[1] * self.r.max_w)
+            if power <= 0:
+                break
+            cohort[0] -= power / cohort[1] / 60.0  # Wh each, in a minute
+            left -= power
+        ready += sum(c[1] for c in self.charging if c[0] <= 1e-6)
+        self.charging = [c for c in self.charging if c[0] > 1e-6 and c[1] > 1e-6]
+        return ready
 
 
 def outlook(
@@ -125,22 +161,23 @@ def outlook(
     max_wait_min: float,
     floor: int = 0,
     horizons: Sequence[int] = (5, 15, 30, 60),
-    back: Back | None = None,
+    recharge: Recharge | None = None,
     waiting: int = 0,
 ) -> TypeOutlook:
     """The distribution of ready packs carried minute by minute over `max(horizons)` minutes.
 
-    `back`: when a pack taken at minute m is back, charged (`returned_back`): the packs the
-    cars bring add to the supply, in expectation.
+    `recharge`: how the packs the cars bring are charged: every pack taken adds, in
+    expectation, a ready pack once its own is charged on what the packs charging now leave
+    spare (nearest to ready first, as the `demand` policy does).
     `waiting`: cars already waiting for a pack (refused for want of one, not yet gone).
     """
     span = max(horizons)
-    returned = [0.0] * (span + 1)  # expected packs coming back ready, by minute
+    returned = [0.0] * (span + 2)  # expected packs coming back ready, by minute
     top = ready_now + len(supply_s) + int(sum(rates[:span])) + 1
     size = top + QUEUE_MAX + 1
     dist = [0.0] * size  # index i: n = i - QUEUE_MAX
     dist[ready_now - min(waiting, QUEUE_MAX) + QUEUE_MAX] = 1.0  # the queue takes packs first
-    supply = [0] * (max(horizons) + 1)
+    supply = [0] * (span + 1)
     for s in supply_s:
         m = int(s // 60.0)
         if m < len(supply):
@@ -148,7 +185,9 @@ def outlook(
     keep: dict[str, tuple[float, int, int, float, float, float]] = {}
     cars = turned = 0.0
     leave = 1.0 / max_wait_min
+    cohorts = None if recharge is None else _Cohorts(recharge, span)
     for minute in range(max(horizons)):
+        before = _mean_ready(dist) + supply[minute] + returned[minute]
         if supply[minute]:
             k = supply[minute]
             dist = [0.0] * k + dist[: size - k]  # n grows by the packs getting ready
@@ -157,13 +196,12 @@ def outlook(
         lam = rates[minute] if minute < len(rates) else 0.0
         cars += lam
         if lam > 0:
-            before = _mean_ready(dist)
             dist, lost = _arrive(dist, lam)
             turned += lost
-            taken = before - _mean_ready(dist)
-            for d, share in back[minute] if back is not None and minute < len(back) else ():
-                if minute + d <= span:
-                    returned[minute + d] += taken * share
+        if cohorts is not None:
+            # The packs taken this minute (by the cars arriving, or waiting) come back.
+            cohorts.take(minute, max(0.0, before - _mean_ready(dist)))
+            returned[minute + 1] += cohorts.step(minute)
         # A car waiting in vain leaves after max_wait_min on average (the first of the queue).
         moved = [0.0] * size
         for i, p in enumerate(dist):
@@ -254,14 +292,14 @@ def outlooks(  # noqa: PLR0917 - the inputs of one computation, as the forecast'
     types = [t for t in types if t]
     span = max(horizons)
     rates = {t: arrival_rates(cfg, t, types, at, span) for t in types}
-    # The packs coming back share what is spare with those of the next three quarters of an
-    # hour (about how long one charges).
-    in_flight = max(1.0, sum(sum(r[:45]) for r in rates.values()))
+    total = sum(sum(r) for r in rates.values())
     out = {}
     for t in types:
-        back = None
+        recharge = None
         if returned is not None:
-            back = returned_back(returned, t, spare_w, in_flight, span)
+            # What is spare, shared out by type as the cars are.
+            share = sum(rates[t]) / total if total > 0 else 1.0 / len(types)
+            recharge = recharge_of(returned, t, spare_w, share)
         out[t] = outlook(
             ready_now.get(t, 0),
             supply.get(t, ()),
@@ -269,7 +307,7 @@ def outlooks(  # noqa: PLR0917 - the inputs of one computation, as the forecast'
             max_wait_min=cfg.max_wait_min,
             floor=min_ready.get(t, 0),
             horizons=horizons,
-            back=back,
+            recharge=recharge,
             waiting=waiting.get(t, 0),
         )
     return out

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from controller.charging.circuits import Tree
 from controller.charging.limits import GRID, PowerLimits, RunLimit
 from controller.charging.offer import Inputs, build_offer, cost
-from controller.charging.outlook import Returned, outlook, returned_back
+from controller.charging.outlook import Returned, outlook, recharge_of
 from controller.charging.plan import plan_deferred
 from controller.charging.power import Demand, PowerModel, allocate
 from controller.charging.tariff import Interval, Tariff, minute_prices
@@ -274,7 +274,7 @@ def test_the_outlook_is_a_distribution_of_sense(
     ready: int, supply: list[float], rate: float, waiting: int, floor: int
 ) -> None:
     o = outlook(ready, supply, [rate] * 60, max_wait_min=15, floor=floor, waiting=waiting,
-                back=returned_back(RETURNED, "STD75", [None], 3.0, 60))  # fmt: skip
+                recharge=recharge_of(RETURNED, "STD75", [None], 1.0))  # fmt: skip
     for h in ("5", "15", "30", "60"):
         assert o.low[h] <= o.high[h]  # (the mean may lie outside the 10-90 % band)
         assert 0 <= o.expected[h] <= ready + len(supply) + o.cars[h] + 1
