@@ -1,8 +1,8 @@
 """The flexibility offer: what the station could shed for 15, 30 and 60 minutes, and its cost.
 
 The cost of a lower limit is counted in cars: the ready-pack forecast run with the lower
-budget for the curtailment's length, then the demand-aware outlook (outlook.py) over two hours
-against the same without it: the extra cars expected to leave without a pack, and the extra
+budget for the curtailment's length, then the demand-aware outlook (outlook.py) over four
+hours against the same without it: the extra cars expected to leave without a pack, and the extra
 packs short of `min_ready` when the curtailment ends. The offer for a length is the deepest
 shed of 25, 50, 75 or 100 % of the present draw whose cost stays within half a car and half a
 pack. Pure: run on a worker thread.
@@ -36,7 +36,7 @@ class OfferStep(BaseModel):
 
     limit_kw: float
     shed_kw: float
-    turned_away: float  # extra cars expected to leave without a pack (over two hours)
+    turned_away: float  # extra cars expected to leave without a pack (over four hours)
     below_floor: float  # extra packs short of min_ready when it ends
 
 
@@ -102,7 +102,7 @@ def cost(
 
 
 def baseline(inputs: Inputs, lengths: tuple[int, ...] = LENGTHS_MIN) -> dict[str, TypeOutlook]:
-    """The outlook as things are, at the ends of `lengths` and over the two hours."""
+    """The outlook as things are, at the ends of `lengths` and over the four hours."""
     return _outlook(inputs, None, sorted({*lengths, LOOK_MIN}))
 
 
