@@ -23,6 +23,7 @@ class PackLedger:
     cycles: dict[str, tuple[float, float]] = field(default_factory=dict)  # serial -> (t0, kWh)
     where: dict[str, set[str]] = field(default_factory=dict)  # rack -> serials in it now
     rack_t: dict[str, float] = field(default_factory=dict)
+    power: dict[str, dict[str, float]] = field(default_factory=dict)  # rack -> serial -> W
     store: dict[str, float] = field(default_factory=dict)  # rack -> kWh in its packs now
     start: dict[str, float] = field(default_factory=dict)  # rack -> kWh at its first step
     bound: float = 0.0
@@ -35,8 +36,14 @@ class PackLedger:
     def on_tick(
         self, rack: str, day_s: float, packs: Sequence[tuple[str, float, float]], *, counting: bool
     ) -> None:
-        """A rack's physics step at `day_s`: (serial, power W, kWh held) of every pack in it."""
+        """A rack's physics step at `day_s`: (serial, power W, kWh held) of every pack in it.
+
+        The energy of the interval since the last step is the power the last step left (as
+        the recorder counts it: the bound and the cost count the same energy).
+        """
         last = self.rack_t.get(rack)
+        before = self.power.get(rack, {})
+        self.power[rack] = {serial: watts for serial, watts, _ in packs}
         self.rack_t[rack] = day_s
         self.store[rack] = sum(kwh for _, _, kwh in packs)
         if not counting:
@@ -47,9 +54,9 @@ class PackLedger:
             self._close(gone, day_s)
         self.where[rack] = now
         dt = 0.0 if last is None else max(0.0, day_s - last)
-        for serial, watts, _ in packs:
+        for serial, _, _ in packs:
             t0, kwh = self.cycles.get(serial, (day_s, 0.0))
-            self.cycles[serial] = (t0, kwh + watts * dt / 3.6e6)
+            self.cycles[serial] = (t0, kwh + before.get(serial, 0.0) * dt / 3.6e6)
 
     def close_all(self, day_s: float) -> None:
         """The run ends: every pack still in a slot ends its cycle now."""

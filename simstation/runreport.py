@@ -270,12 +270,36 @@ def merge_bays(
                 key=lambda f: f.t_s,
             ),
             "energy_kwh": round(sum(r.energy_kwh for r in reports), 1),
+            **_grid_sums(reports, count["served"]),
             "peak_grid_kw": round(max((x.grid_kw for x in samples), default=0.0), 1),
             "records": records,
             "sim_records_kib": sum(r.sim_records_kib for r in reports),
             "bays": [_bay_stat(r, lane) for r, lane in zip(reports, lanes, strict=True)],
         }
     )
+
+
+def _grid_sums(reports: Sequence[Report], served: int) -> dict[str, object]:
+    """The site's energy and its cost: every bay's, summed.
+
+    Each bay has its own grid connection and limits: `binding_by_hour`, the forecasts and the
+    grid events (sent to bay 1) stay bay 1's.
+    """
+
+    def total(values: list[float | None]) -> float | None:
+        return None if any(v is None for v in values) else round(sum(v or 0.0 for v in values), 2)
+
+    cost = total([r.energy_cost for r in reports])
+    return {
+        "energy_by_hour": [
+            round(sum(hs), 2) for hs in zip(*(r.energy_by_hour for r in reports), strict=False)
+        ],
+        "energy_cost": cost,
+        "cost_per_swap": None if cost is None or not served else round(cost / served, 3),
+        "energy_cost_bound": total([r.energy_cost_bound for r in reports]),
+        "store_kwh_start": total([r.store_kwh_start for r in reports]),
+        "store_kwh_end": total([r.store_kwh_end for r in reports]),
+    }
 
 
 def _bay_stat(report: Report, lane: BayRun) -> BayStat:

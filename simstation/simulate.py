@@ -907,7 +907,8 @@ async def _grid_events(
             "id": f"grid-{n}-{int(at)}",
             "source": event.source,
             "kw": kw,
-            "duration_s": event.duration_min * 60.0,
+            # The daemon's seconds: on wall time a simulated minute is 60 / speed of them.
+            "duration_s": event.duration_min * 60.0 / sim.clock.speed,
             "by": "simulated grid operator",
         }
         reply = await fleet.command("set_power_limit", body)

@@ -20,6 +20,19 @@ class Tree:
 
     limits_w: Mapping[str, float] = field(default_factory=dict)
     paths: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
+    # Derived once: each node's slots, and the nodes deepest first (a node with no slot too).
+    under: Mapping[str, tuple[int, ...]] = field(init=False, default_factory=dict)
+    deepest_first: tuple[str, ...] = field(init=False, default=())
+
+    def __post_init__(self) -> None:
+        under: dict[str, list[int]] = {n: [] for n in self.limits_w}
+        depth: dict[str, int] = dict.fromkeys(self.limits_w, 0)
+        for slot, path in self.paths.items():
+            for level, node in enumerate(path):
+                under.setdefault(node, []).append(slot)
+                depth[node] = max(depth.get(node, 0), len(path) - level)
+        object.__setattr__(self, "under", {n: tuple(s) for n, s in under.items()})
+        object.__setattr__(self, "deepest_first", tuple(sorted(depth, key=lambda n: -depth[n])))
 
     def __bool__(self) -> bool:
         return bool(self.limits_w)

@@ -101,7 +101,7 @@ class SlotControl:
         self.limits = PowerLimits(config.power)
         self.tariff = Tariff(config.power.tariff)
         self.tree = tree_of(config)
-        self._ended: list[str] = []  # run-time limits that ended, to journal
+        self._ended: list[tuple[str, float]] = []  # run-time limits that ended, to journal
         self.allocation = Allocation({}, None, 0.0, 0.0)
         self._demands: dict[int, Demand] = {}
         # Per slot, the watts committed and allocated without a grid limit (`_merged`).
@@ -264,8 +264,11 @@ class SlotControl:
         targets = self.book.slots if slots is None else sorted(s for s in slots if s)
         views, measured = self._evaluate(now, batch, targets)
         reshared = self._allocate(views, measured, now)
-        for source in self._ended:
-            batch.execute("DELETE FROM power_limits WHERE source = ?", (source,))
+        for source, set_at in self._ended:
+            # This limit only: a renewal of the source committed meanwhile stays.
+            batch.execute(
+                "DELETE FROM power_limits WHERE source = ? AND set_at = ?", (source, set_at)
+            )
             batch.event("power_limit_ended", {"source": source})
         self._ended.clear()
         for slot in reshared - views.keys():
@@ -401,7 +404,7 @@ class SlotControl:
         cfg = self.config.power
         at = clocks.localnow()
         for ended in self.limits.prune(at.timestamp()):
-            self._ended.append(ended.source)
+            self._ended.append((ended.source, ended.set_at))
         budget = self.limits.budget_w(at) if self.limits.limited else None
         self.power.learn(self._unlearnt(measured))
         fresh: list[int] = list(views)
@@ -414,14 +417,13 @@ class SlotControl:
                     fresh.append(slot)
         for slot, view in views.items():
             wants = self._may_charge(view, now)
-            demand = self._held_on(
-                self.power.demand(view, wants=wants, taper=budget is not None), now
-            )
+            shared = budget is not None or bool(self.tree)
+            demand = self._held_on(self.power.demand(view, wants=wants, taper=shared), now)
             if self._demands.get(slot) != demand:
                 self._demands[slot] = demand
                 self.demands_changed += 1
         before = self.allocation
-        if budget is None and before.budget_w is None and not self.tree:
+        if budget is None and not before.shared and not self.tree and cfg.policy != "cost":
             part = allocate(
                 [self._demands[s] for s in views], None, policy=cfg.policy,
                 min_current_a=cfg.min_current_a, ready_soc=self.config.swap.min_dispense_soc,
@@ -437,7 +439,7 @@ class SlotControl:
             policy=cfg.policy,
             min_current_a=cfg.min_current_a,
             ready_soc=self.config.swap.min_dispense_soc,
-            ready_now=self.ready_counts() if budget is not None else {},
+            ready_now=self.ready_counts() if budget is not None or self.tree else {},
             min_ready=cfg.min_ready,
             tree=self.tree,
             deferred=self.foresight.deferred if cfg.policy == "cost" else None,

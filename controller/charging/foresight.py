@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 from typing import TYPE_CHECKING
 
 from controller.charging.forecast import Forecast
@@ -24,6 +25,8 @@ from drivers import clock as clocks
 
 if TYPE_CHECKING:
     from controller.charging.control import SlotControl
+
+_log = logging.getLogger(__name__)
 
 WAITING_KEEP = 200  # cars refused for want of a pack remembered at most
 RETURNED_KEEP = 100  # returned packs' SoC remembered per type
@@ -53,7 +56,20 @@ class Foresight:
         return self.control.config.power.demand is not None
 
     async def update(self, fc: Forecast) -> None:
-        """After a forecast: the outlook, the cost plan, and the offer when it is due."""
+        """After a forecast: the outlook, the cost plan, and the offer when it is due.
+
+        Advice, not control: a failure is logged and the last results stand (the plan's
+        deferrals are dropped, so that nothing waits on a plan that could not be made).
+        """
+        try:
+            await self._update(fc)
+        except Exception:  # noqa: BLE001 - the forecast task must go on whatever this does
+            _log.exception("the demand-aware outlook, plan or offer failed")
+            if self.deferred:
+                self.deferred = {}
+                self.control.touch(*self.control.book.slots)
+
+    async def _update(self, fc: Forecast) -> None:
         inputs = self.inputs()
         if inputs is None:
             return
@@ -67,12 +83,21 @@ class Foresight:
             self._offer_at = now
             self.offer = await asyncio.to_thread(build_offer, inputs)
 
-    async def assess_limit(self, kw: float, duration_s: float) -> OfferCheck:
-        """What a limit of `kw` for `duration_s` would cost, and whether the offer covers it."""
-        inputs = self.inputs()
+    async def assess_limit(
+        self, kw: float, duration_s: float, inputs: Inputs | None = None
+    ) -> OfferCheck:
+        """What a limit of `kw` for `duration_s` would cost, and whether the offer covers it.
+
+        `inputs`: the station as it was before the limit (default: as it is now).
+        """
+        inputs = inputs or self.inputs()
         if inputs is None:
             return OfferCheck(True, None, "no power.demand profile: the cost is not predicted")
-        step = await asyncio.to_thread(cost, inputs, kw, duration_s)
+        try:
+            step = await asyncio.to_thread(cost, inputs, kw, duration_s)
+        except Exception:  # noqa: BLE001 - a prediction that fails must not fail the limit
+            _log.exception("the cost of a %g kW limit could not be predicted", kw)
+            return OfferCheck(False, None, "its cost could not be predicted (see the log)")
         return judge_offer(step)
 
     def inputs(self) -> Inputs | None:

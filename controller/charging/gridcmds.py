@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from controller.charging.limits import MAX_RUNTIME_SOURCES, RunLimit
 from controller.charging.requests import (
+    MAX_DURATION_S,
     ClearPowerLimit,
     Outcome,
     PowerRequest,
     SetPowerLimit,
     SetTariff,
 )
-from controller.charging.tariff import Interval
+from controller.charging.tariff import MAX_AHEAD_S, Interval
 from controller.errors import RefusedError
 from controller.store.events import JournalBatch
 from drivers import clock as clocks
@@ -74,13 +75,19 @@ class GridCommands:
         if ended:
             batch = JournalBatch()
             for r in ended:
-                batch.execute("DELETE FROM power_limits WHERE source = ?", (r.source,))
+                batch.execute(
+                    "DELETE FROM power_limits WHERE source = ? AND set_at = ?", (r.source, r.set_at)
+                )
                 batch.event("power_limit_ended", {"source": r.source, "kw": r.kw})
             await c.events.commit(batch)
         c.tariff.set_ahead([iv for iv in prices if iv.end > now], now)
 
     async def set_limit(self, request: SetPowerLimit) -> Outcome:
-        """A run-time limit: journalled, then applied by the next control step."""
+        """A run-time limit: journalled, then applied by the next control step.
+
+        An order applies first and its cost is predicted after (from the station as it was);
+        a request `if_within_offer` is judged first, and refused with its cost when outside.
+        """
         c = self.control
         now = clocks.wall()
         until = _until(request, now)
@@ -88,9 +95,16 @@ class GridCommands:
             raise RefusedError(
                 f"{MAX_RUNTIME_SOURCES} sources already hold a limit: clear one first"
             )
-        offer = await c.foresight.assess_limit(request.kw, (until or now + 3600.0) - now)
-        if request.if_within_offer and not offer.within:
-            raise RefusedError(f"outside the flexibility offer: {offer.text}")
+        before = c.foresight.inputs()  # the station as it is, before the limit
+        offer = None
+        if request.if_within_offer:
+            if until is None:
+                raise RefusedError(
+                    "an offer is for a while: give duration_s or until with if_within_offer"
+                )
+            offer = await c.foresight.assess_limit(request.kw, until - now, before)
+            if not offer.within:
+                raise RefusedError(f"outside the flexibility offer: {offer.text}")
         limit = RunLimit(request.source, request.kw, until, now, request.by)
         batch = JournalBatch()
         batch.execute(
@@ -105,6 +119,10 @@ class GridCommands:
         await c.events.commit(batch)
         c.limits.runtime[limit.source] = limit
         c.limits_changed()
+        if offer is None:
+            # In force already: what it costs is said after (an hour when it has no end).
+            lasts = (until or now + 3600.0) - now
+            offer = await c.foresight.assess_limit(request.kw, lasts, before)
         at = clocks.localnow()
         bind = c.limits.binding(at)
         result: dict[str, Any] = {
@@ -126,7 +144,10 @@ class GridCommands:
             held = ", ".join(sorted(c.limits.runtime)) or "none"
             raise RefusedError(f"no run-time limit from {request.source!r} (held: {held})")
         batch = JournalBatch()
-        batch.execute("DELETE FROM power_limits WHERE source = ?", (request.source,))
+        batch.execute(
+            "DELETE FROM power_limits WHERE source = ? AND set_at = ?",
+            (request.source, limit.set_at),
+        )
         batch.event("power_limit_cleared", {"source": request.source, "by": request.by})
         await c.events.commit(batch)
         c.limits.runtime.pop(request.source, None)
@@ -151,7 +172,8 @@ class GridCommands:
             raise RefusedError("prices: an interval ends before it starts")
         if intervals[-1].end <= now:
             raise RefusedError("prices: every interval has ended")
-        c.tariff.set_ahead(intervals, now)
+        if intervals[-1].end > now + MAX_AHEAD_S:
+            raise RefusedError(f"prices: at most {MAX_AHEAD_S / 86400:g} days ahead")
         batch = JournalBatch()
         batch.execute("DELETE FROM tariff_prices WHERE end <= ?", (now,))
         for iv in intervals:
@@ -164,6 +186,7 @@ class GridCommands:
             )
         batch.event("tariff_set", {"intervals": len(intervals), "by": request.by})
         await c.events.commit(batch)
+        c.tariff.set_ahead(intervals, now)  # once journalled
         c.limits_changed()
         return Outcome(f"{len(intervals)} price(s) set", {"held": len(c.tariff.ahead)})
 
@@ -177,10 +200,10 @@ def _until(request: SetPowerLimit, now: float) -> float | None:
     if not ends:
         return None
     until = min(ends)
+    if not math.isfinite(until) or until > now + MAX_DURATION_S:
+        raise RefusedError(f"until: at most {MAX_DURATION_S / 86400:g} days ahead")
     if until <= now:
         raise RefusedError(f"until {_iso(until)} has passed")
-    if not math.isfinite(until):
-        raise RefusedError("until: not a time")
     return until
 
 

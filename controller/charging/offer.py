@@ -95,7 +95,8 @@ def cost(
     extra_short = sum(cut[t].below_floor[end] - base[t].below_floor[end] for t in cut)
     return OfferStep(
         limit_kw=round(limit_kw, 1),
-        shed_kw=round(max(0.0, inputs.draw_kw - limit_kw), 1),
+        # The chargers' share under the limit is the limit less the margin.
+        shed_kw=round(max(0.0, inputs.draw_kw - (limit_kw - inputs.margin_w / 1000.0)), 1),
         turned_away=round(max(0.0, extra_cars), 2),
         below_floor=round(max(0.0, extra_short), 2),
     )

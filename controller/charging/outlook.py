@@ -173,7 +173,9 @@ def outlook(
     """
     span = max(horizons)
     returned = [0.0] * (span + 2)  # expected packs coming back ready, by minute
-    top = ready_now + len(supply_s) + int(sum(rates[:span])) + 1
+    # Room for every pack there can be: those ready, charging, and one back per car at most
+    # (a returned pack is added in expectation, to every state).
+    top = ready_now + len(supply_s) + 2 * math.ceil(sum(rates[:span])) + 4
     size = top + QUEUE_MAX + 1
     dist = [0.0] * size  # index i: n = i - QUEUE_MAX
     dist[ready_now - min(waiting, QUEUE_MAX) + QUEUE_MAX] = 1.0  # the queue takes packs first
@@ -243,9 +245,13 @@ def _add_expected(dist: list[float], packs: float) -> list[float]:
 
 def _arrive(dist: list[float], lam: float) -> tuple[list[float], float]:
     """Poisson(lam) cars take a pack each (or wait); beyond the queue's end they leave."""
-    terms = [math.exp(-lam)]
-    while terms[-1] > TAIL and len(terms) < 30:
-        terms.append(terms[-1] * lam / len(terms))
+    # Past the mode until the tail is negligible (log space: exp(-lam) underflows for a big lam).
+    most = int(lam + 10.0 * math.sqrt(lam) + 10.0)
+    terms = []
+    for k in range(most + 1):
+        terms.append(math.exp(-lam + k * math.log(lam) - math.lgamma(k + 1)))
+        if k > lam and terms[-1] < TAIL:
+            break
     terms[-1] += max(0.0, 1.0 - sum(terms))
     out = [0.0] * len(dist)
     lost = 0.0

@@ -3,7 +3,7 @@
 Over `power.plan_horizon_h` in quarter hours, with the tariff's price of each:
 
 1. **When each pack is needed**: the cars expected of its type (outlook.py's rates: the
-   arrival profile, capped by the bay), one standard deviation above the mean, plus the type's
+   arrival profile), one standard deviation above the mean, plus the type's
    `min_ready` floor, less the packs ready now. The j-th pack nearest to ready is needed by the
    quarter hour in which that count first reaches j; one never needed in the horizon (and a
    pack topping up above the dispense SoC) may charge any time in it.
@@ -48,9 +48,15 @@ def plan_deferred(
     if not wanting or not tariff:
         return {}
     steps = max(1, int(horizon_h * 3600 / STEP_S))
-    starts = [at + timedelta(seconds=STEP_S * k) for k in range(steps)]
+    # Quarter hours of the clock (a tariff changes on them): the first is what is left of this one.
+    first = at.replace(minute=at.minute // 15 * 15, second=0, microsecond=0)
+    starts = [at] + [first + timedelta(seconds=STEP_S * k) for k in range(1, steps)]
     prices = [_price(tariff, s) for s in starts]
-    room = [math.inf if budget_w is None else budget_w * STEP_S / 3600.0] * steps  # Wh
+    # What the chargers not planned for draw (stale, faulted, stopping) takes its share first.
+    committed = sum(d.committed_w for d in demands if not d.wants)
+    spare = math.inf if budget_w is None else max(0.0, budget_w - committed)
+    room = [spare * STEP_S / 3600.0] * steps  # Wh
+    room[0] = spare * (starts[1] - at).total_seconds() / 3600.0 if steps > 1 else room[0]
     types = sorted({d.pack_type or "" for d in wanting} | set(ready_now) | set(demand.pack_mix))
     deadlines = _deadlines(wanting, ready_now, demand, min_ready, types, at, steps, ready_soc)
     planned: dict[int, float] = {}

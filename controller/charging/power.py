@@ -227,8 +227,8 @@ def allocate(
     nodes = tree.left_after((d.slot, d.committed_w) for d in demands if not d.wants)
     wanting = [d for d in demands if d.wants]
     deferred = deferred or {}
-    if tree and budget is None:
-        budget = math.inf  # the circuits bound it: shared like a budget
+    if (tree or deferred) and budget is None:
+        budget = math.inf  # the circuits bound it, or the cost plan holds slots back: shared
     if budget is None:
         limits = {d.slot: quantise(d.cap_a, min_current_a) for d in wanting}
         allocated = sum(limits[d.slot] * d.volt_bound_v for d in wanting)
@@ -282,10 +282,14 @@ def _why_waiting(
 ) -> str:
     """A waiting slot's reason: the budget, or the circuit above it that is full."""
     by = " by packs nearer to ready" if policy != "equal" else ""
-    full = [n for n in tree.paths.get(slot, ()) if nodes[n] < 1000.0]
-    if full:
-        kw = tree.limits_w[full[-1]] / 1000
-        return f"waiting for power: circuit {full[-1]} ({kw:.0f} kW) is in use{by}"
+    path = tree.paths.get(slot, ())
+    full = [n for n in path if nodes[n] < 1000.0]
+    if full or (path and math.isinf(budget)):
+        node = full[-1] if full else min(path, key=lambda n: nodes[n])
+        kw = tree.limits_w[node] / 1000
+        return f"waiting for power: circuit {node} ({kw:.0f} kW) is in use{by}"
+    if math.isinf(budget):
+        return f"waiting for power{by}"
     return f"waiting for power: the {budget / 1000:.0f} kW budget is in use{by}"
 
 
@@ -296,9 +300,8 @@ def _within_circuits(
     """Equal shares cut evenly under every circuit that they would overload (deepest first)."""
     out = dict(limits)
     by_slot = {d.slot: d for d in wanting}
-    depth = {n: max(len(p) - p.index(n) for p in tree.paths.values() if n in p) for n in nodes}
-    for node in sorted(nodes, key=lambda n: -depth[n]):
-        under = [s for s in out if node in tree.paths.get(s, ()) and out[s] > 0]
+    for node in tree.deepest_first:
+        under = [s for s in tree.under.get(node, ()) if out.get(s, 0.0) > 0]
         drawn = sum(out[s] * by_slot[s].volt_bound_v for s in under)
         if drawn <= nodes[node] or drawn <= 0:
             continue

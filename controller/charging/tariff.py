@@ -13,7 +13,8 @@ from datetime import datetime
 
 from controller.config.power import TariffConfig
 
-MAX_PRICES = 400  # day-ahead intervals held (four days of quarter hours)
+MAX_PRICES = 800  # day-ahead intervals held (a week of quarter-hour prices: bounded anyway)
+MAX_AHEAD_S = 7 * 86400.0  # day-ahead prices are taken for at most this far ahead
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +49,10 @@ class Tariff:
     def price_at(self, at: datetime) -> tuple[float, str | None] | None:
         """The price per kWh at local time `at`, and its period's name (None: no tariff)."""
         wall = at.timestamp()
-        i = bisect_right([iv.start for iv in self.ahead], wall) - 1
-        if i >= 0 and wall < self.ahead[i].end:
-            return self.ahead[i].price, "day-ahead"
+        ahead = self.ahead  # one read: the list is replaced, never changed in place
+        i = bisect_right([iv.start for iv in ahead], wall) - 1
+        if i >= 0 and wall < ahead[i].end:
+            return ahead[i].price, "day-ahead"
         if not self._by_minute:
             return None
         return self._by_minute[at.hour * 60 + at.minute]
@@ -62,7 +64,8 @@ class Tariff:
             for iv in self.ahead
             if iv.end > now and not any(iv.start < n.end and n.start < iv.end for n in intervals)
         ]
-        self.ahead = sorted([*keep, *intervals], key=lambda iv: iv.start)[-MAX_PRICES:]
+        # The nearest are kept: they are the ones in force next.
+        self.ahead = sorted([*keep, *intervals], key=lambda iv: iv.start)[:MAX_PRICES]
 
 
 def minute_prices(cfg: TariffConfig) -> list[float]:

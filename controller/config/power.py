@@ -105,8 +105,8 @@ class DemandConfig(Section):
     )
     pack_mix: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
         default_factory=dict,
-        description="pack type -> share of the cars (none given: the types' min_ready shares,"
-        " or one type)",
+        description="pack type -> share of the cars (none given: an even share of every type"
+        " the station knows)",
     )
     swap_s: float = Field(
         default=300.0,

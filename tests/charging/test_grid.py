@@ -384,3 +384,44 @@ def test_a_deeper_cut_costs_at_least_as_much_and_none_costs_nothing() -> None:
 def test_with_nobody_coming_the_whole_draw_is_on_offer() -> None:
     offer = build_offer(offer_inputs(per_hour=0.0, ready=5))
     assert offer.offer_kw == {"15": 300.0, "30": 300.0, "60": 300.0}
+
+
+# --- found by a stranger's review --------------------------------------------------------------
+
+
+def test_a_spare_circuit_with_no_rack_on_it_is_no_crash_for_any_policy() -> None:
+    tree = Tree({"tx": 250_000.0, "fa": 150_000.0, "spare": 100_000.0}, {1: ("fa", "tx")})
+    for policy in ("demand", "equal", "cost"):
+        a = allocate(
+            [pack(1, 50.0)], None, policy=policy, min_current_a=5.0, ready_soc=90.0,
+            ready_now={}, min_ready={}, tree=tree,
+        )  # fmt: skip
+        assert a.limits_a == {1: 150.0} and a.shared
+
+
+def test_the_cost_policy_holds_slots_back_without_any_limit() -> None:
+    a = allocate(
+        [pack(1, 50.0), pack(2, 60.0)], None, policy="cost", min_current_a=5.0, ready_soc=90.0,
+        ready_now={}, min_ready={}, deferred={1: "waiting for a cheaper hour (cost policy)"},
+    )  # fmt: skip
+    assert a.limits_a == {1: 0.0, 2: 150.0}
+    assert a.waiting[1].startswith("waiting for a cheaper hour")
+
+
+def test_many_cars_a_minute_take_as_many_packs() -> None:
+    """Poisson terms in log space: 12 cars a minute (exp(-12) is below the tail) take 12."""
+    for rate in (0.5, 11.0, 12.0, 40.0):
+        o = outlook(60, [], [rate] * 5, max_wait_min=15, horizons=(1,))
+        assert o.expected["1"] == pytest.approx(60 - rate, abs=0.05), (rate, o.expected)
+
+
+def test_day_ahead_prices_keep_the_nearest_when_too_many() -> None:
+    tariff = Tariff(GUANGDONG)
+    now = NOON.timestamp()
+    for day in range(10):  # ten days of quarter hours, a day at a time
+        base = now + day * 86_400
+        tariff.set_ahead(
+            [Interval(base + 900 * q, base + 900 * (q + 1), 0.1) for q in range(96)], now
+        )
+    assert tariff.ahead[0].start == now  # the one in force now is kept
+    assert tariff.price_at(NOON) == (0.1, "day-ahead")

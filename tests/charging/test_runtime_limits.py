@@ -257,6 +257,24 @@ async def test_a_curtailment_outside_the_offer_is_answered_with_its_cost(
             )  # fmt: skip
             assert refused["code"] == "rejected", refused
             assert "outside the flexibility offer" in refused["message"]
+            # An offer is for a while; an end years ahead is refused, not an error.
+            endless = await answered(
+                op,
+                op.send(
+                    "set_power_limit",
+                    {"id": "ask-0", "source": "flex_market", "kw": 0, "if_within_offer": True},
+                ),
+            )
+            assert endless["code"] == "rejected" and "duration_s or until" in endless["message"]
+            far = await answered(
+                op,
+                op.send(
+                    "set_power_limit",
+                    {"id": "far-1", "source": "operator", "kw": 10,
+                     "until": "9999-12-31T23:59:59-23:59"},
+                ),
+            )  # fmt: skip
+            assert far["code"] == "rejected" and "at most 7 days ahead" in far["message"], far
             assert "car(s) turned away" in refused["message"]
             assert op.power()["binding"] == "grid connection"
             # The same as an order (no if_within_offer) applies, and says what it costs.
