@@ -115,7 +115,7 @@ class DemandConfig(Section):
         description="a swap in the bay, start to end (a returned pack is stored about half-way)",
     )
     max_wait_min: float = Field(
-        default=15.0, gt=0, le=240, description="how long a car waits for a pack before it leaves"
+        default=15.0, gt=0, le=1440, description="how long a car waits for a pack before it leaves"
     )
     returned_soc: float = Field(
         default=30.0,
