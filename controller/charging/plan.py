@@ -3,10 +3,11 @@
 Over `power.plan_horizon_h` in quarter hours, with the tariff's price of each:
 
 1. **When each pack is needed**: the cars expected of its type (outlook.py's rates: the
-   arrival profile), one standard deviation above the mean, plus the type's
-   `min_ready` floor, less the packs ready now. The j-th pack nearest to ready is needed by the
-   quarter hour in which that count first reaches j; one never needed in the horizon (and a
-   pack topping up above the dispense SoC) may charge any time in it.
+   arrival profile), one standard deviation above the mean, plus the type's `min_ready`
+   floor, less the packs ready now. The j-th pack nearest to ready is needed at the start of
+   the quarter hour whose cars (and those before) first bring that count to j: a car may come
+   at any time in it. One never needed in the horizon (and a pack topping up above the
+   dispense SoC) may charge any time in it.
 2. **Where its energy goes**: packs in order of need, each into the cheapest quarter hours
    before its deadline (the earliest first among equal prices), at most its own power and the
    budget's in each. Energy that does not fit before the deadline goes now.
@@ -58,7 +59,9 @@ def plan_deferred(
     room = [spare * STEP_S / 3600.0] * steps  # Wh
     room[0] = spare * (starts[1] - at).total_seconds() / 3600.0 if steps > 1 else room[0]
     types = sorted({d.pack_type or "" for d in wanting} | set(ready_now) | set(demand.pack_mix))
-    deadlines = _deadlines(wanting, ready_now, demand, min_ready, types, at, steps, ready_soc)
+    bounds = [round((s - at).total_seconds() / 60.0) for s in starts]
+    bounds.append(bounds[-1] + round(STEP_S / 60.0))
+    deadlines = _deadlines(wanting, ready_now, demand, min_ready, types, at, bounds, ready_soc)
     planned: dict[int, float] = {}
     for d in sorted(wanting, key=lambda d: (deadlines[d.slot], -(d.soc or 0.0), d.slot)):
         due = deadlines[d.slot]
@@ -100,27 +103,31 @@ def _price(tariff: Tariff, at: datetime) -> float:
 
 def _deadlines(  # noqa: PLR0917 - a private helper of plan_deferred, its inputs in order
     wanting: Sequence[Demand], ready_now: Mapping[str, int], demand: DemandConfig,
-    min_ready: Mapping[str, int], types: Sequence[str], at: datetime, steps: int,
+    min_ready: Mapping[str, int], types: Sequence[str], at: datetime, bounds: Sequence[int],
     ready_soc: float,
 ) -> dict[int, int]:  # fmt: skip
-    """Slot -> the quarter hour by which its pack must be ready (`steps`: any time)."""
+    """Slot -> the quarter hour by which its pack must be ready (`len(bounds) - 1`: any time).
+
+    `bounds`: the minutes from `at` at which each quarter hour starts, and the last one ends.
+    """
+    steps = len(bounds) - 1
     out: dict[int, int] = {}
-    per_step = int(STEP_S // 60)
     for kind in types:
-        rates = arrival_rates(demand, kind, types, at, steps * per_step)
+        rates = arrival_rates(demand, kind, types, at, bounds[-1])
         mine = sorted(
             (d for d in wanting if (d.pack_type or "") == kind and (d.soc or 0.0) < ready_soc),
             key=lambda d: (-(d.soc or 0.0), d.slot),
         )
         cars, j = 0.0, 0
         for k in range(steps):
-            # Needed at the start of quarter hour k: the cars before it, and the floor.
+            # Ready at the start of quarter hour k: for the cars that come in it and before
+            # it (a car comes any time in its quarter), and the floor.
+            cars += sum(rates[bounds[k] : bounds[k + 1]])
             need = cars + NEED_SIGMA * math.sqrt(cars) + min_ready.get(kind, 0)
             short = math.ceil(need - ready_now.get(kind, 0) - 1e-9)
             while j < len(mine) and j < short:
                 out[mine[j].slot] = k
                 j += 1
-            cars += sum(rates[k * per_step : (k + 1) * per_step])
         for d in mine[j:]:
             out[d.slot] = steps
     for d in wanting:

@@ -425,3 +425,18 @@ def test_day_ahead_prices_keep_the_nearest_when_too_many() -> None:
         )
     assert tariff.ahead[0].start == now  # the one in force now is kept
     assert tariff.price_at(NOON) == (0.1, "day-ahead")
+
+
+def test_the_packs_for_the_next_quarters_cars_are_ready_at_its_start() -> None:
+    """Cars only from 19:00; at 18:46 (peak price, flat from 19:00) the packs they need must
+    be ready at 19:00, so they charge now, dear as it is (a car may come at 19:00 sharp)."""
+    at = datetime(2026, 1, 5, 18, 46).astimezone()
+    per_hour = [0.0] * 24
+    per_hour[19] = 12.0
+    demands = [pack(n, 85.0) for n in range(1, 6)]
+    deferred = plan_deferred(
+        demands, budget_w=1e9, ready_now={"STD75": 2},
+        demand=DemandConfig(arrivals_per_hour=per_hour), min_ready={"STD75": 2},
+        tariff=Tariff(GUANGDONG), at=at, horizon_h=12, ready_soc=90.0,
+    )  # fmt: skip
+    assert not deferred, deferred
