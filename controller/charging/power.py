@@ -224,7 +224,7 @@ def allocate(
     policy holds back now (slot -> why); they get nothing, beyond a contactor's floor.
     """
     committed = sum(d.committed_w for d in demands if not d.wants)
-    nodes = tree.left_after((d.slot, d.committed_w) for d in demands if not d.wants)
+    nodes = tree.left_after((d.slot, d.committed_w) for d in demands if not d.wants) if tree else {}
     wanting = [d for d in demands if d.wants]
     deferred = deferred or {}
     if (tree or deferred) and budget is None:
@@ -241,10 +241,11 @@ def allocate(
     for d in order if policy != "equal" else sorted(wanting, key=lambda d: d.slot):
         amps = quantise(min(d.floor_a, d.cap_a), min_current_a) if d.floor_a > 0 else 0.0
         watts = amps * d.volt_bound_v
-        if amps > 0 and watts <= left and watts <= tree.room(nodes, d.slot):
+        if amps > 0 and watts <= left and (not tree or watts <= tree.room(nodes, d.slot)):
             floors[d.slot] = amps
             left -= watts
-            tree.take(nodes, d.slot, watts)
+            if tree:
+                tree.take(nodes, d.slot, watts)
     rest = [
         dataclasses.replace(d, cap_a=d.cap_a - floors[d.slot]) if d.slot in floors else d
         for d in wanting
@@ -255,15 +256,7 @@ def allocate(
         if tree:
             extra = _within_circuits(rest, extra, tree, nodes, min_current_a)
     else:
-        extra = {}
-        by_slot = {d.slot: d for d in rest}
-        for d in (by_slot[o.slot] for o in order if o.slot in by_slot):
-            least = 1.0 if d.slot in floors else min_current_a  # on top of a floor: any amp
-            room = min(max(0.0, left), max(0.0, tree.room(nodes, d.slot)))
-            amps = quantise(min(d.cap_a, room / d.volt_bound_v), least)
-            extra[d.slot] = amps
-            left -= amps * d.volt_bound_v
-            tree.take(nodes, d.slot, amps * d.volt_bound_v)
+        extra = _in_order(rest, order, left, floors, tree, nodes, min_current_a)
     limits = {d.slot: floors.get(d.slot, 0.0) + extra.get(d.slot, 0.0) for d in wanting}
     allocated = sum(limits[d.slot] * d.volt_bound_v for d in wanting)
     waiting = _waiting_cap(wanting, limits)
@@ -275,6 +268,26 @@ def allocate(
     return Allocation(
         limits, None if math.isinf(budget) else budget, committed, allocated, waiting, bool(tree)
     )
+
+
+def _in_order(  # noqa: PLR0917 - allocate's state, handed on
+    rest: Sequence[Demand], order: Sequence[Demand], left: float, floors: Mapping[int, float],
+    tree: Tree, nodes: dict[str, float], min_current_a: float,
+) -> dict[int, float]:  # fmt: skip
+    """Each slot in `order` gets all it can take of what is left (and of its circuits)."""
+    extra: dict[int, float] = {}
+    by_slot = {d.slot: d for d in rest}
+    for d in (by_slot[o.slot] for o in order if o.slot in by_slot):
+        least = 1.0 if d.slot in floors else min_current_a  # on top of a floor: any amp
+        room = max(0.0, left)
+        if tree:
+            room = min(room, max(0.0, tree.room(nodes, d.slot)))
+        amps = quantise(min(d.cap_a, room / d.volt_bound_v), least)
+        extra[d.slot] = amps
+        left -= amps * d.volt_bound_v
+        if tree:
+            tree.take(nodes, d.slot, amps * d.volt_bound_v)
+    return extra
 
 
 def _why_waiting(
