@@ -1,10 +1,10 @@
 """What the slot control sees coming: the cars, their packs, the cost of a lower limit.
 
 With `power.demand`, after every ready-pack forecast (forecast.py) it works out, on worker
-threads: the demand-aware outlook (outlook.py), the cost policy's plan (plan.py: which slots
-wait for a cheaper hour), and every `OFFER_EVERY_S` the flexibility offer (offer.py). It also
-keeps what they learn from the station: the SoC of the packs the cars bring back, and the cars
-refused lately for want of a charged pack (still waiting).
+threads: the cost policy's plan (plan.py: which slots wait for a cheaper hour), the
+demand-aware outlook (outlook.py) at most every `OUTLOOK_EVERY_S`, and the flexibility offer
+(offer.py) every `OFFER_EVERY_S`. It also keeps what they learn from the station: the SoC of
+the packs the cars bring back, and the cars refused lately for want of a charged pack.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ _log = logging.getLogger(__name__)
 WAITING_KEEP = 200  # cars refused for want of a pack remembered at most
 RETURNED_KEEP = 100  # returned packs' SoC remembered per type
 NOMINAL_V = 400.0  # a pack's voltage until one is seen charging
-OFFER_EVERY_S = 300.0  # the flexibility offer is made again this often
+OFFER_EVERY_S = 600.0  # the flexibility offer is made again this often
+OUTLOOK_EVERY_S = 30.0  # the demand-aware outlook at most this often (the forecast: more)
 HORIZONS = (5, 15, 30, 60)
 
 
@@ -44,6 +45,7 @@ class Foresight:
         self.offer: FlexOffer | None = None
         self.deferred: dict[int, str] = {}  # slots the cost policy holds back now, and why
         self._offer_at: float | None = None  # the station's clock at the last offer
+        self._outlook_at: float | None = None  # ... and at the last outlook
         self._serials: dict[int, str | None] = {}  # slot -> the pack last seen in it
         # pack type -> the SoC of the packs lately put into a slot (the cars' returned packs)
         self.returned_socs: dict[str, collections.deque[float]] = {}
@@ -73,12 +75,14 @@ class Foresight:
         inputs = self.inputs()
         if inputs is None:
             return
-        self.outlook = await asyncio.to_thread(
-            outlooks, inputs.demand, fc.supply_s, inputs.ready, inputs.min_ready, inputs.at,
-            HORIZONS, inputs.returned, fc.spare_w, inputs.waiting,
-        )  # fmt: skip
-        await self._replan(inputs)
         now = self.control.clock()
+        if self._outlook_at is None or now - self._outlook_at >= OUTLOOK_EVERY_S:
+            self._outlook_at = now
+            self.outlook = await asyncio.to_thread(
+                outlooks, inputs.demand, fc.supply_s, inputs.ready, inputs.min_ready, inputs.at,
+                HORIZONS, inputs.returned, fc.spare_w, inputs.waiting,
+            )  # fmt: skip
+        await self._replan(inputs)
         if self._offer_at is None or now - self._offer_at >= OFFER_EVERY_S:
             self._offer_at = now
             self.offer = await asyncio.to_thread(build_offer, inputs)
