@@ -36,6 +36,8 @@ __all__ = [
     "NoPackError",
     "NoReplyError",
     "NotConnectedError",
+    "OcppCallRefusedError",
+    "OcppFrameError",
     "RecordError",
     "RefusedError",
     "SafetyRefusedError",
@@ -167,3 +169,23 @@ class TaskExitedError(SwapstationError):
 
 class ShutdownRequested(SwapstationError):  # noqa: N818 - a signal, not a failure
     """Raised inside the daemon's task group to end it in order."""
+
+
+class OcppFrameError(SwapstationError):
+    """An OCPP frame or payload that breaks the protocol: answered with a CALLERROR of `code`.
+
+    `code` is one of OCPP-J's error codes (controller/ocpp/wire.py).
+    """
+
+    def __init__(self, code: str, description: str) -> None:
+        super().__init__(description)
+        self.code = code
+        self.description = description[:255]
+
+
+class OcppCallRefusedError(SwapstationError):
+    """The CSMS answered one of our requests with a CALLERROR (or an answer that breaks OCPP)."""
+
+    def __init__(self, code: str, description: str) -> None:
+        super().__init__(f"{code}: {description}")
+        self.code = code

@@ -238,3 +238,32 @@ def assert_motion_within_interlocks(entries: list[MotionEntry]) -> int:
         assert not failing, f"{e.command} sent in {e.phase} with {failing} false"
         checked += 1
     return checked
+
+
+def _openssl(*args: str | Path) -> None:
+    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
+
+
+EC = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2")
+
+
+def make_ca(d: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed CA (certificate, key) for TLS tests, made with openssl."""
+    crt, key = d / f"{name}.crt", d / f"{name}.key"
+    _openssl(
+        "req", "-x509", *EC, "-keyout", key, "-out", crt, "-subj", f"/CN={name}",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+    )  # fmt: skip
+    return crt, key
+
+
+def make_cert(d: Path, ca: tuple[Path, Path], cn: str, *exts: str) -> tuple[Path, Path]:
+    """A certificate (and key) signed by `ca`, with extensions `exts`."""
+    crt, key = d / f"{cn}.crt", d / f"{cn}.key"
+    added = [a for ext in exts for a in ("-addext", ext)]
+    _openssl(
+        "req", "-x509", "-CA", ca[0], "-CAkey", ca[1], *EC, "-keyout", key, "-out", crt,
+        "-subj", f"/CN={cn}", "-addext", "basicConstraints=critical,CA:FALSE", *added,
+    )  # fmt: skip
+    return crt, key

@@ -95,6 +95,7 @@ class SlotControl:
         self.swap_held: dict[int, str] = {}  # slot -> why the swap sequence holds it off
         self.checks: dict[int, SlotCheck] = {}
         self.changed = asyncio.Event()  # set whenever something publishable changed
+        self._followers: list[tuple[set[int], asyncio.Event]] = []
         self.stopping = False  # once set, nothing is switched on again
         self.last_step = clocks.monotonic()  # wall time: the watchdog's
         self.power = PowerModel(config)
@@ -139,6 +140,12 @@ class SlotControl:
         if not self.allocation.shared:
             return None
         return self.allocation.limits_a.get(slot, 0.0)
+
+    def follow(self, wake: asyncio.Event | None = None) -> set[int]:
+        """Another reader of the stepped slots (besides `dirty`): its own set, and `wake` set."""
+        follower: tuple[set[int], asyncio.Event] = (set(), wake or asyncio.Event())
+        self._followers.append(follower)
+        return follower[0]
 
     def limits_changed(self) -> None:
         """A power limit or a price changed: share the power again now, and say so."""
@@ -304,6 +311,9 @@ class SlotControl:
         else:
             self._due.pop(0, None)
         self.dirty.update(views)
+        for followed, wake in self._followers:
+            followed.update(views)
+            wake.set()
         self.changed.set()
         self.stepped.set()
         self.last_step = clocks.monotonic()

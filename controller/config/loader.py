@@ -62,16 +62,18 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> S
     data = read_toml(path)
     issues: list[ConfigIssue] = []
 
-    if isinstance(data.get("mqtt"), dict) and "password" in data["mqtt"]:
-        issues.append(
-            ConfigIssue(
-                "mqtt.password",
-                "a password is never written in the config file: use mqtt.password_file or"
-                f" the {ENV_PREFIX}MQTT{ENV_NESTED}PASSWORD environment variable",
-                got="***",
+    for section in ("mqtt", "ocpp"):
+        if isinstance(data.get(section), dict) and "password" in data[section]:
+            issues.append(
+                ConfigIssue(
+                    f"{section}.password",
+                    f"a password is never written in the config file: use {section}.password_file"
+                    f" or the {ENV_PREFIX}{section.upper()}{ENV_NESTED}PASSWORD environment"
+                    " variable",
+                    got="***",
+                )
             )
-        )
-        data = {**data, "mqtt": {k: v for k, v in data["mqtt"].items() if k != "password"}}
+            data = {**data, section: {k: v for k, v in data[section].items() if k != "password"}}
 
     overrides, env_issues = _env_overrides(env)
     issues += env_issues
@@ -88,6 +90,8 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> S
     issues += file_issues(config)
     config, password_issues = _with_password(config)
     issues += password_issues
+    config, ocpp_issues = _with_ocpp_password(config)
+    issues += ocpp_issues
     if issues:
         raise ConfigError(path, issues)
     return config
@@ -129,6 +133,47 @@ def _with_password(config: StationConfig) -> tuple[StationConfig, list[ConfigIss
         return config, [ConfigIssue("mqtt.password_file", "the file is empty")]
     new_mqtt = mqtt.model_copy(update={"password": SecretStr(secret)})
     return config.model_copy(update={"mqtt": new_mqtt}), []
+
+
+def _with_ocpp_password(  # noqa: PLR0911 - one return per problem
+    config: StationConfig,
+) -> tuple[StationConfig, list[ConfigIssue]]:
+    """Read `ocpp.password_file` into `ocpp.password`; security profiles 1 and 2 need one."""
+    ocpp = config.ocpp
+    if ocpp is None:
+        return config, []
+    if ocpp.password is not None and ocpp.password_file is not None:
+        return config, [
+            ConfigIssue(
+                "ocpp.password_file",
+                "give the password either in password_file or in the environment, not both",
+            )
+        ]
+    if ocpp.password_file is None:
+        if ocpp.password is None:
+            return config, [
+                ConfigIssue(
+                    "ocpp.password_file",
+                    f"security profile {ocpp.security_profile} needs a password: a"
+                    f" password_file or the {ENV_PREFIX}OCPP{ENV_NESTED}PASSWORD environment"
+                    " variable",
+                )
+            ]
+        return config, []
+    try:
+        secret = ocpp.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        return config, [
+            ConfigIssue(
+                "ocpp.password_file",
+                f"cannot read: {exc.strerror}",
+                got=repr(str(ocpp.password_file)),
+            )
+        ]
+    if not secret:
+        return config, [ConfigIssue("ocpp.password_file", "the file is empty")]
+    new = ocpp.model_copy(update={"password": SecretStr(secret)})
+    return config.model_copy(update={"ocpp": new}), []
 
 
 def _env_overrides(env: Mapping[str, str]) -> tuple[dict[str, Any], list[ConfigIssue]]:

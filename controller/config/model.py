@@ -26,6 +26,7 @@ from controller.config.base import (
     is_number_type,
     unbool,
 )
+from controller.config.ocpp import OcppConfig
 from controller.config.power import PackTypeConfig, PowerConfig
 
 __all__ = [
@@ -392,6 +393,7 @@ class StationConfig(Section):
     power: PowerConfig = PowerConfig()
     publish: PublishConfig = PublishConfig()
     commands: CommandsConfig = CommandsConfig()
+    ocpp: OcppConfig | None = None
 
     @property
     def topic_root(self) -> str:

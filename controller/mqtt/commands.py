@@ -40,6 +40,7 @@ from controller.charging import requests as power
 from controller.charging.gridcmds import GridCommands
 from controller.config.model import CommandsConfig
 from controller.errors import BrokerRefusedError, BusyError, NotConnectedError, RefusedError
+from controller.jsontext import depth as json_depth
 from controller.mqtt.link import MqttLink
 from controller.store.journal import Journal, transaction
 from controller.swap import requests as swap
@@ -188,6 +189,8 @@ class CommandServer:
         self.journal = journal
         self.config = config
         self.republish = republish
+        # Asked before a swap runs (OCPP's Authorize, when configured): None, or why not.
+        self.authorize: Callable[[str], Awaitable[str | None]] | None = None
         self.prefix = f"{link.topic_root}/cmd/"
         self.handled = 0
         self.codes: collections.Counter[str] = collections.Counter()
@@ -419,6 +422,10 @@ class CommandServer:
             if isinstance(request, power.PowerRequest) and self.grid is not None:
                 outcome = await self.grid.submit(request)
             elif isinstance(request, swap.SwapRequest):
+                if isinstance(request, swap.StartSwap) and self.authorize is not None:
+                    why = await self.authorize(request.vehicle_id)
+                    if why is not None:
+                        return _reply(ident, "rejected", f"not authorised: {why}")
                 outcome = await self.seq.submit(request)
             else:
                 return _reply(ident, "unknown_command", f"{name} is not served here")
@@ -462,7 +469,7 @@ def _read(payload: bytes, max_bytes: int) -> _Read:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
         return _Read(problem=f"not UTF-8 (bad byte at offset {exc.start})")
-    depth = _depth(text)
+    depth = json_depth(text)
     if depth > MAX_DEPTH:
         return _Read(problem=f"nested {depth} levels deep (at most {MAX_DEPTH})")
     try:
@@ -482,28 +489,6 @@ def _read(payload: bytes, max_bytes: int) -> _Read:
         has_reply_to="reply_to" in raw,
         reply_to=raw.get("reply_to"),
     )
-
-
-def _depth(text: str) -> int:
-    """The deepest nesting of arrays and objects in JSON text (strings skipped), iteratively."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch in "]}":
-            depth -= 1
-    return deepest
 
 
 def _first_error(exc: ValidationError) -> str:

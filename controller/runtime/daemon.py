@@ -33,6 +33,9 @@ EXIT_FAILURE = 1
 # sysexits EX_CONFIG: the config or the deployment is wrong (an invalid station.toml, a journal
 # written by a newer release). A restart cannot fix it, so the unit does not restart on it.
 EXIT_CONFIG = 78
+# sysexits EX_TEMPFAIL: an orderly stop asked to be restarted (an OCPP Reset); the unit's
+# RestartForceExitStatus=75 restarts it.
+EXIT_RESTART = 75
 SHUTDOWN_BUDGET_S = 5.0
 SAFE_STATE_TIMEOUT_S = 2.0
 MQTT_OFFLINE_TIMEOUT_S = 1.5
@@ -59,16 +62,18 @@ class Daemon:
         self.started_at = clock.wall()
         self._stop = asyncio.Event()
         self._stop_reason = ""
+        self._restart = False
         self._safe_state_hooks: list[SafeStateHook] = []
         self._last_tick = 0.0
 
-    def request_stop(self, reason: str) -> None:
-        """Begin an orderly stop (idempotent)."""
+    def request_stop(self, reason: str, *, restart: bool = False) -> None:
+        """Begin an orderly stop (idempotent); `restart`: exit EXIT_RESTART, for systemd."""
         if self._stop.is_set():
             _log.info("%s received while already stopping", reason)
             return
-        _log.info("%s received: stopping", reason)
+        _log.info("%s received: stopping%s", reason, " to restart" if restart else "")
         self._stop_reason = reason
+        self._restart = restart
         self._stop.set()
 
     def add_safe_state_hook(self, hook: SafeStateHook) -> None:
@@ -110,7 +115,12 @@ class Daemon:
             return EXIT_FAILURE
         exit_code = EXIT_OK
         try:
-            self.station = Station(self.config, self.journal, self.link)
+            self.station = Station(
+                self.config,
+                self.journal,
+                self.link,
+                restart=lambda reason: self.request_stop(reason, restart=True),
+            )
             await self.station.start()
             self.add_safe_state_hook(self.station.safe_state)
             async with asyncio.TaskGroup() as tg:
@@ -127,6 +137,8 @@ class Daemon:
                 gc.freeze()
                 await self._stop.wait()
                 await self._shutdown(tasks)
+                if self._restart:
+                    exit_code = EXIT_RESTART
         except* Exception as group:  # noqa: BLE001 - any task failure ends the daemon, logged
             exit_code = EXIT_FAILURE
             self.notifier.stopping()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from controller.charging.control import SlotControl
@@ -17,6 +17,7 @@ from controller.mqtt.outbox import Outbox
 from controller.mqtt.robotpub import RobotPublisher
 from controller.mqtt.slotpub import SlotPublisher
 from controller.mqtt.statepub import StatePublisher
+from controller.ocpp.client import OcppClient
 from controller.plant.slots import RackInfo, SlotBook
 from controller.runtime.devices import Links, build_pollers, build_robot, build_station_io
 from controller.safety.actuators import Actuators
@@ -36,7 +37,14 @@ _log = logging.getLogger(__name__)
 class Station:
     """Everything the daemon runs besides its own lifecycle."""
 
-    def __init__(self, config: StationConfig, journal: Journal, link: MqttLink) -> None:
+    def __init__(
+        self,
+        config: StationConfig,
+        journal: Journal,
+        link: MqttLink,
+        *,
+        restart: Callable[[str], None] | None = None,
+    ) -> None:
         self.config = config
         self.journal = journal
         self.link = link
@@ -115,6 +123,20 @@ class Station:
                 republish=link.republish,
                 grid=self.control.grid,
             )
+        # The second northbound door: OCPP 2.1 towards an operator's CSMS (docs/ocpp.md).
+        self.ocpp: OcppClient | None = None
+        if config.ocpp is not None:
+            self.ocpp = OcppClient(
+                config,
+                journal,
+                self.events,
+                self.control,
+                sequencer=self.sequencer,
+                grid=self.control.grid,
+                restart=restart or (lambda reason: _log.error("%s: no restart here", reason)),
+            )
+            if self.commands is not None and config.ocpp.authorize_local_swaps:
+                self.commands.authorize = self.ocpp.authorize
 
     def _io_snapshot(self) -> IoSnapshot | None:
         return self._last_io
@@ -159,6 +181,8 @@ class Station:
         await self.control.grid.load()
         if self.sequencer is not None:
             await self.sequencer.load()
+        if self.ocpp is not None:
+            await self.ocpp.load()
 
     def jobs(self) -> dict[str, Coroutine[Any, Any, None]]:
         """The station's long-running tasks, by name."""
@@ -180,6 +204,8 @@ class Station:
             jobs["state-publish"] = self.state_publisher.run()
         if self.commands is not None:
             jobs["commands"] = self.commands.run()
+        if self.ocpp is not None:
+            jobs.update(self.ocpp.jobs())
         return jobs
 
     async def safe_state(self) -> None:
@@ -251,4 +277,5 @@ class Station:
         online = sum(p.online for p in self.pollers.values())
         alarms = len(self.control.alarms.active())
         robot = "" if self.robot is None else f", robot {self.robot.state.value}"
-        return f"racks {online}/{racks} online{robot}, {alarms} alarm(s)"
+        ocpp = "" if self.ocpp is None else f", ocpp {self.ocpp.state}"
+        return f"racks {online}/{racks} online{robot}{ocpp}, {alarms} alarm(s)"

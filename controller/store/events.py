@@ -72,6 +72,11 @@ class EventLog:
         self._journal = journal
         self.station_id = station_id
         self.wake = asyncio.Event()
+        self._followers: list[asyncio.Event] = []
+
+    def follow(self, wake: asyncio.Event) -> None:
+        """Set `wake` after every commit that added events (another reader of the log)."""
+        self._followers.append(wake)
 
     async def append(self, kind: str, data: BaseModel | dict[str, Any]) -> int:
         """Commit one event; return its sequence number."""
@@ -105,6 +110,8 @@ class EventLog:
         seqs = await self._journal.call(insert, urgent=urgent)
         if seqs:
             self.wake.set()
+            for follower in self._followers:
+                follower.set()
         return seqs
 
     async def unpublished(self, limit: int = OUTBOX_BATCH) -> list[EventEnvelope]:

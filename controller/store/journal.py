@@ -202,6 +202,39 @@ MIGRATIONS: tuple[str, ...] = (
         price REAL NOT NULL
     ) STRICT;
     """,
+    """
+    -- OCPP: messages that must reach the CSMS, in order, until it answers (docs/ocpp.md).
+    CREATE TABLE ocpp_queue (
+        seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+        action  TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        at      REAL NOT NULL
+    ) STRICT;
+    -- How far the OCPP translator has read the events table (one row).
+    CREATE TABLE ocpp_cursor (
+        id  INTEGER PRIMARY KEY CHECK (id = 1),
+        seq INTEGER NOT NULL
+    ) STRICT;
+    -- Swaps the translator follows: their requestId, idToken and reserved pack (JSON), and
+    -- whether the pack went out.
+    CREATE TABLE ocpp_swaps (
+        swap_id    TEXT PRIMARY KEY,
+        request_id INTEGER NOT NULL,
+        id_token   TEXT NOT NULL,
+        reserved   TEXT NOT NULL,
+        sent_out   INTEGER NOT NULL DEFAULT 0,
+        at         REAL NOT NULL
+    ) STRICT;
+    -- Open charging transactions, one per slot at most.
+    CREATE TABLE ocpp_transactions (
+        slot       INTEGER PRIMARY KEY,
+        tx_id      TEXT NOT NULL,
+        serial     TEXT NOT NULL,
+        seq_no     INTEGER NOT NULL,
+        started_at REAL NOT NULL,
+        state      TEXT NOT NULL
+    ) STRICT;
+    """,
 )
 
 

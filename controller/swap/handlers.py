@@ -116,7 +116,7 @@ class Handlers:
             "swap_started",
             {"swap_id": ctx.swap_id, "vehicle_id": ctx.vehicle_id, "pack_type": ctx.pack_type,
              "reserved": {"slot": pick.slot, "serial": pick.serial, "soc": pick.soc},
-             "free_slot": pick.free_slot},
+             "free_slot": pick.free_slot, "by": request.by},
         )  # fmt: skip
         await self.swap.go("authorise", batch)
         _log.info(

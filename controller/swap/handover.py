@@ -148,6 +148,7 @@ class Handovers:
                 f" type {ctx.pack_type}"
             )
         ctx.stored_verified, ctx.old_soc, ctx.old_type = True, r.soc, r.pack_type
+        ctx.old_soh = r.soh
         self.control.release_from_swap(slot)
         return None
 
@@ -181,6 +182,9 @@ class Handovers:
                 )
             if held != expected:
                 raise MismatchError(f"fetched pack {held} from slot {slot}, expected {expected}")
+            last = self.control.book.view(slot, clock.monotonic()).reading
+            if last is not None and last.pack_serial == held:
+                ctx.reserved_soh = last.soh
             inv.put(held, Place.ROBOT, batch, why=f"fetched from slot {slot}")
             self.at[slot] = clock.monotonic()
             # Its charger stays held off until it reports the slot empty (its last reading
@@ -199,6 +203,29 @@ class Handovers:
             )  # fmt: skip
         elif kind is MsgType.LOCK:
             self._check_lock(status)
+
+    def handed_over(self, phase: Phase, batch: JournalBatch) -> None:
+        """A pack changed hands for good: journal `pack_handed_over` with the pack's data.
+
+        `in`: the vehicle's pack is in its slot, its charger reporting it; `out`: the station's
+        pack is installed and its lock verified. (OCPP's BatterySwap events follow these.)
+        """
+        ctx = self.swap.ctx
+        if phase is Phase.STORING and ctx.old_serial:
+            direction, slot, serial, soc, soh = (
+                "in", ctx.free_slot, ctx.old_serial, ctx.old_soc, ctx.old_soh
+            )  # fmt: skip
+        elif phase is Phase.LOCKING and ctx.installed_serial:
+            direction, slot, serial, soc, soh = (
+                "out", ctx.reserved_slot, ctx.installed_serial, ctx.reserved_soc, ctx.reserved_soh
+            )  # fmt: skip
+        else:
+            return
+        batch.event(
+            "pack_handed_over",
+            {"swap_id": ctx.swap_id, "vehicle_id": ctx.vehicle_id, "direction": direction,
+             "slot": slot, "serial": serial, "soc": soc, "soh": soh},
+        )  # fmt: skip
 
     def _check_lock(self, status: RobotStatus) -> None:
         torque = status.torque_dnm / 10

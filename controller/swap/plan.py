@@ -66,6 +66,7 @@ class SwapContext(BaseModel):
     reserved_slot: int = 0
     reserved_serial: str = ""
     reserved_soc: float | None = None
+    reserved_soh: float | None = None  # as its charger reported it before the fetch
     free_slot: int = 0
     # The vehicle's pack: its own (as it arrived), none (removed), or the installed one.
     vehicle_pack: VehiclePack = "own"
@@ -76,6 +77,7 @@ class SwapContext(BaseModel):
     old_serial: str | None = None  # the vehicle's own pack, once the robot has it
     old_type: str | None = None  # ... as its charger reports it, once stored
     old_soc: float | None = None
+    old_soh: float | None = None
     stored_verified: bool = False  # the charger of the free slot reports the stored pack
     aborting: bool = False  # an abort was asked for (by an operator, or a fault's reset)
     installed_serial: str | None = None

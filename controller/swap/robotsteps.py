@@ -92,7 +92,9 @@ class RobotSteps:
             if self.swap.ctx.step >= len(actions):
                 causes = self.handovers.phase_complete(phase, now)
                 if causes is None:
-                    await self.swap.go(PHASE_DONE[phase])
+                    batch = JournalBatch()
+                    self.handovers.handed_over(phase, batch)
+                    await self.swap.go(PHASE_DONE[phase], batch)
                     return []
                 return causes
             action = actions[self.swap.ctx.step]

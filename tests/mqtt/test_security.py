@@ -31,7 +31,7 @@ from controller.store.journal import FILENAME
 from simstation.broker import BrokerTls, Mosquitto
 from simstation.station import SimRackSpec
 from tests.rig import Rig, running, until
-from tests.support import REPO
+from tests.support import REPO, make_ca, make_cert
 
 DOC = REPO / "docs" / "security.md"
 STATION = "pss-0001"  # the station's MQTT username is its station_id
@@ -73,44 +73,17 @@ class Pki:
         return ctx
 
 
-def _openssl(*args: str | Path) -> None:
-    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
-
-
-EC = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2")
-
-
-def _make_ca(d: Path, name: str) -> tuple[Path, Path]:
-    crt, key = d / f"{name}.crt", d / f"{name}.key"
-    _openssl(
-        "req", "-x509", *EC, "-keyout", key, "-out", crt, "-subj", f"/CN={name}",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-    )  # fmt: skip
-    return crt, key
-
-
-def _make_cert(d: Path, ca: tuple[Path, Path], cn: str, *exts: str) -> tuple[Path, Path]:
-    crt, key = d / f"{cn}.crt", d / f"{cn}.key"
-    added = [a for ext in exts for a in ("-addext", ext)]
-    _openssl(
-        "req", "-x509", "-CA", ca[0], "-CAkey", ca[1], *EC, "-keyout", key, "-out", crt,
-        "-subj", f"/CN={cn}", "-addext", "basicConstraints=critical,CA:FALSE", *added,
-    )  # fmt: skip
-    return crt, key
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     d = tmp_path_factory.mktemp("pki")
-    ca = _make_ca(d, "test-ca")
-    server = _make_cert(
+    ca = make_ca(d, "test-ca")
+    server = make_cert(
         d, ca, "localhost", "subjectAltName=IP:127.0.0.1,DNS:localhost",
         "extendedKeyUsage=serverAuth",
     )  # fmt: skip
-    station = _make_cert(d, ca, STATION, "extendedKeyUsage=clientAuth")
-    backend = _make_cert(d, ca, "backend", "extendedKeyUsage=clientAuth")
-    rogue_ca, _ = _make_ca(d, "rogue-ca")
+    station = make_cert(d, ca, STATION, "extendedKeyUsage=clientAuth")
+    backend = make_cert(d, ca, "backend", "extendedKeyUsage=clientAuth")
+    rogue_ca, _ = make_ca(d, "rogue-ca")
     passwd = d / "passwd"
     for i, (user, password) in enumerate(PASSWORDS.items()):
         create = ["-c"] if i == 0 else []

@@ -1,0 +1,382 @@
+"""The station's OCPP 2.1 connection to the operator's CSMS (docs/ocpp.md).
+
+Two tasks:
+
+- `ocpp` keeps the websocket: connect (security profile 1: basic auth over ws://; 2: TLS
+  with the CSMS's CA, and basic auth), BootNotification until Accepted, every EVSE's status,
+  then the queued messages in order, status changes, and a Heartbeat when due; reconnect with
+  capped backoff. A CSMS that refuses us (a wrong password) or goes away never stops the
+  daemon: the station runs on, on MQTT, and tries again.
+- `ocpp-journal` turns what happened into queued messages, online or not: the journal's swap
+  events (`controller/ocpp/swaps.py`) and the slots' charging (`transactions.py`).
+
+A CSMS's request runs in a task of its own and is answered there (`handlers.py`): one that
+waits on the swap sequencer never holds the connection, and none holds the sequencer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import ssl
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any, Literal
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.typing import Subprotocol
+
+from controller import __version__
+from controller.charging.control import SlotControl
+from controller.charging.gridcmds import GridCommands
+from controller.config.model import StationConfig
+from controller.errors import OcppCallRefusedError as CallRefusedError
+from controller.errors import OcppFrameError
+from controller.ocpp import wire
+from controller.ocpp.device import Settings, evse_status, variables
+from controller.ocpp.handlers import CsmsCalls
+from controller.ocpp.queue import OcppQueue
+from controller.ocpp.swaps import SwapTranslator
+from controller.ocpp.transactions import Transactions
+from controller.store.events import EventLog, JournalBatch
+from controller.store.journal import Journal
+from controller.swap.sequencer import Sequencer
+from drivers import clock
+from drivers.backoff import Backoff
+
+_log = logging.getLogger(__name__)
+wire_log = logging.getLogger("controller.ocpp.wire")  # every frame, at INFO (swapctl demo --ocpp)
+
+State = Literal["offline", "connecting", "pending", "accepted", "refused"]
+RETRY_PAUSE_S = 2.0
+MAX_CALLS_IN_FLIGHT = 4  # requests from the CSMS answered at once (OCPP: it sends one at a time)
+
+
+class OcppClient:
+    """One Charging Station's connection to its CSMS."""
+
+    def __init__(
+        self,
+        config: StationConfig,
+        journal: Journal,
+        events: EventLog,
+        control: SlotControl,
+        *,
+        sequencer: Sequencer | None,
+        grid: GridCommands,
+        restart: Callable[[str], None],
+    ) -> None:
+        assert config.ocpp is not None
+        self.config = config
+        self.cfg = config.ocpp
+        self.identity = self.cfg.identity or config.station_id
+        self.control = control
+        self.events = events
+        self.queue = OcppQueue(journal)
+        self.swaps = SwapTranslator(journal, self.queue)
+        self.transactions = Transactions(control, journal, self.cfg.meter_interval_s)
+        self.settings = Settings(self.cfg.heartbeat_s, self.cfg.meter_interval_s)
+        self.variables = variables(config, self.settings)
+        self.state: State = "offline"
+        self.accepted = asyncio.Event()  # connected and the boot accepted
+        self.booted = False  # the CSMS accepted this process's BootNotification
+        self.sent = self.answered = self.refused = 0
+        self.calls = CsmsCalls(self, sequencer=sequencer, grid=grid, restart=restart)
+        self._ws: ClientConnection | None = None
+        self._pending: dict[str, asyncio.Future[wire.Frame]] = {}
+        self._call_lock = asyncio.Lock()
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._journal_wake = asyncio.Event()
+        self._work = asyncio.Event()
+        self._tx_slots = control.follow(self._journal_wake)
+        self._status_slots = control.follow(self._work)
+        events.follow(self._journal_wake)
+        self._statuses: dict[int, str] = {}
+
+    async def load(self) -> None:
+        """Restore the open transactions and the translator's place in the journal."""
+        await self.swaps.start()
+        await self.transactions.load()
+
+    # --- the journal side: what happened, queued ----------------------------------------------
+
+    async def run_journal(self) -> None:
+        """Queue what the CSMS must hear, whether it is connected or not."""
+        self._journal_wake.set()
+        while True:
+            await self._journal_wake.wait()
+            self._journal_wake.clear()
+            slots = set(self._tx_slots)
+            self._tx_slots.clear()
+            self.transactions.meter_interval_s = self.settings.meter_interval_s
+            self.transactions.offline = not self.accepted.is_set()
+            batch = JournalBatch()
+            self.transactions.step(slots, batch)
+            if batch:
+                await self.events.commit(batch)
+            while await self.swaps.step():
+                pass
+            self._work.set()
+
+    # --- the connection -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Keep the connection to the CSMS, for ever."""
+        backoff = Backoff(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
+        while True:
+            self.state = "connecting"
+            try:
+                await self._session(backoff)
+            except InvalidStatus as exc:
+                status = exc.response.status_code
+                self.state = "refused"
+                _log.error(
+                    "OCPP: the CSMS refused the connection (HTTP %d%s); the station runs on",
+                    status,
+                    ": check ocpp.password and the identity" if status in {401, 403} else "",
+                )
+            except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
+                _log.warning("OCPP: connection to %s lost or refused: %s", self.cfg.csms_url, exc)
+            except Exception:  # noqa: BLE001 - a second door's bug must not stop the station
+                _log.exception("OCPP: the session failed; reconnecting")
+            self._ws = None
+            self.accepted.clear()
+            if self.state != "refused":
+                self.state = "offline"
+            for future in self._pending.values():
+                if not future.done():
+                    future.cancel()
+            await asyncio.sleep(backoff.next())
+
+    def _url(self) -> str:
+        return f"{self.cfg.csms_url.rstrip('/')}/{self.identity}"
+
+    def _ssl(self) -> ssl.SSLContext | None:
+        if self.cfg.security_profile != 2:
+            return None
+        context = ssl.create_default_context(cafile=self.cfg.ca_file)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return context
+
+    def _auth(self) -> dict[str, str]:
+        password = self.cfg.password.get_secret_value() if self.cfg.password else ""
+        token = base64.b64encode(f"{self.identity}:{password}".encode()).decode("ascii")
+        return {"Authorization": f"Basic {token}"}
+
+    async def _session(self, backoff: Backoff) -> None:
+        ws = await connect(
+            self._url(),
+            subprotocols=[Subprotocol(wire.SUBPROTOCOL)],
+            additional_headers=self._auth(),
+            ssl=self._ssl(),
+            open_timeout=self.cfg.connect_timeout_s,
+            # Bigger frames than we read are refused by us, with an answer; this only bounds
+            # what the socket buffers.
+            max_size=2 * self.cfg.max_message_bytes,
+            user_agent_header=f"swapstation/{__version__}",
+            proxy=None,
+        )
+        async with ws:
+            if ws.subprotocol != wire.SUBPROTOCOL:
+                _log.error("OCPP: the CSMS did not agree to %s", wire.SUBPROTOCOL)
+                return
+            self._ws = ws
+            backoff.reset()
+            _log.info("OCPP: connected to %s as %s", self.cfg.csms_url, self.identity)
+            tasks = [
+                asyncio.create_task(self._read(ws), name="ocpp-read"),
+                asyncio.create_task(self._converse(), name="ocpp-talk"),
+            ]
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+
+    async def _read(self, ws: ClientConnection) -> None:
+        async for raw in ws:
+            wire_log.info("OCPP < %s", raw if len(raw) < 2048 else f"{raw[:2048]!r}...")
+            frame = wire.read(raw, self.cfg.max_message_bytes)
+            if isinstance(frame, wire.Unreadable):
+                self.refused += 1
+                _log.warning("OCPP: unreadable message from the CSMS: %s", frame.description)
+                if frame.answer:
+                    await self._send(wire.error(frame.unique_id, frame.code, frame.description))
+                continue
+            if frame.kind == wire.CALL:
+                if len(self._in_flight) >= MAX_CALLS_IN_FLIGHT:
+                    await self._send(
+                        wire.error(frame.unique_id, "GenericError", "too many requests at once")
+                    )
+                    continue
+                task = asyncio.create_task(self._answer(frame))
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
+                continue
+            future = self._pending.get(frame.unique_id)
+            if future is None or future.done():
+                _log.warning("OCPP: an answer to no request of ours (%s)", frame.unique_id)
+            else:
+                future.set_result(frame)
+
+    async def _answer(self, frame: wire.Frame) -> None:
+        try:
+            payload = await self.calls.answer(frame.action, frame.payload)
+            text = wire.result(frame.unique_id, payload)
+        except OcppFrameError as exc:
+            self.refused += 1
+            text = wire.error(frame.unique_id, exc.code, exc.description)
+        except Exception:  # noqa: BLE001 - answered as OCPP's InternalError, logged here
+            _log.exception("OCPP: %s failed", frame.action)
+            text = wire.error(frame.unique_id, "InternalError", f"{frame.action} failed")
+        with contextlib.suppress(ConnectionClosed):
+            await self._send(text)
+
+    async def _send(self, text: str) -> None:
+        ws = self._ws
+        if ws is None:
+            raise ConnectionClosed(None, None)
+        wire_log.info("OCPP > %s", text)
+        await ws.send(text)
+
+    async def call(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Send a request and wait for its answer (one at a time, as OCPP wants)."""
+        wire.check_request(action, payload)  # ours must be right: a bug otherwise
+        async with self._call_lock:
+            unique_id = str(uuid.uuid4())
+            future: asyncio.Future[wire.Frame] = asyncio.get_running_loop().create_future()
+            self._pending[unique_id] = future
+            try:
+                await self._send(wire.call(unique_id, action, payload))
+                async with asyncio.timeout(self.cfg.call_timeout_s):
+                    frame = await future
+            finally:
+                self._pending.pop(unique_id, None)
+        self.sent += 1
+        if frame.kind == wire.CALLERROR:
+            raise CallRefusedError(frame.error_code, frame.error_description)
+        try:
+            wire.check_response(action, frame.payload)
+        except OcppFrameError as exc:
+            raise CallRefusedError(exc.code, f"the CSMS's answer: {exc.description}") from None
+        return dict(frame.payload)
+
+    async def _converse(self) -> None:
+        """Boot, then statuses, queued messages and heartbeats while the connection lasts."""
+        if not self.booted:
+            await self._boot()
+        self.state = "accepted"
+        self.accepted.set()
+        self._statuses.clear()  # every EVSE again after a (re)connection
+        self._status_slots.update(self.control.book.slots)
+        self._work.set()
+        next_beat = clock.monotonic() + self.settings.heartbeat_s
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, next_beat - clock.monotonic())):
+                    await self._work.wait()
+            self._work.clear()
+            await self._report_statuses()
+            await self._drain()
+            if "heartbeat" in self.settings.changed or clock.monotonic() >= next_beat:
+                self.settings.changed.clear()
+                if clock.monotonic() >= next_beat:
+                    await self.call("Heartbeat", {})
+                next_beat = clock.monotonic() + self.settings.heartbeat_s
+
+    async def _boot(self) -> None:
+        while True:
+            self.state = "pending"
+            answer = await self.call(
+                "BootNotification",
+                {
+                    "reason": "PowerUp",
+                    "chargingStation": {
+                        "model": self.cfg.model,
+                        "vendorName": self.cfg.vendor,
+                        "firmwareVersion": __version__[:50],
+                        "serialNumber": self.config.station_id[:25],
+                    },
+                },
+            )
+            interval = int(answer.get("interval", 0))
+            if answer.get("status") == "Accepted":
+                if interval > 0:
+                    self.settings.heartbeat_s = interval
+                self.booted = True
+                _log.info("OCPP: boot accepted; heartbeat every %d s", self.settings.heartbeat_s)
+                return
+            _log.warning("OCPP: boot %s; trying again in %d s", answer.get("status"), interval)
+            await asyncio.sleep(interval if interval > 0 else RETRY_PAUSE_S * 5)
+
+    async def _report_statuses(self) -> None:
+        slots = sorted(self._status_slots)
+        self._status_slots.clear()
+        now = clock.monotonic()
+        for slot in slots:
+            status = evse_status(self.control, slot, now)
+            if self._statuses.get(slot) == status:
+                continue
+            await self.call(
+                "StatusNotification",
+                {"timestamp": clock.utcnow().isoformat().replace("+00:00", "Z"),
+                 "connectorStatus": status, "evseId": slot, "connectorId": 1},
+            )  # fmt: skip
+            self._statuses[slot] = status
+
+    async def _drain(self) -> None:
+        """Send the queued messages in order; each leaves the queue once the CSMS answered."""
+        while True:
+            head = await self.queue.head()
+            if not head:
+                return
+            for message in head:
+                try:
+                    await self.call(message.action, message.payload)
+                except CallRefusedError as exc:
+                    # Answered, if with a refusal: not sent again (it would be refused again).
+                    _log.error(
+                        "OCPP: the CSMS refused %s #%d: %s", message.action, message.seq, exc
+                    )
+                except OcppFrameError as exc:
+                    _log.error("OCPP: queued %s #%d is not valid OCPP, dropped: %s",
+                               message.action, message.seq, exc.description)  # fmt: skip
+                self.answered += 1
+                await self.queue.done(message.seq)
+
+    async def authorize(self, vehicle_id: str) -> str | None:
+        """Ask the CSMS whether `vehicle_id` may swap (a swap started at the station).
+
+        None: it may; otherwise why not. Offline, `ocpp.offline_swaps` decides.
+        """
+        if not self.accepted.is_set():
+            if self.cfg.offline_swaps == "allow":
+                _log.info("OCPP offline: swap for %s started without Authorize", vehicle_id)
+                return None
+            return "the CSMS is not reachable to authorise the swap (ocpp.offline_swaps)"
+        try:
+            answer = await self.call(
+                "Authorize", {"idToken": {"idToken": vehicle_id, "type": "Local"}}
+            )
+        except (CallRefusedError, TimeoutError, ConnectionClosed) as exc:
+            if self.cfg.offline_swaps == "allow":
+                _log.warning("OCPP: Authorize for %s failed (%s); allowed", vehicle_id, exc)
+                return None
+            return f"the CSMS did not authorise the swap: {exc}"
+        status = str(answer.get("idTokenInfo", {}).get("status", "Unknown"))
+        return None if status == "Accepted" else f"the CSMS answered {status} for {vehicle_id}"
+
+    def wake(self) -> None:
+        """Look at the settings, the statuses and the queue again now."""
+        self._work.set()
+
+    def jobs(self) -> dict[str, Coroutine[Any, Any, None]]:
+        """The client's tasks, by name."""
+        return {"ocpp": self.run(), "ocpp-journal": self.run_journal()}

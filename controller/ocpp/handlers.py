@@ -1,0 +1,384 @@
+"""What the CSMS may ask of the station, each request answered (docs/ocpp.md).
+
+Every request is checked against its official OCPP 2.1 schema first (an answer of
+`FormatViolation`, `TypeConstraintViolation`, ... otherwise), then read into a typed model of
+the fields we use; an action we do not serve is `NotSupported` (a 2.1 action) or
+`NotImplemented` (no such action). Nothing here waits on the connection: a swap request waits
+on the sequencer's queue like any other command, in this request's own task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+from ocpp.v21.enums import Action
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from controller.charging.gridcmds import GridCommands
+from controller.charging.requests import ClearPowerLimit, SetPowerLimit
+from controller.errors import BusyError, OcppFrameError, RefusedError
+from controller.ocpp import wire
+from controller.ocpp.device import evse_status
+from controller.ocpp.swaps import by_of
+from controller.swap.requests import StartSwap
+from controller.swap.sequencer import Sequencer
+from drivers import clock
+
+if TYPE_CHECKING:
+    from controller.ocpp.client import OcppClient
+
+_log = logging.getLogger(__name__)
+
+SOURCE = "ocpp"  # the run-time power limit source of the CSMS's charging profiles
+KNOWN_ACTIONS = frozenset(a.value for a in Action)
+VEHICLE_RE = re.compile(r"^[\x20-\x7e]{1,16}$")
+PACK_TYPE_INFO = "PackType"  # idToken.additionalInfo[].type naming the pack type
+IDLE_CHECK_S = 0.5
+
+
+class _In(BaseModel):
+    """The fields we read of a request the schema has passed; the rest is ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class _AdditionalInfo(_In):
+    additionalIdToken: str  # noqa: N815 - OCPP's names
+    type: str
+
+
+class _IdToken(_In):
+    idToken: str  # noqa: N815
+    type: str
+    additionalInfo: list[_AdditionalInfo] = Field(default_factory=list)  # noqa: N815
+
+
+class _RequestBatterySwap(_In):
+    idToken: _IdToken  # noqa: N815
+    requestId: int  # noqa: N815
+
+
+class _Period(_In):
+    startPeriod: int  # noqa: N815
+    limit: float | None = None
+
+
+class _Schedule(_In):
+    startSchedule: AwareDatetime | None = None  # noqa: N815
+    duration: int | None = None
+    chargingRateUnit: Literal["W", "A"]  # noqa: N815
+    chargingSchedulePeriod: list[_Period]  # noqa: N815
+
+
+class _Profile(_In):
+    id: int
+    chargingProfilePurpose: str  # noqa: N815
+    chargingProfileKind: str  # noqa: N815
+    validFrom: AwareDatetime | None = None  # noqa: N815
+    validTo: AwareDatetime | None = None  # noqa: N815
+    chargingSchedule: list[_Schedule]  # noqa: N815
+
+
+class _SetChargingProfile(_In):
+    evseId: int  # noqa: N815
+    chargingProfile: _Profile  # noqa: N815
+
+
+class _Component(_In):
+    name: str
+    evse: dict[str, Any] | None = None
+
+
+class _Variable(_In):
+    name: str
+
+
+class _GetData(_In):
+    component: _Component
+    variable: _Variable
+    attributeType: str = "Actual"  # noqa: N815
+
+
+class _SetData(_GetData):
+    attributeValue: str  # noqa: N815
+
+
+class _Reset(_In):
+    type: str
+    evseId: int | None = None  # noqa: N815
+
+
+def _status(status: str, reason: str | None = None, info: str | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"status": status}
+    if reason is not None:
+        out["statusInfo"] = {"reasonCode": reason[:20]}
+        if info:
+            out["statusInfo"]["additionalInfo"] = info[:1024]
+    return out
+
+
+class CsmsCalls:
+    """Answers the CSMS's requests."""
+
+    def __init__(
+        self,
+        client: OcppClient,
+        *,
+        sequencer: Sequencer | None,
+        grid: GridCommands,
+        restart: Callable[[str], None],
+    ) -> None:
+        self.client = client
+        self.sequencer = sequencer
+        self.grid = grid
+        self.restart = restart
+        self.profile_id: int | None = None
+        self._profile_task: asyncio.Task[None] | None = None
+        self._reset_task: asyncio.Task[None] | None = None
+        self._serve: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
+            "RequestBatterySwap": self.request_battery_swap,
+            "SetChargingProfile": self.set_charging_profile,
+            "ClearChargingProfile": self.clear_charging_profile,
+            "GetVariables": self.get_variables,
+            "SetVariables": self.set_variables,
+            "Reset": self.reset,
+            "GetLog": self.get_log,
+        }
+
+    async def answer(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """The answer to a request; `OcppFrameError` for a CALLERROR."""
+        serve = self._serve.get(action)
+        if serve is None:
+            if action in KNOWN_ACTIONS:
+                raise OcppFrameError("NotSupported", f"{action} is not supported here")
+            raise OcppFrameError("NotImplemented", f"no such action: {action[:60]}")
+        await asyncio.to_thread(wire.check_request, action, payload)
+        out = await serve(payload)
+        wire.check_response(action, out)
+        return out
+
+    # --- the swap -----------------------------------------------------------------------------
+
+    async def request_battery_swap(  # noqa: PLR0911 - one return per answer
+        self, payload: dict[str, Any]
+    ) -> dict[str, Any]:
+        """`RequestBatterySwap`: `start_swap` for the idToken's vehicle; the requestId follows."""
+        request = _RequestBatterySwap.model_validate(payload)
+        token = request.idToken
+        if self.sequencer is None:
+            return _status("Rejected", "NoSwapRobot", "this station runs its racks only")
+        if not VEHICLE_RE.match(token.idToken):
+            return _status(
+                "Rejected", "InvalidIdToken",
+                "the idToken is the vehicle id here: 1-16 printable ASCII characters",
+            )  # fmt: skip
+        pack_type = self._pack_type(token)
+        if pack_type is None:
+            return _status(
+                "Rejected", "UnknownPackType",
+                f"name the pack type in idToken.additionalInfo (type {PACK_TYPE_INFO!r})",
+            )  # fmt: skip
+        try:
+            start = StartSwap(
+                vehicle_id=token.idToken,
+                pack_type=pack_type,
+                by=by_of(request.requestId, token.type),
+            )
+            outcome = await self.sequencer.submit(start)
+        except ValidationError as exc:
+            return _status("Rejected", "InvalidValue", str(exc.errors()[0]["msg"]))
+        except BusyError as exc:
+            return _status("Rejected", "Busy", str(exc))
+        except RefusedError as exc:
+            return _status("Rejected", "Refused", str(exc))
+        _log.info("OCPP: swap requested (requestId %d): %s", request.requestId, outcome.message)
+        return _status("Accepted")
+
+    def _pack_type(self, token: _IdToken) -> str | None:
+        for info in token.additionalInfo:
+            if info.type == PACK_TYPE_INFO:
+                return info.additionalIdToken
+        config = self.client.config
+        if self.client.cfg.default_pack_type:
+            return self.client.cfg.default_pack_type
+        types = list(config.power.pack_types)
+        return types[0] if len(types) == 1 else None
+
+    # --- smart charging -------------------------------------------------------------------------
+
+    async def set_charging_profile(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """A station-wide profile (EVSE 0) becomes the `ocpp` run-time power limit."""
+        request = _SetChargingProfile.model_validate(payload)
+        profile = request.chargingProfile
+        purposes = {"ChargingStationMaxProfile", "ChargingStationExternalConstraints"}
+        if request.evseId != 0 or profile.chargingProfilePurpose not in purposes:
+            return _status(
+                "Rejected", "UnsupportedPurpose",
+                "a station-wide limit only: evseId 0, ChargingStationMaxProfile or"
+                " ChargingStationExternalConstraints",
+            )  # fmt: skip
+        if profile.chargingProfileKind not in {"Absolute", "Relative"}:
+            return _status("Rejected", "UnsupportedKind", "Absolute or Relative profiles only")
+        schedule = profile.chargingSchedule[0]
+        if schedule.chargingRateUnit != "W":
+            return _status("Rejected", "UnsupportedRateUnit", "limits in W only (a DC station)")
+        periods = sorted(schedule.chargingSchedulePeriod, key=lambda p: p.startPeriod)
+        if any(p.limit is None or p.limit < 0 for p in periods):
+            return _status("Rejected", "InvalidSchedule", "every period needs a limit >= 0")
+        now = clock.utcnow()
+        start = schedule.startSchedule if profile.chargingProfileKind == "Absolute" else None
+        start = start or now
+        ends = [start + timedelta(seconds=schedule.duration)] if schedule.duration else []
+        ends += [profile.validTo] if profile.validTo else []
+        end = min(ends) if ends else None
+        if end is not None and end <= now:
+            return _status("Rejected", "InvalidSchedule", "the profile has already ended")
+        if self._profile_task is not None:
+            self._profile_task.cancel()
+        self.profile_id = profile.id
+        steps = [(start + timedelta(seconds=p.startPeriod), float(p.limit or 0.0)) for p in periods]
+        # The period in force now applies before the answer; the later ones in their time.
+        later = await self._apply_due(steps, end)
+        self._profile_task = asyncio.create_task(self._follow(later, end), name="ocpp-profile")
+        return _status("Accepted")
+
+    async def _apply_due(
+        self, steps: list[tuple[datetime, float]], end: datetime | None
+    ) -> list[tuple[datetime, float]]:
+        """Apply the period in force now, if one is; the periods still to come."""
+        now = clock.utcnow()
+        due = [i for i, (at, _) in enumerate(steps) if at <= now]
+        if not due:
+            return steps
+        index = due[-1]
+        until = steps[index + 1][0] if index + 1 < len(steps) else end
+        await self._apply(steps[index][1], until)
+        return steps[index + 1 :]
+
+    async def _follow(self, steps: list[tuple[datetime, float]], end: datetime | None) -> None:
+        """Apply each later period as it comes; the last one's limit ends with the profile."""
+        for index, (at, watts) in enumerate(steps):
+            wait = (at - clock.utcnow()).total_seconds()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            await self._apply(watts, steps[index + 1][0] if index + 1 < len(steps) else end)
+
+    async def _apply(self, watts: float, until: datetime | None) -> None:
+        try:
+            await self.grid.set_limit(
+                SetPowerLimit(source=SOURCE, kw=watts / 1000, until=until, by="ocpp")
+            )
+        except (RefusedError, ValidationError) as exc:
+            _log.error("OCPP: charging profile period not applied: %s", exc)
+
+    async def clear_charging_profile(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Lift the `ocpp` limit (any station-wide profile we hold)."""
+        wanted = payload.get("chargingProfileId")
+        if self.profile_id is None or (wanted is not None and wanted != self.profile_id):
+            return _status("Unknown")
+        if self._profile_task is not None:
+            self._profile_task.cancel()
+            self._profile_task = None
+        self.profile_id = None
+        with contextlib.suppress(RefusedError):
+            await self.grid.clear_limit(ClearPowerLimit(source=SOURCE, by="ocpp"))
+        return _status("Accepted")
+
+    # --- the device model ---------------------------------------------------------------------
+
+    async def get_variables(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """`GetVariables` over the device model (device.py)."""
+        data = [_GetData.model_validate(d) for d in payload["getVariableData"]]
+        return {"getVariableResult": [self._get(d) for d in data]}
+
+    def _get(self, data: _GetData) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "component": data.component.model_dump(exclude_none=True),
+            "variable": data.variable.model_dump(),
+            "attributeType": data.attributeType,
+        }
+        if data.attributeType != "Actual":
+            return {**out, "attributeStatus": "NotSupportedAttributeType"}
+        value = self._value(data.component, data.variable.name)
+        if value is None:
+            return {**out, "attributeStatus": self._unknown(data.component)}
+        return {**out, "attributeStatus": "Accepted", "attributeValue": value[:2500]}
+
+    def _value(self, component: _Component, name: str) -> str | None:
+        if component.name == "EVSE" and component.evse is not None:
+            slot = component.evse.get("id")
+            if name == "AvailabilityState" and slot in self.client.control.book.slots:
+                return evse_status(self.client.control, int(slot), clock.monotonic())
+            return None
+        variable = self.client.variables.get((component.name, name))
+        return variable.read() if variable is not None else None
+
+    def _unknown(self, component: _Component) -> str:
+        names = {c for c, _ in self.client.variables} | {"EVSE"}
+        return "UnknownVariable" if component.name in names else "UnknownComponent"
+
+    async def set_variables(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """`SetVariables`: the heartbeat and meter intervals (in memory, until a restart)."""
+        data = [_SetData.model_validate(d) for d in payload["setVariableData"]]
+        results = []
+        for d in data:
+            out: dict[str, Any] = {
+                "component": d.component.model_dump(exclude_none=True),
+                "variable": d.variable.model_dump(),
+                "attributeType": d.attributeType,
+            }
+            variable = self.client.variables.get((d.component.name, d.variable.name))
+            if variable is None:
+                out["attributeStatus"] = self._unknown(d.component)
+            elif d.attributeType != "Actual":
+                out["attributeStatus"] = "NotSupportedAttributeType"
+            elif variable.write is None:
+                out["attributeStatus"] = "Rejected"
+                out["attributeStatusInfo"] = {"reasonCode": "ReadOnly"}
+            else:
+                why = variable.write(d.attributeValue)
+                out["attributeStatus"] = "Accepted" if why is None else "Rejected"
+                if why is not None:
+                    out["attributeStatusInfo"] = {"reasonCode": "InvalidValue",
+                                                  "additionalInfo": why}  # fmt: skip
+            results.append(out)
+        self.client.wake()
+        return {"setVariableResult": results}
+
+    # --- reset and logs -------------------------------------------------------------------------
+
+    async def reset(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """An orderly restart, never in the middle of a swap: `Scheduled` until it is idle."""
+        request = _Reset.model_validate(payload)
+        if request.evseId is not None:
+            return _status("Rejected", "UnsupportedEvse", "the station restarts as a whole")
+        if self._reset_task is not None:
+            return _status("Scheduled")
+        busy = self._busy()
+        self._reset_task = asyncio.create_task(self._restart_when_idle(request.type))
+        return _status("Scheduled" if busy else "Accepted")
+
+    def _busy(self) -> bool:
+        seq = self.sequencer
+        return seq is not None and seq.ctx.active
+
+    async def _restart_when_idle(self, kind: str) -> None:
+        while self._busy():  # noqa: ASYNC110 - the sequencer has no idle event; twice a second
+            await asyncio.sleep(IDLE_CHECK_S)
+        await asyncio.sleep(IDLE_CHECK_S)  # the answer goes out first
+        _log.warning("OCPP: Reset (%s): restarting between swaps", kind)
+        self.restart(f"OCPP Reset ({kind})")
+
+    async def get_log(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Not built: the daemon logs to the systemd journal, which is read on the station."""
+        del payload
+        return _status(
+            "Rejected", "NotSupported",
+            "the log is in the systemd journal (journalctl -u swapstation); no upload is built",
+        )  # fmt: skip

@@ -1,0 +1,288 @@
+"""OCPP 2.1 end to end: the daemon against a CSMS built on the `ocpp` package's server side.
+
+Real websocket on loopback, real broker, simulated racks, robot and PLC (tests/rig.py). The
+CSMS (tests/peers/csms.py) validates every request the station sends against the official
+schemas, as the library does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ocpp.exceptions import OCPPError
+from ocpp.v21 import call
+
+from controller.store.records import RecordStore
+from simstation.broker import Mosquitto
+from simstation.charger import SimPack
+from simstation.station import SimRackSpec
+from tests.ocpp.conftest import OcppPki
+from tests.peers.csms import Csms
+from tests.rig import Rig, running, until
+from tests.support import REPO
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(90)]
+
+SPEED = 200.0
+PASSWORD = "csms-secret-1"
+
+
+def rack() -> SimRackSpec:
+    packs = {
+        1: SimPack("PK-A", soc=95.0),
+        2: SimPack("PK-B", soc=85.0),
+        3: SimPack("PK-C", soc=40.0),
+    }
+    return SimRackSpec("r1", [1, 2, 3, 4], packs=packs, poll_period_s=0.05)
+
+
+def sections(csms: Csms, extra: str = "") -> str:
+    return (
+        "[swap]\nmin_dispense_soc = 80\n"
+        f'[ocpp]\ncsms_url = "{csms.url}"\nidentity = "t1"\nsecurity_profile = 1\n'
+        'default_pack_type = "STD75"\nmeter_interval_s = 1\nreconnect_min_s = 0.1\n'
+        f"reconnect_max_s = 0.5\ncall_timeout_s = 5\n{extra}"
+    )
+
+
+def environ(password: str = PASSWORD) -> dict[str, str]:
+    return {"SWAPSTATION_OCPP__PASSWORD": password}
+
+
+def statuses(csms: Csms) -> dict[int, str]:
+    out: dict[int, str] = {}
+    for p in csms.of("StatusNotification"):
+        out[p["evseId"]] = p["connectorStatus"]
+    return out
+
+
+def swap_events(csms: Csms) -> list[dict[str, Any]]:
+    return csms.of("BatterySwap")
+
+
+def tx_events(csms: Csms, evse: int) -> list[dict[str, Any]]:
+    return [p for p in csms.of("TransactionEvent") if p.get("evse", {}).get("id") == evse]
+
+
+def energy(p: dict[str, Any]) -> float | None:
+    for mv in p.get("meterValue", []):
+        for sv in mv["sampledValue"]:
+            if sv.get("measurand") == "Energy.Active.Import.Register":
+                return float(sv["value"])
+    return None
+
+
+async def boot(rig: Rig, csms: Csms) -> None:
+    await csms.wait_for(lambda: len(statuses(csms)) == 4, what="four EVSE statuses")
+    assert csms.of("BootNotification")
+    assert rig.station.ocpp is not None and rig.station.ocpp.state == "accepted"
+
+
+async def test_boot_statuses_swap_transaction_profile_and_bad_input(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    csms = Csms("t1", PASSWORD)
+    await csms.start()
+    async with running(
+        tmp_path, broker, [rack()], speed=SPEED, sections=sections(csms),
+        environ=environ(), robot=True, plc=True,
+    ) as rig:  # fmt: skip
+        await boot(rig, csms)
+        # Boot: the library checked it against the schema; the station says who it is.
+        boot_msg = csms.of("BootNotification")[0]
+        assert boot_msg["chargingStation"]["vendorName"] == "swapstation"
+        assert statuses(csms) == {1: "Occupied", 2: "Occupied", 3: "Occupied", 4: "Available"}
+
+        # A dock-charging transaction on slot 3 (PK-C at 40 %), its energy increasing.
+        await csms.wait_for(
+            lambda: len([p for p in tx_events(csms, 3) if energy(p) is not None]) >= 3,
+            timeout=20, what="three metered transaction events of slot 3",
+        )  # fmt: skip
+        events3 = tx_events(csms, 3)
+        assert events3[0]["eventType"] == "Started"
+        assert events3[0]["transactionInfo"]["chargingState"] == "Charging"
+        assert [p["seqNo"] for p in events3] == list(range(len(events3)))
+        assert len({p["transactionInfo"]["transactionId"] for p in events3}) == 1
+        energies = [e for e in map(energy, events3) if e is not None]
+        assert energies == sorted(energies) and energies[-1] > energies[0], energies
+
+        # A remote swap: RequestBatterySwap -> start_swap, then BatteryIn and BatteryOut.
+        seq = rig.station.sequencer
+        assert seq is not None
+        await until(lambda: not seq.blocking, what="station ready")
+        answer = await csms.call(
+            call.RequestBatterySwap(id_token={"id_token": "EV-1", "type": "Central"}, request_id=42)
+        )
+        assert answer.status == "Accepted"
+        assert seq.ctx.reserved_serial == "PK-A"
+        swap_id = seq.ctx.swap_id
+        rig.sim.arrive("EV-1", serial="PK-OLD", soc=12.0)
+        await csms.wait_for(
+            lambda: [p["eventType"] for p in swap_events(csms)] == ["BatteryIn", "BatteryOut"],
+            timeout=30, what="BatteryIn then BatteryOut",
+        )  # fmt: skip
+        battery_in, battery_out = swap_events(csms)
+        for p in (battery_in, battery_out):
+            assert p["requestId"] == 42
+            assert p["idToken"] == {"idToken": "EV-1", "type": "Central"}
+        await until(lambda: seq.ctx.state == "idle", timeout=15, what="swap done")
+        record = await RecordStore(rig.station.journal).get(swap_id)
+        assert record is not None and record.outcome == "completed"
+        assert record.pack_out is not None and record.pack_in is not None
+        data_in, data_out = battery_in["batteryData"][0], battery_out["batteryData"][0]
+        assert (data_in["evseId"], data_in["serialNumber"]) == (record.slot_out, "PK-OLD")
+        assert data_in["soC"] == pytest.approx(record.pack_out.soc, abs=0.05)
+        assert (data_out["evseId"], data_out["serialNumber"]) == (record.slot_in, "PK-A")
+        assert data_out["soC"] == pytest.approx(record.pack_in.soc, abs=0.05)
+        # What was on the wire is OCPP's spelling, not the library's dataclass spelling.
+        wire = [f for f in csms.frames if '"BatterySwap"' in f]
+        assert all('"soC"' in f and '"soH"' in f and '"SoC"' not in f for f in wire)
+
+        # A station-wide charging profile lowers the power within one control step.
+        control = rig.station.control
+        profile = {
+            "id": 7, "stack_level": 0,
+            "charging_profile_purpose": "ChargingStationMaxProfile",
+            "charging_profile_kind": "Relative",
+            "charging_schedule": [{
+                "id": 1, "charging_rate_unit": "W",
+                "charging_schedule_period": [{"start_period": 0, "limit": 3000.0}],
+            }],
+        }  # fmt: skip
+        answer = await csms.call(call.SetChargingProfile(evse_id=0, charging_profile=profile))
+        assert answer.status == "Accepted"
+        state = control.power_state()
+        assert state.binding == "ocpp", state
+        assert state.limit_kw == pytest.approx(3.0)
+        stepped = control.last_step
+        await until(lambda: control.last_step > stepped, what="one control step")
+        assert control.allocation.budget_w is not None
+        assert control.allocation.bound_w <= 3000.0 + 1e-6
+        answer = await csms.call(call.ClearChargingProfile(charging_profile_id=7))
+        assert answer.status == "Accepted"
+        assert control.power_state().binding != "ocpp"
+
+        # Bad input: answered with an OCPP error, and nothing harmed.
+        csms.answers.clear()
+        await csms.send_raw('[2, "bad-1", "RequestBatterySwap", {"requestId": "x"}]')
+        await csms.send_raw("this is not json")
+        await csms.send_raw(json.dumps([2, "deep", "Reset", _deep(200)]))
+        await csms.send_raw(json.dumps([2, "big", "Reset", {"type": "x" * 70_000}]))
+        await csms.send_raw(json.dumps([2, "nope", "NoSuchAction", {}]))
+        await csms.send_raw(json.dumps([2, "ns", "UpdateFirmware", {}]))
+        await csms.wait_for(lambda: len(csms.answers) >= 6, what="six CALLERRORs")
+        codes = {a[1]: a[2] for a in csms.answers}
+        assert all(a[0] == 4 for a in csms.answers), csms.answers
+        assert codes["bad-1"] == "TypeConstraintViolation"
+        # Unread (not JSON, too deep, too big): no id to answer to, so "-1".
+        unread = sorted(a[2] for a in csms.answers if a[1] == "-1")
+        assert unread == ["FormatViolation", "FormatViolation", "RpcFrameworkError"]
+        assert codes["nope"] == "NotImplemented"
+        assert codes["ns"] == "NotSupported"
+        assert seq.ctx.state == "idle"
+        with pytest.raises(OCPPError):
+            await csms.call(call.Reset(type="Sometimes"))
+        # Still answering, and the daemon runs.
+        got = await csms.call(
+            call.GetVariables(get_variable_data=[
+                {"component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "HeartbeatInterval"}}
+            ])
+        )  # fmt: skip
+        assert got.get_variable_result[0]["attribute_status"] == "Accepted"
+        assert not rig.task.done()
+    await csms.stop()
+
+
+def _deep(n: int) -> Any:
+    out: Any = {}
+    for _ in range(n):
+        out = {"a": out}
+    return out
+
+
+async def test_a_csms_outage_mid_swap_loses_nothing_and_keeps_the_order(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    csms = Csms("t1", PASSWORD)
+    await csms.start()
+    async with running(
+        tmp_path, broker, [rack()], speed=SPEED, sections=sections(csms),
+        environ=environ(), robot=True, plc=True,
+    ) as rig:  # fmt: skip
+        await boot(rig, csms)
+        seq = rig.station.sequencer
+        assert seq is not None
+        await until(lambda: not seq.blocking, what="station ready")
+        answer = await csms.call(
+            call.RequestBatterySwap(id_token={"id_token": "EV-2", "type": "Central"}, request_id=7)
+        )
+        assert answer.status == "Accepted"
+        # The CSMS goes away as the car drives in, for the whole swap (minutes of station time).
+        await csms.stop()
+        ocpp = rig.station.ocpp
+        assert ocpp is not None
+        await until(lambda: ocpp.state != "accepted", what="the station sees the CSMS gone")
+        before = len(csms.seen)
+        rig.sim.arrive("EV-2", serial="PK-OLD", soc=15.0)
+        await until(lambda: seq.ctx.state == "idle", timeout=30, what="swap done offline")
+        queued = await ocpp.queue.head(1000)
+        actions = [m.action for m in queued]
+        assert actions.count("BatterySwap") == 2, actions
+        expected = [(m.action, m.payload) for m in queued]
+        # Back: every queued message arrives, in the order it was queued.
+        await csms.start()
+
+        def after() -> list[tuple[str, dict[str, Any]]]:
+            return [(s.action, s.payload) for s in csms.seen[before:]
+                    if s.action in {"BatterySwap", "TransactionEvent"}]  # fmt: skip
+
+        await csms.wait_for(lambda: len(after()) >= len(expected), timeout=30,
+                            what="every queued message delivered")  # fmt: skip
+        assert after()[: len(expected)] == expected
+        swaps = [p["eventType"] for a, p in after() if a == "BatterySwap"]
+        assert swaps == ["BatteryIn", "BatteryOut"]
+        offline = [p for a, p in expected if a == "TransactionEvent"]
+        assert offline and all(p.get("offline") for p in offline)
+        assert csms.connections == 2
+
+
+async def test_profile_2_tls_with_a_self_signed_ca_and_a_wrong_password(
+    tmp_path: Path, broker: Mosquitto, ocpp_pki: OcppPki
+) -> None:
+    csms = Csms("t1", PASSWORD, tls=ocpp_pki.server_context())
+    await csms.start()
+    extra = f'ca_file = "{ocpp_pki.ca}"\n'
+    tls_sections = sections(csms, extra).replace("security_profile = 1", "security_profile = 2")
+    async with running(
+        tmp_path / "good", broker, [rack()], speed=SPEED, sections=tls_sections,
+        environ=environ(), robot=True, plc=True,
+    ) as rig:  # fmt: skip
+        await boot(rig, csms)
+        assert csms.frames and csms.refused_logins == 0
+    async with running(
+        tmp_path / "bad", broker, [rack()], speed=SPEED, sections=tls_sections,
+        environ=environ("wrong-password"), robot=True, plc=True,
+    ) as rig:  # fmt: skip
+        ocpp = rig.station.ocpp
+        assert ocpp is not None
+        await until(lambda: ocpp.state == "refused", what="the login refused")
+        assert csms.refused_logins >= 1
+        # The daemon runs on, on MQTT: a command is answered.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SWAPSTATION_")}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "controller", "cmd", "--config", str(rig.config_path), "ping",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=REPO,
+            env={**env, **environ("wrong-password")},
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0, err.decode()
+        assert "pong" in out.decode()
+        assert not rig.task.done()
+        assert ocpp.state == "refused"
+    await csms.stop()
