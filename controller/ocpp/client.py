@@ -20,6 +20,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import sqlite3
 import ssl
 import uuid
 from collections.abc import Callable, Coroutine
@@ -42,7 +43,7 @@ from controller.ocpp.queue import OcppQueue
 from controller.ocpp.swaps import SwapTranslator
 from controller.ocpp.transactions import Transactions
 from controller.store.events import EventLog, JournalBatch
-from controller.store.journal import Journal
+from controller.store.journal import Journal, transaction
 from controller.swap.sequencer import Sequencer
 from drivers import clock
 from drivers.backoff import Backoff
@@ -52,6 +53,7 @@ wire_log = logging.getLogger("controller.ocpp.wire")  # every frame, at INFO (sw
 
 State = Literal["offline", "connecting", "pending", "accepted", "refused"]
 RETRY_PAUSE_S = 2.0
+RESET_KEY = "ocpp_boot_reason"  # meta row: why the next boot happens (after a Reset)
 MAX_CALLS_IN_FLIGHT = 4  # requests from the CSMS answered at once (OCPP: it sends one at a time)
 
 
@@ -75,6 +77,8 @@ class OcppClient:
         self.identity = self.cfg.identity or config.station_id
         self.control = control
         self.events = events
+        self.journal = journal
+        self.boot_reason = "PowerUp"
         self.queue = OcppQueue(journal)
         self.swaps = SwapTranslator(journal, self.queue)
         self.transactions = Transactions(control, journal, self.cfg.meter_interval_s)
@@ -100,6 +104,26 @@ class OcppClient:
         """Restore the open transactions and the translator's place in the journal."""
         await self.swaps.start()
         await self.transactions.load()
+
+        def take_reason(conn: sqlite3.Connection) -> str:
+            with transaction(conn):
+                row = conn.execute("SELECT value FROM meta WHERE key = ?", (RESET_KEY,)).fetchone()
+                conn.execute("DELETE FROM meta WHERE key = ?", (RESET_KEY,))
+            return "PowerUp" if row is None else str(row[0])
+
+        self.boot_reason = await self.journal.call(take_reason)
+
+    async def note_reset(self) -> None:
+        """The next boot follows the CSMS's Reset: its BootNotification says `RemoteReset`."""
+
+        def write(conn: sqlite3.Connection) -> None:
+            with transaction(conn):
+                conn.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES (?, 'RemoteReset')",
+                    (RESET_KEY,),
+                )
+
+        await self.journal.call(write)
 
     # --- the journal side: what happened, queued ----------------------------------------------
 
@@ -148,7 +172,7 @@ class OcppClient:
                 self.state = "offline"
             for future in self._pending.values():
                 if not future.done():
-                    future.cancel()
+                    future.set_exception(ConnectionClosed(None, None))
             await asyncio.sleep(backoff.next())
 
     def _url(self) -> str:
@@ -297,7 +321,7 @@ class OcppClient:
             answer = await self.call(
                 "BootNotification",
                 {
-                    "reason": "PowerUp",
+                    "reason": self.boot_reason,
                     "chargingStation": {
                         "model": self.cfg.model,
                         "vendorName": self.cfg.vendor,

@@ -40,6 +40,7 @@ KNOWN_ACTIONS = frozenset(a.value for a in Action)
 VEHICLE_RE = re.compile(r"^[\x20-\x7e]{1,16}$")
 PACK_TYPE_INFO = "PackType"  # idToken.additionalInfo[].type naming the pack type
 IDLE_CHECK_S = 0.5
+MAX_LIMIT_W = 100_000_000.0  # set_power_limit's 100 000 kW
 
 
 class _In(BaseModel):
@@ -229,8 +230,10 @@ class CsmsCalls:
         if schedule.chargingRateUnit != "W":
             return _status("Rejected", "UnsupportedRateUnit", "limits in W only (a DC station)")
         periods = sorted(schedule.chargingSchedulePeriod, key=lambda p: p.startPeriod)
-        if any(p.limit is None or p.limit < 0 for p in periods):
-            return _status("Rejected", "InvalidSchedule", "every period needs a limit >= 0")
+        if any(p.limit is None or not 0 <= p.limit <= MAX_LIMIT_W for p in periods):
+            return _status(
+                "Rejected", "InvalidSchedule", f"every period needs a limit of 0..{MAX_LIMIT_W:g} W"
+            )  # fmt: skip
         now = clock.utcnow()
         start = schedule.startSchedule if profile.chargingProfileKind == "Absolute" else None
         start = start or now
@@ -243,6 +246,13 @@ class CsmsCalls:
             self._profile_task.cancel()
         self.profile_id = profile.id
         steps = [(start + timedelta(seconds=p.startPeriod), float(p.limit or 0.0)) for p in periods]
+        if profile.validFrom is not None:
+            # Nothing of it is in force before validFrom: a period that began earlier starts then.
+            valid = profile.validFrom
+            steps = [(max(at, valid), w) for at, w in steps]
+            steps = [
+                s for i, s in enumerate(steps) if i + 1 == len(steps) or steps[i + 1][0] > s[0]
+            ]
         # The period in force now applies before the answer; the later ones in their time.
         later = await self._apply_due(steps, end)
         self._profile_task = asyncio.create_task(self._follow(later, end), name="ocpp-profile")
@@ -372,6 +382,7 @@ class CsmsCalls:
         while self._busy():  # noqa: ASYNC110 - the sequencer has no idle event; twice a second
             await asyncio.sleep(IDLE_CHECK_S)
         await asyncio.sleep(IDLE_CHECK_S)  # the answer goes out first
+        await self.client.note_reset()
         _log.warning("OCPP: Reset (%s): restarting between swaps", kind)
         self.restart(f"OCPP Reset ({kind})")
 
