@@ -43,9 +43,10 @@ from controller.errors import ConfigError
 from controller.swap.phase import BEFORE_MOTION, MOTION, Phase, ordered
 from simstation.broker import Mosquitto
 from simstation.children import die_with_parent
+from simstation.csms import SimCsms
 from simstation.paths import config_dir
 from simstation.station import SimStation
-from simstation.traffic import Traffic, TrafficOptions, TrafficStats
+from simstation.traffic import Traffic, TrafficOptions, TrafficStats, stocked_types
 
 REPO_CONFIG = config_dir() / "demo.toml"
 DAEMON_STOP_TIMEOUT_S = 10.0
@@ -94,6 +95,11 @@ def demo_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         default=TrafficOptions.retry_s,
         metavar="S",
         help="real seconds before a refused start_swap is asked again (default: %(default)g)",
+    )
+    p.add_argument(
+        "--ocpp",
+        action="store_true",
+        help="also connect the daemon to a simulated OCPP 2.1 CSMS and show its messages",
     )
     p.add_argument(
         "--swaps",
@@ -153,14 +159,22 @@ async def _demo(config: Any, work: Path, broker: Mosquitto, args: argparse.Names
         data = sim.endpoints_for(config)
         data["mqtt"].update(host=broker.host, port=broker.port)
         data["storage"] = {"dir": str(work / "state")}
+        view = DemoView(config.station_id, config.topic_root, tty=sys.stdout.isatty())
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SWAPSTATION_")}
+        csms = None
+        if args.ocpp:
+            csms = SimCsms(config.station_id, view.ocpp_note)
+            await csms.start()
+            types = stocked_types(sim)
+            data["ocpp"] = {**csms.toml(), **({"default_pack_type": types[0]} if types else {})}
+            env["SWAPSTATION_OCPP__PASSWORD"] = csms.password
+            print(f"simulated CSMS: {csms.url} (OCPP 2.1, basic auth)")
         path = work / "station.toml"
         sim.write_toml(data, path)
         parts = [f"{len(sim.racks)} racks, {config.slot_count} slots"]
         parts += ["the PLC"] if sim.plc is not None else []
         parts += ["the robot"] if sim.robot is not None else []
         print(f"simulated station: {', '.join(parts)}, {args.speed:g}x real time; config {path}")
-        view = DemoView(config.station_id, config.topic_root, tty=sys.stdout.isatty())
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SWAPSTATION_")}
         # On a terminal the daemon's log would scribble over the view: it goes to a file.
         log_path = work / "daemon.log"
         with contextlib.ExitStack() as files:
@@ -193,8 +207,12 @@ async def _demo(config: Any, work: Path, broker: Mosquitto, args: argparse.Names
                 _print_tail(log_path)
         stats = traffic.stats if traffic is not None else None
         print("\n".join(summary(view.tally, stats, time.monotonic() - started)))
+        if csms is not None:
+            print(f"OCPP: {view.ocpp_frames} message(s) between the station and the CSMS")
         return code
     finally:
+        if csms is not None:
+            await csms.stop()
         await sim.stop()
 
 
@@ -447,6 +465,8 @@ class DemoView:
         self.target: int | None = None
         self.events: list[str] = []
         self.fleet: list[str] = []
+        self.ocpp: list[str] = []
+        self.ocpp_frames = 0
         self.started = time.monotonic()
         self.changed = asyncio.Event()  # something shown changed
         self._status_changed = asyncio.Event()
@@ -463,6 +483,15 @@ class DemoView:
         if self.tty:
             line = line.removeprefix("fleet: ")
             self.fleet = [*self.fleet[-3:], f"{time.strftime('%H:%M:%S')}  {line}"]
+            self.changed.set()
+        else:
+            print(line, flush=True)
+
+    def ocpp_note(self, line: str) -> None:
+        """A line from the simulated CSMS: the last few on a terminal, else printed."""
+        self.ocpp_frames += line.startswith(("OCPP station>", "OCPP <csms"))
+        if self.tty:
+            self.ocpp = [*self.ocpp[-5:], f"{time.strftime('%H:%M:%S')}  {line}"]
             self.changed.set()
         else:
             print(line, flush=True)
@@ -554,6 +583,8 @@ class DemoView:
         lines += ["", "events", *[f"  {e}" for e in self.events]]
         if self.fleet:
             lines += ["fleet", *[f"  {f}" for f in self.fleet]]
+        if self.ocpp:
+            lines += ["ocpp", *[f"  {o[: width - 2]}" for o in self.ocpp]]
         return [_clean(line) for line in lines]
 
     def _swap_lines(self, width: int) -> list[str]:

@@ -49,7 +49,7 @@ from drivers import clock
 from drivers.backoff import Backoff
 
 _log = logging.getLogger(__name__)
-wire_log = logging.getLogger("controller.ocpp.wire")  # every frame, at INFO (swapctl demo --ocpp)
+wire_log = logging.getLogger("controller.ocpp.wire")  # every frame, at DEBUG
 
 State = Literal["offline", "connecting", "pending", "accepted", "refused"]
 RETRY_PAUSE_S = 2.0
@@ -226,7 +226,7 @@ class OcppClient:
 
     async def _read(self, ws: ClientConnection) -> None:
         async for raw in ws:
-            wire_log.info("OCPP < %s", raw if len(raw) < 2048 else f"{raw[:2048]!r}...")
+            wire_log.debug("OCPP < %s", raw if len(raw) < 2048 else f"{raw[:2048]!r}...")
             frame = wire.read(raw, self.cfg.max_message_bytes)
             if isinstance(frame, wire.Unreadable):
                 self.refused += 1
@@ -267,7 +267,7 @@ class OcppClient:
         ws = self._ws
         if ws is None:
             raise ConnectionClosed(None, None)
-        wire_log.info("OCPP > %s", text)
+        wire_log.debug("OCPP > %s", text)
         await ws.send(text)
 
     async def call(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:

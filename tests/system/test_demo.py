@@ -65,6 +65,32 @@ def test_demo_three_swaps_then_the_summary() -> None:
     assert took < 60, f"the demo took {took:.1f} s for three swaps"
 
 
+@pytest.mark.timeout(60)
+def test_demo_with_a_simulated_csms_shows_the_ocpp_messages() -> None:
+    result = run_swapctl("demo", "--ocpp", "--swaps", "1", timeout=55)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert re.search(r"^simulated CSMS: ws://127\.0\.0\.1:\d+/ocpp \(OCPP 2\.1", out, re.MULTILINE)
+    lines = [line for line in out.splitlines() if line.startswith("OCPP ")]
+    text = "\n".join(lines)
+    assert lines[0] == "OCPP csms: demo connected", text
+    assert lines[1].startswith("OCPP station> BootNotification {"), text
+    for expected in (
+        'OCPP <csms result {"currentTime"',  # the boot accepted
+        "OCPP <csms GetVariables",  # the CSMS asks for the swap order
+        "OCPP station> StatusNotification",
+        'OCPP station> TransactionEvent {"eventType":"Started"',
+        'OCPP station> BatterySwap {"batteryData"',
+    ):
+        assert expected in text, f"{expected!r} not in:\n{text}"
+    swaps = re.findall(r"\"eventType\":\"(Battery\w+)\"", text)
+    assert swaps[:2] == ["BatteryIn", "BatteryOut"], text
+    assert re.search(
+        r"^OCPP: \d+ message\(s\) between the station and the CSMS$", out, re.MULTILINE
+    )
+    assert "Traceback" not in out, out
+
+
 @pytest.mark.timeout(30)
 def test_demo_without_traffic_misses_its_target_and_stops_in_order() -> None:
     # --stop-after-swaps is the old name of --swaps; without vehicles the target is missed.
