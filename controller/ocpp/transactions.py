@@ -79,7 +79,7 @@ class Transactions:
         present = bool(r.pack_present) and bool(r.pack_serial)
         charging = bool(r.charge_enable) and (r.current or 0.0) > 0.0
         if tx is None:
-            if present and charging and r.pack_serial is not None:
+            if present and charging and r.status != "full" and r.pack_serial is not None:
                 self._start(slot, r, now, batch)
             return
         if not present or r.pack_serial != tx.serial:

@@ -79,13 +79,15 @@ def read(text: str | bytes, max_bytes: int) -> Frame | Unreadable:
 
 
 def _frame(raw: object) -> Frame | Unreadable:  # noqa: PLR0911 - one return per shape
-    if not isinstance(raw, list) or len(raw) < 3:
+    if not isinstance(raw, list) or len(raw) < 2:
         return Unreadable("-1", "RpcFrameworkError", "not an OCPP-J array")
     kind, unique_id = raw[0], raw[1]
     if not isinstance(unique_id, str) or not 0 < len(unique_id) <= MAX_ID:
         return Unreadable("-1", "RpcFrameworkError", "the message id is not a string of 1-36")
     if type(kind) is not int:
         return Unreadable(unique_id, "RpcFrameworkError", "the message type is not an integer")
+    if kind not in {CALL, CALLRESULT, CALLERROR}:
+        return Unreadable(unique_id, "MessageTypeNotSupported", f"message type {kind}")
     if kind == CALL:
         if len(raw) != 4 or not isinstance(raw[2], str) or not isinstance(raw[3], dict):
             return Unreadable(unique_id, "RpcFrameworkError", "a CALL is [2, id, action, {}]")
@@ -94,11 +96,9 @@ def _frame(raw: object) -> Frame | Unreadable:  # noqa: PLR0911 - one return per
         if len(raw) != 3 or not isinstance(raw[2], dict):
             return Unreadable(unique_id, "RpcFrameworkError", "bad CALLRESULT", answer=False)
         return Frame(CALLRESULT, unique_id, payload=raw[2])
-    if kind == CALLERROR:
-        if len(raw) != 5 or not isinstance(raw[2], str) or not isinstance(raw[3], str):
-            return Unreadable(unique_id, "RpcFrameworkError", "bad CALLERROR", answer=False)
-        return Frame(CALLERROR, unique_id, error_code=raw[2][:50], error_description=raw[3][:255])
-    return Unreadable(unique_id, "MessageTypeNotSupported", f"message type {kind}")
+    if len(raw) != 5 or not isinstance(raw[2], str) or not isinstance(raw[3], str):
+        return Unreadable(unique_id, "RpcFrameworkError", "bad CALLERROR", answer=False)
+    return Frame(CALLERROR, unique_id, error_code=raw[2][:50], error_description=raw[3][:255])
 
 
 def call(unique_id: str, action: str, payload: dict[str, Any]) -> str:

@@ -18,6 +18,7 @@ import pytest
 from ocpp.exceptions import OCPPError
 from ocpp.v21 import call
 
+from controller.store.journal import Journal
 from controller.store.records import RecordStore
 from simstation.broker import Mosquitto
 from simstation.charger import SimPack
@@ -286,3 +287,108 @@ async def test_profile_2_tls_with_a_self_signed_ca_and_a_wrong_password(
         assert not rig.task.done()
         assert ocpp.state == "refused"
     await csms.stop()
+
+
+async def test_reset_waits_for_the_swap_then_restarts_and_boots_as_remote_reset(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    csms = Csms("t1", PASSWORD)
+    await csms.start()
+    async with running(
+        tmp_path, broker, [rack()], speed=SPEED, sections=sections(csms),
+        environ=environ(), robot=True, plc=True,
+    ) as rig:  # fmt: skip
+        await boot(rig, csms)
+        assert csms.of("BootNotification")[0]["reason"] == "PowerUp"
+        seq = rig.station.sequencer
+        assert seq is not None
+        await until(lambda: not seq.blocking, what="station ready")
+        answer = await csms.call(
+            call.RequestBatterySwap(id_token={"id_token": "EV-3", "type": "Central"}, request_id=3)
+        )
+        assert answer.status == "Accepted"
+        # A swap runs: the reset waits for it.
+        answer = await csms.call(call.Reset(type="OnIdle"))
+        assert answer.status == "Scheduled"
+        rig.sim.arrive("EV-3", serial="PK-OLD", soc=20.0)
+        async with asyncio.timeout(30):
+            code = await asyncio.shield(rig.task)
+        assert code == 75  # EX_TEMPFAIL: the unit's RestartForceExitStatus restarts it
+        plc = rig.sim.plc
+        assert plc is not None and [v.vehicle_id for v in plc.departed] == ["EV-3"]
+        # The swap was over (completed) before the restart began.
+        record = await _last_record(rig.station.config.storage.dir)
+        assert record.vehicle_id == "EV-3" and record.outcome == "completed"
+    # The next start boots as RemoteReset, once.
+    async with running(
+        tmp_path, broker, [rack()], speed=SPEED, sections=sections(csms),
+        environ=environ(), robot=True, plc=True,
+    ) as rig:  # fmt: skip
+        await csms.wait_for(lambda: len(csms.of("BootNotification")) == 2, what="the second boot")
+        assert csms.of("BootNotification")[1]["reason"] == "RemoteReset"
+        # Idle: accepted at once.
+        answer = await csms.call(call.Reset(type="Immediate"))
+        assert answer.status == "Accepted"
+        async with asyncio.timeout(10):
+            assert await asyncio.shield(rig.task) == 75
+    await csms.stop()
+
+
+async def _last_record(storage: Path) -> Any:
+    journal = await Journal.open(storage, read_only=True)
+    try:
+        rows = await RecordStore(journal).last(1)
+    finally:
+        await journal.close()
+    assert rows
+    return rows[-1]
+
+
+async def test_a_swap_started_at_the_station_asks_the_csms_first(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    csms = Csms("t1", PASSWORD, authorized={"EV-1"})
+    await csms.start()
+    async with running(
+        tmp_path, broker, [rack()], speed=SPEED,
+        sections=sections(csms, "authorize_local_swaps = true\noffline_swaps = \"refuse\"\n"),
+        environ=environ(), robot=True, plc=True,
+    ) as rig:  # fmt: skip
+        await boot(rig, csms)
+        seq = rig.station.sequencer
+        assert seq is not None
+        await until(lambda: not seq.blocking, what="station ready")
+
+        async def start_swap(vehicle: str) -> str:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("SWAPSTATION_")}
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "controller", "cmd", "--config", str(rig.config_path),
+                "start_swap", f"vehicle_id={vehicle}", "pack_type=STD75",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=REPO,
+                env={**env, **environ()},
+            )  # fmt: skip
+            out, err = await asyncio.wait_for(proc.communicate(), 30)
+            return out.decode() + err.decode()
+
+        refused = await start_swap("EV-9")
+        assert "not authorised: the CSMS answered Invalid for EV-9" in refused, refused
+        assert not seq.ctx.active
+        assert csms.of("Authorize")[-1]["idToken"] == {"idToken": "EV-9", "type": "Local"}
+        accepted = await start_swap("EV-1")
+        assert "accepted" in accepted, accepted
+        assert seq.ctx.active and seq.ctx.vehicle_id == "EV-1"
+        await seq.request("abort", reason="test over")
+        await until(lambda: not seq.ctx.active, what="swap cancelled")
+        # The CSMS gone, offline_swaps = "refuse": a station swap is refused, saying why.
+        await csms.stop()
+        ocpp = rig.station.ocpp
+        assert ocpp is not None
+        await until(lambda: ocpp.state != "accepted", what="the CSMS gone")
+        refused = await start_swap("EV-1")
+        assert "the CSMS is not reachable" in refused, refused
+        # The swap that was cancelled ended without its pack going out: BatteryOutTimeout.
+        await until(lambda: bool(ocpp.swaps.translated), what="the abort translated")
+        messages = await ocpp.queue.head(1000)
+        sent = [p["eventType"] for p in csms.of("BatterySwap")]
+        queued = [m.payload["eventType"] for m in messages if m.action == "BatterySwap"]
+        assert sent + queued == ["BatteryOutTimeout"]
