@@ -94,10 +94,13 @@ class OcppClient:
         self._call_lock = asyncio.Lock()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._journal_wake = asyncio.Event()
+        self._events_new = asyncio.Event()  # the journal has events the translator has not read
         self._work = asyncio.Event()
+        self._queued = True  # the queue may hold something (read it before trusting it empty)
         self._tx_slots = control.follow(self._journal_wake)
         self._status_slots = control.follow(self._work)
         events.follow(self._journal_wake)
+        events.follow(self._events_new)
         self._statuses: dict[int, str] = {}
 
     async def load(self) -> None:
@@ -130,6 +133,7 @@ class OcppClient:
     async def run_journal(self) -> None:
         """Queue what the CSMS must hear, whether it is connected or not."""
         self._journal_wake.set()
+        self._events_new.set()
         while True:
             await self._journal_wake.wait()
             self._journal_wake.clear()
@@ -139,11 +143,16 @@ class OcppClient:
             self.transactions.offline = not self.accepted.is_set()
             batch = JournalBatch()
             self.transactions.step(slots, batch)
+            queued = bool(batch)
             if batch:
                 await self.events.commit(batch)
-            while await self.swaps.step():
-                pass
-            self._work.set()
+            if self._events_new.is_set():  # only when events came: a step alone adds none
+                self._events_new.clear()
+                while await self.swaps.step():
+                    queued = True
+            if queued:
+                self._queued = True
+                self._work.set()
 
     # --- the connection -------------------------------------------------------------------------
 
@@ -299,6 +308,7 @@ class OcppClient:
         self.state = "accepted"
         self.accepted.set()
         self._statuses.clear()  # every EVSE again after a (re)connection
+        self._queued = True
         self._status_slots.update(self.control.book.slots)
         self._work.set()
         next_beat = clock.monotonic() + self.settings.heartbeat_s
@@ -357,10 +367,12 @@ class OcppClient:
 
     async def _drain(self) -> None:
         """Send the queued messages in order; each leaves the queue once the CSMS answered."""
-        while True:
+        while self._queued:
+            self._queued = False  # set again by anything queued meanwhile
             head = await self.queue.head()
             if not head:
                 return
+            self._queued = True
             for message in head:
                 try:
                     await self.call(message.action, message.payload)
