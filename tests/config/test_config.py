@@ -139,6 +139,42 @@ BAD_CONFIGS = [
         [f"station_io.profile: no such profile in {PROFILES} (got 'nosuch')"],
     ),
     (
+        "ocpp-profile-2-needs-wss",
+        BASE + '[ocpp]\ncsms_url = "ws://csms.example/ocpp"\n',
+        ["ocpp: security_profile 2 needs a wss:// csms_url (TLS)"],
+    ),
+    (
+        "ocpp-url",
+        BASE + '[ocpp]\ncsms_url = "https://csms.example/ocpp?x=1"\n',
+        [
+            "ocpp.csms_url: must be a ws:// or wss:// URL with a host (got"
+            " 'https://csms.example/ocpp?x=1')"
+        ],
+    ),
+    (
+        "ocpp-needs-a-password",
+        BASE + '[ocpp]\ncsms_url = "wss://csms.example/ocpp"\n',
+        [
+            "ocpp.password_file: security profile 2 needs a password: a password_file or the"
+            " SWAPSTATION_OCPP__PASSWORD environment variable"
+        ],
+    ),
+    (
+        "ocpp-password-in-file",
+        BASE + '[ocpp]\ncsms_url = "wss://csms.example/ocpp"\npassword = "hunter2"\n',
+        [
+            "ocpp.password: a password is never written in the config file: use"
+            " ocpp.password_file or the SWAPSTATION_OCPP__PASSWORD environment variable (got ***)",
+            "ocpp.password_file: security profile 2 needs a password: a password_file or the"
+            " SWAPSTATION_OCPP__PASSWORD environment variable",
+        ],
+    ),
+    (
+        "ocpp-identity",
+        BASE + '[ocpp]\ncsms_url = "wss://csms.example/ocpp"\nidentity = "a:b"\n',
+        ["ocpp.identity: must match ^[A-Za-z0-9*\\-_=+|@.]{1,48}$ (got 'a:b')"],
+    ),
+    (
         "log-level",
         BASE + '[logging]\nlevel = "loud"\n',
         ["logging.level: must be one of 'debug', 'info', 'warning' or 'error' (got 'loud')"],
@@ -250,6 +286,14 @@ def test_password_from_env_is_masked_in_errors(tmp_path: Path) -> None:
     text = "\n".join(info.value.lines())
     assert text == f"{path}: mqtt.username: required when a password is set"
     assert "s3cr3t-pw" not in text
+
+
+def test_ocpp_password_from_the_environment(tmp_path: Path) -> None:
+    path = _write(tmp_path, BASE + '[ocpp]\ncsms_url = "wss://csms.example/ocpp"\n')
+    config = load_config(path, environ={"SWAPSTATION_OCPP__PASSWORD": "s3cr3t-pw"})
+    assert config.ocpp is not None and config.ocpp.password is not None
+    assert config.ocpp.password.get_secret_value() == "s3cr3t-pw"
+    assert "s3cr3t-pw" not in repr(config)
 
 
 def test_missing_password_file(tmp_path: Path) -> None:
