@@ -124,6 +124,18 @@ async def test_boot_statuses_swap_transaction_profile_and_bad_input(
         assert seq.ctx.reserved_serial == "PK-A"
         swap_id = seq.ctx.swap_id
         rig.sim.arrive("EV-1", serial="PK-OLD", soc=12.0)
+        # Calls that arrive during the swap are answered, and hold nothing up.
+        await until(lambda: seq.ctx.state not in {"authorised", "waiting_for_vehicle"},
+                    what="the swap under way")  # fmt: skip
+        busy = await csms.call(
+            call.RequestBatterySwap(id_token={"id_token": "EV-2", "type": "Central"}, request_id=43)
+        )
+        assert busy.status == "Rejected" and busy.status_info["reason_code"] == "Busy"
+        order = await csms.call(call.GetVariables(get_variable_data=[
+            {"component": {"name": "BatterySwapCtrlr"}, "variable": {"name": "DispenseOrder"}}
+        ]))  # fmt: skip
+        assert order.get_variable_result[0]["attribute_value"].startswith("HighestSoC")
+        assert seq.ctx.active
         await csms.wait_for(
             lambda: [p["eventType"] for p in swap_events(csms)] == ["BatteryIn", "BatteryOut"],
             timeout=30, what="BatteryIn then BatteryOut",
