@@ -39,6 +39,7 @@ from controller.errors import OcppFrameError
 from controller.ocpp import wire
 from controller.ocpp.device import Settings, evse_status, variables
 from controller.ocpp.handlers import CsmsCalls
+from controller.ocpp.logs import RecentLog
 from controller.ocpp.queue import OcppQueue
 from controller.ocpp.swaps import SwapTranslator
 from controller.ocpp.transactions import Transactions
@@ -89,6 +90,10 @@ class OcppClient:
         self.booted = False  # the CSMS accepted this process's BootNotification
         self.sent = self.answered = self.refused = 0
         self.calls = CsmsCalls(self, sequencer=sequencer, grid=grid, restart=restart)
+        # The recent log for GetLog, the known secrets redacted.
+        secrets = [s.get_secret_value() for s in (config.mqtt.password, self.cfg.password) if s]
+        self.recent_log = RecentLog(secrets)
+        logging.getLogger().addHandler(self.recent_log)
         self._ws: ClientConnection | None = None
         self._pending: dict[str, asyncio.Future[wire.Frame]] = {}
         self._call_lock = asyncio.Lock()
@@ -408,6 +413,10 @@ class OcppClient:
             return f"the CSMS did not authorise the swap: {exc}"
         status = str(answer.get("idTokenInfo", {}).get("status", "Unknown"))
         return None if status == "Accepted" else f"the CSMS answered {status} for {vehicle_id}"
+
+    def close(self) -> None:
+        """Stop keeping the log (the daemon is done)."""
+        logging.getLogger().removeHandler(self.recent_log)
 
     def wake(self) -> None:
         """Look at the settings, the statuses and the queue again now."""

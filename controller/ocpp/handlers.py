@@ -16,14 +16,16 @@ import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
 from ocpp.v21.enums import Action
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from websockets.exceptions import ConnectionClosed
 
 from controller.charging.gridcmds import GridCommands
 from controller.charging.requests import ClearPowerLimit, SetPowerLimit
-from controller.errors import BusyError, OcppFrameError, RefusedError
-from controller.ocpp import wire
+from controller.errors import BusyError, OcppCallRefusedError, OcppFrameError, RefusedError
+from controller.ocpp import logs, wire
 from controller.ocpp.device import evse_status
 from controller.ocpp.swaps import by_of
 from controller.swap.requests import StartSwap
@@ -41,6 +43,8 @@ VEHICLE_RE = re.compile(r"^[\x20-\x7e]{1,16}$")
 PACK_TYPE_INFO = "PackType"  # idToken.additionalInfo[].type naming the pack type
 IDLE_CHECK_S = 0.5
 MAX_LIMIT_W = 100_000_000.0  # set_power_limit's 100 000 kW
+MAX_LOG_RETRIES = 5
+MAX_LOG_PAUSE_S = 300.0
 
 
 class _In(BaseModel):
@@ -110,6 +114,20 @@ class _SetData(_GetData):
     attributeValue: str  # noqa: N815
 
 
+class _LogParameters(_In):
+    remoteLocation: str  # noqa: N815
+    oldestTimestamp: AwareDatetime | None = None  # noqa: N815
+    latestTimestamp: AwareDatetime | None = None  # noqa: N815
+
+
+class _GetLog(_In):
+    logType: str  # noqa: N815
+    requestId: int  # noqa: N815
+    log: _LogParameters
+    retries: int | None = None
+    retryInterval: int | None = None  # noqa: N815
+
+
 class _Reset(_In):
     type: str
     evseId: int | None = None  # noqa: N815
@@ -142,6 +160,8 @@ class CsmsCalls:
         self.profile_id: int | None = None
         self._profile_task: asyncio.Task[None] | None = None
         self._reset_task: asyncio.Task[None] | None = None
+        self._log_task: asyncio.Task[None] | None = None
+        self._uploading = False
         self._serve: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
             "RequestBatterySwap": self.request_battery_swap,
             "SetChargingProfile": self.set_charging_profile,
@@ -387,9 +407,63 @@ class CsmsCalls:
         self.restart(f"OCPP Reset ({kind})")
 
     async def get_log(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """Not built: the daemon logs to the systemd journal, which is read on the station."""
-        del payload
-        return _status(
-            "Rejected", "NotSupported",
-            "the log is in the systemd journal (journalctl -u swapstation); no upload is built",
-        )  # fmt: skip
+        """Upload the daemon's recent log (`DiagnosticsLog`) with an HTTP(S) PUT."""
+        request = _GetLog.model_validate(payload)
+        location = request.log.remoteLocation
+        if request.logType != "DiagnosticsLog":
+            return _status("Rejected", "UnsupportedLogType", "DiagnosticsLog only")
+        parts = urlsplit(location)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            return _status("Rejected", "UnsupportedScheme", "an http:// or https:// URL (PUT)")
+        oldest, latest = request.log.oldestTimestamp, request.log.latestTimestamp
+        body = self.client.recent_log.text(
+            oldest.timestamp() if oldest else None, latest.timestamp() if latest else None
+        )
+        if not body:
+            return {"status": "Accepted"}  # no filename: no logging information in the range
+        filename = f"{self.client.identity}-{request.requestId}.log"
+        url = location + filename if location.endswith("/") else location
+        status = "Accepted"
+        if self._log_task is not None and self._uploading:
+            self._log_task.cancel()
+            status = "AcceptedCanceled"
+        retries = min(request.retries if request.retries is not None else 2, MAX_LOG_RETRIES)
+        pause = min(max(request.retryInterval or 30, 1), MAX_LOG_PAUSE_S)
+        self._log_task = asyncio.create_task(
+            self._upload(request.requestId, url, body, retries, pause), name="ocpp-getlog"
+        )
+        return {"status": status, "filename": filename}
+
+    async def _upload(
+        self, request_id: int, url: str, body: bytes, retries: int, pause: float
+    ) -> None:
+        self._uploading = True
+        try:
+            outcome = await self._put_log(request_id, url, body, retries, pause)
+        finally:
+            self._uploading = False
+        await self._log_status(outcome, request_id)
+
+    async def _put_log(
+        self, request_id: int, url: str, body: bytes, retries: int, pause: float
+    ) -> str:
+        await self._log_status("Uploading", request_id)
+        for attempt in range(retries + 1):
+            try:
+                await logs.put(url, body, self.client.cfg.call_timeout_s)
+            except (OSError, ValueError) as exc:  # urllib's errors are OSErrors
+                _log.warning("OCPP: log upload %d, attempt %d: %s", request_id, attempt + 1, exc)
+                if attempt < retries:
+                    await asyncio.sleep(pause)
+                continue
+            _log.info("OCPP: log uploaded (%d B) for request %d", len(body), request_id)
+            return "Uploaded"
+        return "UploadFailure"
+
+    async def _log_status(self, status: str, request_id: int) -> None:
+        try:
+            await self.client.call(
+                "LogStatusNotification", {"status": status, "requestId": request_id}
+            )
+        except (OcppCallRefusedError, TimeoutError, ConnectionClosed) as exc:
+            _log.info("OCPP: LogStatusNotification %s not delivered: %s", status, exc)

@@ -267,6 +267,8 @@ class Station:
 
     async def close(self) -> None:
         """Close the device links."""
+        if self.ocpp is not None:
+            self.ocpp.close()
         await self.links.close()
         if self.robot is not None:
             await self.robot.close()

@@ -8,11 +8,14 @@ schemas, as the library does.
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
+import logging
 import os
 import sys
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from ocpp.exceptions import OCPPError
@@ -404,3 +407,70 @@ async def test_a_swap_started_at_the_station_asks_the_csms_first(
         sent = [p["eventType"] for p in csms.of("BatterySwap")]
         queued = [m.payload["eventType"] for m in messages if m.action == "BatterySwap"]
         assert sent + queued == ["BatteryOutTimeout"]
+
+
+class _LogSink(http.server.BaseHTTPRequestHandler):
+    """An HTTP server that takes PUTs (the CSMS's log location)."""
+
+    got: ClassVar[dict[str, bytes]] = {}
+
+    def do_PUT(self) -> None:
+        length = int(self.headers.get("Content-Length", "0"))
+        type(self).got[self.path] = self.rfile.read(length)
+        self.send_response(201)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
+        del format, args
+
+
+async def test_get_log_uploads_the_recent_log_by_http_put(
+    tmp_path: Path, broker: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)  # as the daemon logs (the tests' root logger is quieter)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _LogSink)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    csms = Csms("t1", PASSWORD)
+    await csms.start()
+    try:
+        async with running(
+            tmp_path, broker, [rack()], speed=SPEED, sections=sections(csms),
+            environ=environ(), robot=True, plc=True,
+        ) as rig:  # fmt: skip
+            await boot(rig, csms)
+            where = f"http://127.0.0.1:{server.server_address[1]}/logs/"
+            answer = await csms.call(call.GetLog(
+                log={"remote_location": where}, log_type="DiagnosticsLog", request_id=5
+            ))  # fmt: skip
+            assert (answer.status, answer.filename) == ("Accepted", "t1-5.log")
+            await csms.wait_for(
+                lambda: [p["status"] for p in csms.of("LogStatusNotification")]
+                == ["Uploading", "Uploaded"],
+                what="the upload reported",
+            )  # fmt: skip
+            body = _LogSink.got["/logs/t1-5.log"].decode()
+            assert "OCPP: boot accepted" in body
+            assert PASSWORD not in body
+            # FTP and other logs: refused, saying why.
+            answer = await csms.call(call.GetLog(
+                log={"remote_location": "ftp://127.0.0.1/x"}, log_type="DiagnosticsLog",
+                request_id=6,
+            ))  # fmt: skip
+            assert answer.status == "Rejected"
+            assert answer.status_info["reason_code"] == "UnsupportedScheme"
+            # An unreachable location: retried, then UploadFailure.
+            answer = await csms.call(call.GetLog(
+                log={"remote_location": "http://127.0.0.1:1/x"}, log_type="DiagnosticsLog",
+                request_id=7, retries=1, retry_interval=1,
+            ))  # fmt: skip
+            assert answer.status == "Accepted"
+            await csms.wait_for(
+                lambda: any(p == {"status": "UploadFailure", "requestId": 7}
+                            for p in csms.of("LogStatusNotification")),
+                what="the failure reported",
+            )  # fmt: skip
+    finally:
+        server.shutdown()
+        server.server_close()
+        await csms.stop()

@@ -62,41 +62,33 @@ class _Station(ChargePoint):  # type: ignore[misc]
 
     csms: Csms
 
-    @on(  # type: ignore[untyped-decorator]
-        "BootNotification"
-    )
+    @on("BootNotification")  # type: ignore[untyped-decorator]
     def on_boot(self, **_: Any) -> Any:
         return call_result.BootNotification(
             current_time=_now(), interval=self.csms.heartbeat_s, status="Accepted"
         )
 
-    @on(  # type: ignore[untyped-decorator]
-        "Heartbeat"
-    )
+    @on("Heartbeat")  # type: ignore[untyped-decorator]
     def on_heartbeat(self, **_: Any) -> Any:
         return call_result.Heartbeat(current_time=_now())
 
-    @on(  # type: ignore[untyped-decorator]
-        "StatusNotification"
-    )
+    @on("StatusNotification")  # type: ignore[untyped-decorator]
     def on_status(self, **_: Any) -> Any:
         return call_result.StatusNotification()
 
-    @on(  # type: ignore[untyped-decorator]
-        "TransactionEvent"
-    )
+    @on("TransactionEvent")  # type: ignore[untyped-decorator]
     def on_transaction(self, **_: Any) -> Any:
         return call_result.TransactionEvent()
 
-    @on(  # type: ignore[untyped-decorator]
-        "BatterySwap"
-    )
+    @on("BatterySwap")  # type: ignore[untyped-decorator]
     def on_battery_swap(self, **_: Any) -> Any:
         return call_result.BatterySwap()
 
-    @on(  # type: ignore[untyped-decorator]
-        "Authorize"
-    )
+    @on("LogStatusNotification")  # type: ignore[untyped-decorator]
+    def on_log_status(self, **_: Any) -> Any:
+        return call_result.LogStatusNotification()
+
+    @on("Authorize")  # type: ignore[untyped-decorator]
     def on_authorize(self, id_token: dict[str, Any], **_: Any) -> Any:
         status = "Accepted" if id_token["id_token"] in self.csms.authorized else "Invalid"
         return call_result.Authorize(id_token_info={"status": status})
