@@ -350,7 +350,10 @@ class CsmsCalls:
         return variable.read() if variable is not None else None
 
     def _unknown(self, component: _Component) -> str:
-        names = {c for c, _ in self.client.variables} | {"EVSE"}
+        if component.name == "EVSE" and component.evse is not None:
+            known = component.evse.get("id") in self.client.control.book.slots
+            return "UnknownVariable" if known else "UnknownComponent"
+        names = {c for c, _ in self.client.variables}
         return "UnknownVariable" if component.name in names else "UnknownComponent"
 
     async def set_variables(self, payload: dict[str, Any]) -> dict[str, Any]:

@@ -61,8 +61,11 @@ class Unreadable:
 
 def read(text: str | bytes, max_bytes: int) -> Frame | Unreadable:
     """Read one frame strictly; never raises."""
-    if len(text) > max_bytes:
-        return Unreadable("-1", "FormatViolation", f"message of {len(text)} B over {max_bytes} B")
+    size = len(text)
+    if isinstance(text, str) and 4 * size > max_bytes:  # a character is 1-4 bytes in UTF-8
+        size = len(text.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        return Unreadable("-1", "FormatViolation", f"message of {size} B over {max_bytes} B")
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
@@ -80,7 +83,9 @@ def read(text: str | bytes, max_bytes: int) -> Frame | Unreadable:
 
 def _frame(raw: object) -> Frame | Unreadable:  # noqa: PLR0911 - one return per shape
     if not isinstance(raw, list) or len(raw) < 2:
-        return Unreadable("-1", "RpcFrameworkError", "not an OCPP-J array")
+        # A broken answer ([3], [4]) is not answered: an error to an error could bounce for ever.
+        answer = not (isinstance(raw, list) and raw and raw[0] in (CALLRESULT, CALLERROR))
+        return Unreadable("-1", "RpcFrameworkError", "not an OCPP-J array", answer=answer)
     kind, unique_id = raw[0], raw[1]
     if not isinstance(unique_id, str) or not 0 < len(unique_id) <= MAX_ID:
         return Unreadable("-1", "RpcFrameworkError", "the message id is not a string of 1-36")
