@@ -33,6 +33,12 @@ class OcppConfig(Section):
     reconnect_max_s: Seconds = 60.0
     connect_timeout_s: Seconds = 10.0
     call_timeout_s: Seconds = 30.0
+    # A queued message the CSMS refuses (CALLERROR) or does not answer is tried this often in
+    # all, `message_attempt_interval_s` x the attempts apart, then dropped (logged).
+    message_attempts: int = Field(default=3, ge=1, le=100)
+    message_attempt_interval_s: Seconds = 10.0
+    # Authorize of a station-started swap, as a whole (the MQTT commands wait behind it).
+    authorize_timeout_s: Seconds = 5.0
     # Until the CSMS says otherwise (BootNotification's interval, or SetVariables).
     heartbeat_s: int = Field(default=300, ge=1, le=86_400)
     # A charging transaction's meter values: every this many seconds (SampledDataTxUpdatedInterval).

@@ -57,6 +57,7 @@ ID_RE = re.compile(ID_PATTERN)
 NAME_RE = re.compile(r"^[a-z_]{1,32}$")
 MAX_DEPTH = 8  # nesting of a request's JSON: a command needs 1; deeper is refused unread
 MAX_TOPIC = 256
+RESERVED_BY = "ocpp:"  # a swap the CSMS asked for (controller/ocpp/swaps.py): not for MQTT
 PEEK_BYTES = 65536  # an oversized request up to this is still read for its id (the reply's)
 
 Code = Literal[
@@ -422,6 +423,8 @@ class CommandServer:
             if isinstance(request, power.PowerRequest) and self.grid is not None:
                 outcome = await self.grid.submit(request)
             elif isinstance(request, swap.SwapRequest):
+                if (request.by or "").startswith(RESERVED_BY):
+                    return _reply(ident, "invalid", f"by: {RESERVED_BY!r} is the station's own")
                 if isinstance(request, swap.StartSwap) and self.authorize is not None:
                     why = await self.authorize(request.vehicle_id)
                     if why is not None:

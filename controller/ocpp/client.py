@@ -37,10 +37,10 @@ from controller.config.model import StationConfig
 from controller.errors import OcppCallRefusedError as CallRefusedError
 from controller.errors import OcppFrameError
 from controller.ocpp import wire
-from controller.ocpp.device import Settings, evse_status, variables
+from controller.ocpp.device import Settings, evse_ids, evse_status, variables
 from controller.ocpp.handlers import CsmsCalls
 from controller.ocpp.logs import RecentLog
-from controller.ocpp.queue import OcppQueue
+from controller.ocpp.queue import OcppQueue, Queued
 from controller.ocpp.swaps import SwapTranslator
 from controller.ocpp.transactions import Transactions
 from controller.store.events import EventLog, JournalBatch
@@ -54,6 +54,11 @@ wire_log = logging.getLogger("controller.ocpp.wire")  # every frame, at DEBUG
 
 State = Literal["offline", "connecting", "pending", "accepted", "refused"]
 RETRY_PAUSE_S = 2.0
+# What the CSMS may ask before it accepted the boot (Pending: it configures the station);
+# anything else, a swap above all, waits for the boot.
+BEFORE_BOOT = frozenset({"GetVariables", "SetVariables", "Reset", "GetLog"})
+HELD_S = 60.0  # a session accepted this long resets the reconnection backoff
+CSMS_KEY = "ocpp_csms"  # meta row: the CSMS (URL and identity) the OCPP state belongs to
 RESET_KEY = "ocpp_boot_reason"  # meta row: why the next boot happens (after a Reset)
 MAX_CALLS_IN_FLIGHT = 4  # requests from the CSMS answered at once (OCPP: it sends one at a time)
 
@@ -81,8 +86,12 @@ class OcppClient:
         self.journal = journal
         self.boot_reason = "PowerUp"
         self.queue = OcppQueue(journal)
-        self.swaps = SwapTranslator(journal, self.queue)
-        self.transactions = Transactions(control, journal, self.cfg.meter_interval_s)
+        self.evse_of = evse_ids(control.book.slots)
+        self.slot_of = {evse: slot for slot, evse in self.evse_of.items()}
+        self.swaps = SwapTranslator(journal, self.queue, self.evse_of)
+        self.transactions = Transactions(
+            control, journal, self.cfg.meter_interval_s, evse_of=self.evse_of
+        )
         self.settings = Settings(self.cfg.heartbeat_s, self.cfg.meter_interval_s)
         self.variables = variables(config, self.settings)
         self.state: State = "offline"
@@ -107,11 +116,14 @@ class OcppClient:
         events.follow(self._journal_wake)
         events.follow(self._events_new)
         self._statuses: dict[int, str] = {}
+        self._accepted_at: float | None = None  # monotonic: this session's boot accepted
 
     async def load(self) -> None:
         """Restore the open transactions and the translator's place in the journal."""
+        await self._forget_another_csms()
         await self.swaps.start()
         await self.transactions.load()
+        await self.calls.profiles.load()
 
         def take_reason(conn: sqlite3.Connection) -> str:
             with transaction(conn):
@@ -120,6 +132,30 @@ class OcppClient:
             return "PowerUp" if row is None else str(row[0])
 
         self.boot_reason = await self.journal.call(take_reason)
+
+    async def _forget_another_csms(self) -> None:
+        """A different CSMS (URL or identity) starts afresh: another's queue is not its."""
+        here = f"{self.cfg.csms_url} {self.identity}"
+
+        def check(conn: sqlite3.Connection) -> str | None:
+            with transaction(conn):
+                row = conn.execute("SELECT value FROM meta WHERE key = ?", (CSMS_KEY,)).fetchone()
+                before = None if row is None else str(row[0])
+                if before is not None and before != here:
+                    for table in ("ocpp_queue", "ocpp_cursor", "ocpp_swaps", "ocpp_transactions"):
+                        conn.execute(f"DELETE FROM {table}")  # noqa: S608 - our table names
+                    conn.execute("DELETE FROM meta WHERE key = 'ocpp_profiles'")
+                conn.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (CSMS_KEY, here)
+                )
+            return before
+
+        before = await self.journal.call(check)
+        if before is not None and before != here:
+            _log.warning(
+                "OCPP: the CSMS changed (%s, was %s): its queue, open transactions and"
+                " profiles start afresh", here, before,
+            )  # fmt: skip
 
     async def note_reset(self) -> None:
         """The next boot follows the CSMS's Reset: its BootNotification says `RemoteReset`."""
@@ -181,6 +217,7 @@ class OcppClient:
             except Exception:  # noqa: BLE001 - a second door's bug must not stop the station
                 _log.exception("OCPP: the session failed; reconnecting")
             self._ws = None
+            self._accepted_at = None
             self.accepted.clear()
             if self.state != "refused":
                 self.state = "offline"
@@ -222,7 +259,6 @@ class OcppClient:
                 _log.error("OCPP: the CSMS did not agree to %s", wire.SUBPROTOCOL)
                 return
             self._ws = ws
-            backoff.reset()
             _log.info("OCPP: connected to %s as %s", self.cfg.csms_url, self.identity)
             tasks = [
                 asyncio.create_task(self._read(ws), name="ocpp-read"),
@@ -234,6 +270,8 @@ class OcppClient:
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+            if self._accepted_at is not None and clock.monotonic() - self._accepted_at >= HELD_S:
+                backoff.reset()  # a session that held: the next attempt comes soon
             for task in done:
                 if not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
@@ -266,6 +304,7 @@ class OcppClient:
 
     async def _answer(self, frame: wire.Frame) -> None:
         try:
+            self._check_booted(frame.action)
             payload = await self.calls.answer(frame.action, frame.payload)
             text = wire.result(frame.unique_id, payload)
         except OcppFrameError as exc:
@@ -276,6 +315,10 @@ class OcppClient:
             text = wire.error(frame.unique_id, "InternalError", f"{frame.action} failed")
         with contextlib.suppress(ConnectionClosed):
             await self._send(text)
+
+    def _check_booted(self, action: str) -> None:
+        if self.state != "accepted" and action not in BEFORE_BOOT:
+            raise OcppFrameError("SecurityError", f"{action[:40]}: the boot is not accepted yet")
 
     async def _send(self, text: str) -> None:
         ws = self._ws
@@ -312,6 +355,7 @@ class OcppClient:
             await self._boot()
         self.state = "accepted"
         self.accepted.set()
+        self._accepted_at = clock.monotonic()
         self._statuses.clear()  # every EVSE again after a (re)connection
         self._queued = True
         self._status_slots.update(self.control.book.slots)
@@ -327,7 +371,10 @@ class OcppClient:
             if "heartbeat" in self.settings.changed or clock.monotonic() >= next_beat:
                 self.settings.changed.clear()
                 if clock.monotonic() >= next_beat:
-                    await self.call("Heartbeat", {})
+                    try:
+                        await self.call("Heartbeat", {})
+                    except CallRefusedError as exc:
+                        _log.warning("OCPP: the CSMS refused a Heartbeat: %s", exc)
                 next_beat = clock.monotonic() + self.settings.heartbeat_s
 
     async def _boot(self) -> None:
@@ -363,15 +410,26 @@ class OcppClient:
             status = evse_status(self.control, slot, now)
             if self._statuses.get(slot) == status:
                 continue
-            await self.call(
-                "StatusNotification",
-                {"timestamp": clock.utcnow().isoformat().replace("+00:00", "Z"),
-                 "connectorStatus": status, "evseId": slot, "connectorId": 1},
-            )  # fmt: skip
+            try:
+                await self.call(
+                    "StatusNotification",
+                    {"timestamp": clock.utcnow().isoformat().replace("+00:00", "Z"),
+                     "connectorStatus": status, "evseId": self.evse_of[slot], "connectorId": 1},
+                )  # fmt: skip
+            except CallRefusedError as exc:
+                # Not worth the connection: said, and sent again with the next change.
+                _log.warning("OCPP: the CSMS refused slot %d's status: %s", slot, exc)
+                continue
             self._statuses[slot] = status
 
     async def _drain(self) -> None:
-        """Send the queued messages in order; each leaves the queue once the CSMS answered."""
+        """Send the queued messages in order; each leaves the queue once the CSMS answered.
+
+        A refusal (CALLERROR) is tried again, `message_attempt_interval_s` x the attempts
+        apart, up to `message_attempts` in all; then the message is dropped, loudly. A message
+        not answered in time counts as an attempt too, and ends the connection. Statuses that
+        changed meanwhile go out between two messages.
+        """
         while self._queued:
             self._queued = False  # set again by anything queued meanwhile
             head = await self.queue.head()
@@ -379,18 +437,39 @@ class OcppClient:
                 return
             self._queued = True
             for message in head:
-                try:
-                    await self.call(message.action, message.payload)
-                except CallRefusedError as exc:
-                    # Answered, if with a refusal: not sent again (it would be refused again).
-                    _log.error(
-                        "OCPP: the CSMS refused %s #%d: %s", message.action, message.seq, exc
-                    )
-                except OcppFrameError as exc:
-                    _log.error("OCPP: queued %s #%d is not valid OCPP, dropped: %s",
-                               message.action, message.seq, exc.description)  # fmt: skip
-                self.answered += 1
-                await self.queue.done(message.seq)
+                await self._deliver(message)
+                if self._status_slots:
+                    await self._report_statuses()
+
+    async def _deliver(self, message: Queued) -> None:
+        attempts = message.attempts
+        while True:
+            try:
+                await self.call(message.action, message.payload)
+            except TimeoutError:
+                await self.queue.attempted(message.seq)
+                if attempts + 1 >= self.cfg.message_attempts:
+                    _log.error("OCPP: %s #%d unanswered %d times: dropped",
+                               message.action, message.seq, attempts + 1)  # fmt: skip
+                    break
+                raise
+            except CallRefusedError as exc:
+                attempts += 1
+                if attempts < self.cfg.message_attempts:
+                    _log.warning("OCPP: the CSMS refused %s #%d (%s); again in %g s",
+                                 message.action, message.seq, exc,
+                                 self.cfg.message_attempt_interval_s * attempts)  # fmt: skip
+                    await self.queue.attempted(message.seq)
+                    await asyncio.sleep(self.cfg.message_attempt_interval_s * attempts)
+                    continue
+                _log.error("OCPP: the CSMS refused %s #%d %d times, dropped: %s",
+                           message.action, message.seq, attempts, exc)  # fmt: skip
+            except OcppFrameError as exc:
+                _log.error("OCPP: queued %s #%d is not valid OCPP, dropped: %s",
+                           message.action, message.seq, exc.description)  # fmt: skip
+            break
+        self.answered += 1
+        await self.queue.done(message.seq)
 
     async def authorize(self, vehicle_id: str) -> str | None:
         """Ask the CSMS whether `vehicle_id` may swap (a swap started at the station).
@@ -403,9 +482,12 @@ class OcppClient:
                 return None
             return "the CSMS is not reachable to authorise the swap (ocpp.offline_swaps)"
         try:
-            answer = await self.call(
-                "Authorize", {"idToken": {"idToken": vehicle_id, "type": "Local"}}
-            )
+            # Bounded as a whole (waiting for the one request in flight included): the MQTT
+            # commands wait behind it.
+            async with asyncio.timeout(self.cfg.authorize_timeout_s):
+                answer = await self.call(
+                    "Authorize", {"idToken": {"idToken": vehicle_id, "type": "Local"}}
+                )
         except (CallRefusedError, TimeoutError, ConnectionClosed) as exc:
             if self.cfg.offline_swaps == "allow":
                 _log.warning("OCPP: Authorize for %s failed (%s); allowed", vehicle_id, exc)

@@ -1,6 +1,7 @@
 """The device model the CSMS sees: slots as EVSEs, and the few variables that matter.
 
-Each battery slot is one EVSE (its number is the slot's), with one connector (1). Its status:
+Each battery slot is one EVSE with one connector (1). OCPP numbers EVSEs 1..N: the slots, in
+their order, are EVSE 1..N (slots 1..N, the usual numbering, keep their numbers). Its status:
 
 | status | when |
 |---|---|
@@ -12,7 +13,7 @@ Each battery slot is one EVSE (its number is the slot's), with one connector (1)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from controller.charging.control import SlotControl
@@ -23,6 +24,11 @@ FAULT_SEVERITIES = frozenset({"critical"})
 # How the swap picks the pack it gives (controller/swap/dispense.py): the highest SoC, then
 # the highest SoH, then the coolest.
 DISPENSE_ORDER = "HighestSoC,HighestSoH,CoolestFirst"
+
+
+def evse_ids(slots: Iterable[int]) -> dict[int, int]:
+    """Slot -> EVSE id: 1..N in slot order."""
+    return {slot: n for n, slot in enumerate(sorted(slots), start=1)}
 
 
 def evse_status(control: SlotControl, slot: int, now: float) -> str:

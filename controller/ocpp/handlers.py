@@ -10,11 +10,9 @@ on the sequencer's queue like any other command, in this request's own task.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
@@ -23,11 +21,11 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from websockets.exceptions import ConnectionClosed
 
 from controller.charging.gridcmds import GridCommands
-from controller.charging.requests import ClearPowerLimit, SetPowerLimit
 from controller.errors import BusyError, OcppCallRefusedError, OcppFrameError, RefusedError
 from controller.ocpp import logs, wire
 from controller.ocpp.device import evse_status
-from controller.ocpp.swaps import by_of
+from controller.ocpp.profiles import PURPOSES, Held, StationProfiles
+from controller.ocpp.swaps import REQUEST_ID_MAX, REQUEST_ID_MIN, by_of
 from controller.swap.requests import StartSwap
 from controller.swap.sequencer import Sequencer
 from drivers import clock
@@ -37,12 +35,12 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 
-SOURCE = "ocpp"  # the run-time power limit source of the CSMS's charging profiles
 KNOWN_ACTIONS = frozenset(a.value for a in Action)
 VEHICLE_RE = re.compile(r"^[\x20-\x7e]{1,16}$")
 PACK_TYPE_INFO = "PackType"  # idToken.additionalInfo[].type naming the pack type
 IDLE_CHECK_S = 0.5
 MAX_LIMIT_W = 100_000_000.0  # set_power_limit's 100 000 kW
+MAX_SCHEDULE_S = 365 * 86_400
 MAX_LOG_RETRIES = 5
 MAX_LOG_PAUSE_S = 300.0
 
@@ -83,11 +81,23 @@ class _Schedule(_In):
 
 class _Profile(_In):
     id: int
+    stackLevel: int  # noqa: N815
     chargingProfilePurpose: str  # noqa: N815
     chargingProfileKind: str  # noqa: N815
     validFrom: AwareDatetime | None = None  # noqa: N815
     validTo: AwareDatetime | None = None  # noqa: N815
     chargingSchedule: list[_Schedule]  # noqa: N815
+
+
+class _ClearCriteria(_In):
+    evseId: int | None = None  # noqa: N815
+    chargingProfilePurpose: str | None = None  # noqa: N815
+    stackLevel: int | None = None  # noqa: N815
+
+
+class _ClearChargingProfile(_In):
+    chargingProfileId: int | None = None  # noqa: N815
+    chargingProfileCriteria: _ClearCriteria | None = None  # noqa: N815
 
 
 class _SetChargingProfile(_In):
@@ -157,8 +167,7 @@ class CsmsCalls:
         self.sequencer = sequencer
         self.grid = grid
         self.restart = restart
-        self.profile_id: int | None = None
-        self._profile_task: asyncio.Task[None] | None = None
+        self.profiles = StationProfiles(grid, client.journal)
         self._reset_task: asyncio.Task[None] | None = None
         self._log_task: asyncio.Task[None] | None = None
         self._uploading = False
@@ -192,6 +201,8 @@ class CsmsCalls:
         """`RequestBatterySwap`: `start_swap` for the idToken's vehicle; the requestId follows."""
         request = _RequestBatterySwap.model_validate(payload)
         token = request.idToken
+        if not REQUEST_ID_MIN <= request.requestId <= REQUEST_ID_MAX:
+            return _status("Rejected", "InvalidValue", "requestId: a 32-bit integer")
         if self.sequencer is None:
             return _status("Rejected", "NoSwapRobot", "this station runs its racks only")
         if not VEHICLE_RE.match(token.idToken):
@@ -233,12 +244,13 @@ class CsmsCalls:
 
     # --- smart charging -------------------------------------------------------------------------
 
-    async def set_charging_profile(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """A station-wide profile (EVSE 0) becomes the `ocpp` run-time power limit."""
+    async def set_charging_profile(  # noqa: PLR0911 - one return per answer
+        self, payload: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A station-wide profile (EVSE 0) becomes (part of) the `ocpp` run-time power limit."""
         request = _SetChargingProfile.model_validate(payload)
         profile = request.chargingProfile
-        purposes = {"ChargingStationMaxProfile", "ChargingStationExternalConstraints"}
-        if request.evseId != 0 or profile.chargingProfilePurpose not in purposes:
+        if request.evseId != 0 or profile.chargingProfilePurpose not in PURPOSES:
             return _status(
                 "Rejected", "UnsupportedPurpose",
                 "a station-wide limit only: evseId 0, ChargingStationMaxProfile or"
@@ -254,70 +266,58 @@ class CsmsCalls:
             return _status(
                 "Rejected", "InvalidSchedule", f"every period needs a limit of 0..{MAX_LIMIT_W:g} W"
             )  # fmt: skip
-        now = clock.utcnow()
-        start = schedule.startSchedule if profile.chargingProfileKind == "Absolute" else None
-        start = start or now
-        ends = [start + timedelta(seconds=schedule.duration)] if schedule.duration else []
-        ends += [profile.validTo] if profile.validTo else []
+        if any(not 0 <= p.startPeriod <= MAX_SCHEDULE_S for p in periods) or not (
+            0 <= (schedule.duration or 0) <= MAX_SCHEDULE_S
+        ):
+            return _status(
+                "Rejected", "InvalidSchedule", "startPeriod and duration: 0..31536000 s"
+            )  # fmt: skip
+        now = clock.wall()
+        start = now
+        if profile.chargingProfileKind == "Absolute" and schedule.startSchedule is not None:
+            start = schedule.startSchedule.timestamp()
+        ends = [start + schedule.duration] if schedule.duration else []
+        ends += [profile.validTo.timestamp()] if profile.validTo else []
         end = min(ends) if ends else None
         if end is not None and end <= now:
             return _status("Rejected", "InvalidSchedule", "the profile has already ended")
-        if self._profile_task is not None:
-            self._profile_task.cancel()
-        self.profile_id = profile.id
-        steps = [(start + timedelta(seconds=p.startPeriod), float(p.limit or 0.0)) for p in periods]
+        steps = [(start + p.startPeriod, float(p.limit or 0.0)) for p in periods]
         if profile.validFrom is not None:
             # Nothing of it is in force before validFrom: a period that began earlier starts then.
-            valid = profile.validFrom
+            valid = profile.validFrom.timestamp()
             steps = [(max(at, valid), w) for at, w in steps]
             steps = [
                 s for i, s in enumerate(steps) if i + 1 == len(steps) or steps[i + 1][0] > s[0]
             ]
-        # The period in force now applies before the answer; the later ones in their time.
-        later = await self._apply_due(steps, end)
-        self._profile_task = asyncio.create_task(self._follow(later, end), name="ocpp-profile")
+        held = Held(profile.id, profile.chargingProfilePurpose, profile.stackLevel,
+                    tuple(steps), end)  # fmt: skip
+        # What is in force now applies before the answer; the rest in its time.
+        try:
+            await self.profiles.replace(held)
+        except (RefusedError, ValidationError) as exc:
+            return _status("Rejected", "InvalidSchedule", f"not applied: {exc}")
         return _status("Accepted")
 
-    async def _apply_due(
-        self, steps: list[tuple[datetime, float]], end: datetime | None
-    ) -> list[tuple[datetime, float]]:
-        """Apply the period in force now, if one is; the periods still to come."""
-        now = clock.utcnow()
-        due = [i for i, (at, _) in enumerate(steps) if at <= now]
-        if not due:
-            return steps
-        index = due[-1]
-        until = steps[index + 1][0] if index + 1 < len(steps) else end
-        await self._apply(steps[index][1], until)
-        return steps[index + 1 :]
-
-    async def _follow(self, steps: list[tuple[datetime, float]], end: datetime | None) -> None:
-        """Apply each later period as it comes; the last one's limit ends with the profile."""
-        for index, (at, watts) in enumerate(steps):
-            wait = (at - clock.utcnow()).total_seconds()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            await self._apply(watts, steps[index + 1][0] if index + 1 < len(steps) else end)
-
-    async def _apply(self, watts: float, until: datetime | None) -> None:
-        try:
-            await self.grid.set_limit(
-                SetPowerLimit(source=SOURCE, kw=watts / 1000, until=until, by="ocpp")
-            )
-        except (RefusedError, ValidationError) as exc:
-            _log.error("OCPP: charging profile period not applied: %s", exc)
-
     async def clear_charging_profile(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """Lift the `ocpp` limit (any station-wide profile we hold)."""
-        wanted = payload.get("chargingProfileId")
-        if self.profile_id is None or (wanted is not None and wanted != self.profile_id):
+        """Drop the held profiles that match the request (id, or evse 0, purpose, stack level)."""
+        request = _ClearChargingProfile.model_validate(payload)
+        criteria = request.chargingProfileCriteria
+        matching = []
+        for purpose, held in self.profiles.held.items():
+            if request.chargingProfileId is not None:
+                if held.id == request.chargingProfileId:
+                    matching.append(purpose)
+                continue
+            if criteria is not None and (
+                (criteria.evseId not in (None, 0))
+                or (criteria.chargingProfilePurpose not in (None, purpose))
+                or (criteria.stackLevel not in (None, held.stack_level))
+            ):
+                continue
+            matching.append(purpose)
+        if not matching:
             return _status("Unknown")
-        if self._profile_task is not None:
-            self._profile_task.cancel()
-            self._profile_task = None
-        self.profile_id = None
-        with contextlib.suppress(RefusedError):
-            await self.grid.clear_limit(ClearPowerLimit(source=SOURCE, by="ocpp"))
+        await self.profiles.clear(matching)
         return _status("Accepted")
 
     # --- the device model ---------------------------------------------------------------------
@@ -342,16 +342,16 @@ class CsmsCalls:
 
     def _value(self, component: _Component, name: str) -> str | None:
         if component.name == "EVSE" and component.evse is not None:
-            slot = component.evse.get("id")
-            if name == "AvailabilityState" and slot in self.client.control.book.slots:
-                return evse_status(self.client.control, int(slot), clock.monotonic())
+            slot = self.client.slot_of.get(component.evse.get("id", -1))
+            if name == "AvailabilityState" and slot is not None:
+                return evse_status(self.client.control, slot, clock.monotonic())
             return None
         variable = self.client.variables.get((component.name, name))
         return variable.read() if variable is not None else None
 
     def _unknown(self, component: _Component) -> str:
         if component.name == "EVSE" and component.evse is not None:
-            known = component.evse.get("id") in self.client.control.book.slots
+            known = component.evse.get("id") in self.client.slot_of
             return "UnknownVariable" if known else "UnknownComponent"
         names = {c for c, _ in self.client.variables}
         return "UnknownVariable" if component.name in names else "UnknownComponent"
@@ -393,6 +393,9 @@ class CsmsCalls:
             return _status("Rejected", "UnsupportedEvse", "the station restarts as a whole")
         if self._reset_task is not None:
             return _status("Scheduled")
+        if self.sequencer is not None:
+            # From now on no swap starts; one already running ends first.
+            self.sequencer.handlers.no_new_swaps = "a restart is pending (the CSMS's Reset)"
         busy = self._busy()
         self._reset_task = asyncio.create_task(self._restart_when_idle(request.type))
         return _status("Scheduled" if busy else "Accepted")
@@ -402,9 +405,12 @@ class CsmsCalls:
         return seq is not None and seq.ctx.active
 
     async def _restart_when_idle(self, kind: str) -> None:
-        while self._busy():  # noqa: ASYNC110 - the sequencer has no idle event; twice a second
-            await asyncio.sleep(IDLE_CHECK_S)
-        await asyncio.sleep(IDLE_CHECK_S)  # the answer goes out first
+        while True:
+            while self._busy():  # noqa: ASYNC110 - the sequencer has no idle event; twice a second
+                await asyncio.sleep(IDLE_CHECK_S)
+            await asyncio.sleep(IDLE_CHECK_S)  # the answer goes out first
+            if not self._busy():  # (a start_swap that ran meanwhile is refused, but look)
+                break
         await self.client.note_reset()
         _log.warning("OCPP: Reset (%s): restarting between swaps", kind)
         self.restart(f"OCPP Reset ({kind})")

@@ -28,6 +28,7 @@ class Queued:
     action: str
     payload: dict[str, Any]
     at: float
+    attempts: int = 0  # sent before without an answer it could keep
 
 
 def enqueue(batch: JournalBatch, action: str, payload: dict[str, Any]) -> None:
@@ -50,10 +51,20 @@ class OcppQueue:
         """The oldest messages, in order."""
         rows = await self._journal.call(
             lambda c: c.execute(
-                "SELECT seq, action, payload, at FROM ocpp_queue ORDER BY seq LIMIT ?", (limit,)
+                "SELECT seq, action, payload, at, attempts FROM ocpp_queue ORDER BY seq LIMIT ?",
+                (limit,),
             ).fetchall()
         )
-        return [Queued(seq, action, json.loads(text), at) for seq, action, text, at in rows]
+        return [Queued(seq, action, json.loads(text), at, n) for seq, action, text, at, n in rows]
+
+    async def attempted(self, seq: int) -> None:
+        """Message `seq` was sent once more without an answer that settles it."""
+
+        def count(conn: sqlite3.Connection) -> None:
+            with transaction(conn):
+                conn.execute("UPDATE ocpp_queue SET attempts = attempts + 1 WHERE seq = ?", (seq,))
+
+        await self._journal.call(count, durable=False)
 
     async def done(self, seq: int) -> None:
         """The CSMS answered message `seq`: it is not sent again."""

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sqlite3
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from controller.ocpp.queue import OcppQueue
 from controller.store.journal import Journal, transaction
@@ -32,7 +34,11 @@ _log = logging.getLogger(__name__)
 BATCH = 200
 BY_PREFIX = "ocpp:"
 VENDOR = "org.swapstation"
-ENDINGS = frozenset({"swap_completed", "swap_aborted", "swap_failed"})
+ENDINGS = frozenset({"swap_completed", "swap_aborted", "swap_failed", "swap_recovered"})
+# OCPP's requestId is a JSON integer; the station keeps those of 32 bits (a CSMS's is refused
+# outside them when it asks, handlers.py).
+REQUEST_ID_MIN, REQUEST_ID_MAX = -(2**31), 2**31 - 1
+REQUEST_ID_RE = re.compile(r"^-?[0-9]{1,10}$")
 
 
 class _Reserved(BaseModel):
@@ -102,10 +108,17 @@ def _percent(value: float | None) -> float:
 class SwapTranslator:
     """Journal events after the cursor into queued `BatterySwap` requests."""
 
-    def __init__(self, journal: Journal, queue: OcppQueue) -> None:
+    def __init__(
+        self, journal: Journal, queue: OcppQueue, evse_of: Mapping[int, int] | None = None
+    ) -> None:
         self._journal = journal
         self._queue = queue
+        self._evse_of = dict(evse_of or {})
         self.translated = 0
+
+    def evse(self, slot: int) -> int:
+        """The EVSE id of a slot (device.py)."""
+        return self._evse_of.get(slot, slot)
 
     async def start(self) -> None:
         """The first time, start from the journal's end: history is not replayed to a CSMS."""
@@ -133,21 +146,28 @@ class SwapTranslator:
             return 0
         with transaction(conn):
             for seq, kind, body in rows:
+                conn.execute("SAVEPOINT event")
                 try:
                     self._translate(conn, seq, kind, json.loads(body))
-                except (ValidationError, ValueError) as exc:
-                    # An event of an unexpected shape is skipped, loudly: the cursor must move.
-                    _log.error("OCPP: event %d (%s) not translated: %s", seq, kind, exc)
+                except Exception as exc:  # noqa: BLE001 - the cursor must move on, whatever it is
+                    # An event of an unexpected shape (or a bug of ours) is skipped, loudly, with
+                    # what it wrote undone: one bad event must not stop every later one.
+                    conn.execute("ROLLBACK TO event")
+                    _log.error("OCPP: event %d (%s) not translated: %r", seq, kind, exc)
+                conn.execute("RELEASE event")
             conn.execute("UPDATE ocpp_cursor SET seq = ? WHERE id = 1", (rows[-1][0],))
         return len(rows)
 
     def _translate(self, conn: sqlite3.Connection, seq: int, kind: str, body: Any) -> None:
         if kind == "swap_started":
             started = _Started.model_validate(body)
-            request_id, token_type = seq, "Local"
+            # A swap started at the station: a requestId of its own, negative, so that it
+            # never meets one the CSMS chose.
+            request_id, token_type = -seq, "Local"
             if started.by and started.by.startswith(BY_PREFIX):
                 rid, _, kind_of_token = started.by[len(BY_PREFIX) :].partition(":")
-                request_id, token_type = int(rid), kind_of_token or "Central"
+                if REQUEST_ID_RE.match(rid) and REQUEST_ID_MIN <= int(rid) <= REQUEST_ID_MAX:
+                    request_id, token_type = int(rid), kind_of_token[:20] or "Central"
             conn.execute(
                 "INSERT OR REPLACE INTO ocpp_swaps(swap_id, request_id, id_token, reserved, at)"
                 " VALUES (?, ?, ?, ?, ?)",
@@ -166,13 +186,15 @@ class SwapTranslator:
                 return  # started before OCPP was configured: not the CSMS's
             event = "BatteryIn" if handover.direction == "in" else "BatteryOut"
             _queue(conn, followed, event, battery(
-                handover.slot, handover.serial, handover.soc, handover.soh
+                self.evse(handover.slot), handover.serial, handover.soc, handover.soh
             ))  # fmt: skip
             if event == "BatteryOut":
                 conn.execute(
                     "UPDATE ocpp_swaps SET sent_out = 1 WHERE swap_id = ?", (handover.swap_id,)
                 )
-        elif kind in ENDINGS:
+        elif kind in ENDINGS and ("pack_in" in body or kind != "swap_recovered"):
+            # (`swap_recovered` is also the event of a swap resumed after a restart, with its
+            # `state`; its ending, a swap completed after a restart, carries `pack_in`.)
             swap_id = str(body.get("swap_id", ""))
             followed = _followed(conn, swap_id)
             if followed is None:
@@ -180,7 +202,7 @@ class SwapTranslator:
             if not followed.sent_out:
                 res = _Reserved.model_validate(followed.reserved)
                 _queue(conn, followed, "BatteryOutTimeout", battery(
-                    res.slot, res.serial, res.soc, None
+                    self.evse(res.slot), res.serial, res.soc, None
                 ))  # fmt: skip
             conn.execute("DELETE FROM ocpp_swaps WHERE swap_id = ?", (swap_id,))
         else:

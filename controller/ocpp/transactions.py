@@ -16,6 +16,7 @@ commit (docs/ocpp.md); open transactions survive a restart.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -45,8 +46,16 @@ class OpenTx:
 class Transactions:
     """Follows the slots the slot control stepped; queues their transaction events."""
 
-    def __init__(self, control: SlotControl, journal: Journal, meter_interval_s: float) -> None:
+    def __init__(
+        self,
+        control: SlotControl,
+        journal: Journal,
+        meter_interval_s: float,
+        *,
+        evse_of: Mapping[int, int] | None = None,
+    ) -> None:
         self.control = control
+        self.evse_of = dict(evse_of or {})
         self.journal = journal
         self.meter_interval_s = meter_interval_s
         self.open: dict[int, OpenTx] = {}
@@ -99,7 +108,9 @@ class Transactions:
             self._update(
                 slot, replace(tx, state=state), r, "ChargingStateChanged", now=now, batch=batch
             )
-        elif now >= tx.next_meter:
+        elif now >= tx.next_meter and not self.offline:
+            # (Offline, periodic values are not queued: a long outage must not fill the
+            # journal. The changes are, and the Ended carries the meter's last value.)
             self._update(slot, tx, r, "MeterValuePeriodic", now=now, batch=batch)
 
     def _start(self, slot: int, r: SlotReading, now: float, batch: JournalBatch) -> None:
@@ -161,7 +172,7 @@ class Transactions:
             "triggerReason": trigger,
             "seqNo": tx.seq_no,
             "transactionInfo": {"transactionId": tx.tx_id, "chargingState": tx.state},
-            "evse": {"id": slot, "connectorId": 1},
+            "evse": {"id": self.evse_of.get(slot, slot), "connectorId": 1},
         }
         if self.offline:
             payload["offline"] = True

@@ -208,7 +208,8 @@ MIGRATIONS: tuple[str, ...] = (
         seq     INTEGER PRIMARY KEY AUTOINCREMENT,
         action  TEXT NOT NULL,
         payload TEXT NOT NULL,
-        at      REAL NOT NULL
+        at      REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0
     ) STRICT;
     -- How far the OCPP translator has read the events table (one row).
     CREATE TABLE ocpp_cursor (

@@ -79,6 +79,10 @@ class Handlers:
             SetSlot: self.set_slot,
         }
 
+    # Why no new swap may start (a restart the CSMS asked for is pending), or None. Read when a
+    # start_swap runs, in the sequencer's task: one already queued is refused too.
+    no_new_swaps: str | None = None
+
     async def handle(self, request: SwapRequest) -> Outcome:
         """Run `request` (by its type: an interface's subclass of it runs the same)."""
         for kind in type(request).__mro__:
@@ -92,6 +96,8 @@ class Handlers:
         ctx = self.swap.ctx
         if ctx.active:
             raise BusyError(f"busy: swap {ctx.swap_id} for {ctx.vehicle_id} is {ctx.state.text}")
+        if self.no_new_swaps is not None:
+            raise RefusedError(self.no_new_swaps)
         causes = self.senses.station_causes(self.senses.facts())
         if causes:
             raise RefusedError("; ".join(causes))

@@ -376,7 +376,8 @@ async def test_a_local_swap_aborted_before_the_car_is_battery_out_timeout(
         events = csms.of("BatterySwap")
         assert [e["eventType"] for e in events] == ["BatteryOutTimeout"], events
         event = events[0]
-        assert isinstance(event["requestId"], int) and event["requestId"] >= 0, event
+        # The docs: a local swap's requestId is its swap_started sequence number, negative.
+        assert isinstance(event["requestId"], int) and event["requestId"] < 0, event
         assert event["idToken"] == {"idToken": "EV-7", "type": "Local"}, event
         data = event["batteryData"]
         assert len(data) == 1
