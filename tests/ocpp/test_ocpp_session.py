@@ -101,7 +101,9 @@ async def test_boot_statuses_swap_transaction_profile_and_bad_input(
         # Boot: the library checked it against the schema; the station says who it is.
         boot_msg = csms.of("BootNotification")[0]
         assert boot_msg["chargingStation"]["vendorName"] == "swapstation"
-        assert statuses(csms) == {1: "Occupied", 2: "Occupied", 3: "Occupied", 4: "Available"}
+        # (A slot whose data is not fresh yet is Unavailable first: unknown is not available.)
+        expected = {1: "Occupied", 2: "Occupied", 3: "Occupied", 4: "Available"}
+        await csms.wait_for(lambda: statuses(csms) == expected, what=f"statuses {expected}")
 
         # A dock-charging transaction on slot 3 (PK-C at 40 %), its energy increasing.
         await csms.wait_for(
@@ -180,7 +182,24 @@ async def test_boot_statuses_swap_transaction_profile_and_bad_input(
         await until(lambda: control.last_step > stepped, what="one control step")
         assert control.allocation.budget_w is not None
         assert control.allocation.bound_w <= 3000.0 + 1e-6
-        answer = await csms.call(call.ClearChargingProfile(charging_profile_id=7))
+        # A second purpose: the lower of the two binds; each is cleared on its own.
+        external = {**profile, "id": 8,
+                    "charging_profile_purpose": "ChargingStationExternalConstraints"}  # fmt: skip
+        external["charging_schedule"] = [{
+            "id": 2, "charging_rate_unit": "W",
+            "charging_schedule_period": [{"start_period": 0, "limit": 2000.0}],
+        }]  # fmt: skip
+        answer = await csms.call(call.SetChargingProfile(evse_id=0, charging_profile=external))
+        assert answer.status == "Accepted"
+        assert control.power_state().limit_kw == pytest.approx(2.0)
+        answer = await csms.call(call.ClearChargingProfile(charging_profile_criteria={
+            "charging_profile_purpose": "TxDefaultProfile", "evse_id": 3,
+        }))  # fmt: skip
+        assert answer.status == "Unknown"
+        answer = await csms.call(call.ClearChargingProfile(charging_profile_id=8))
+        assert answer.status == "Accepted"
+        assert control.power_state().limit_kw == pytest.approx(3.0)
+        answer = await csms.call(call.ClearChargingProfile())
         assert answer.status == "Accepted"
         assert control.power_state().binding != "ocpp"
 
@@ -202,6 +221,11 @@ async def test_boot_statuses_swap_transaction_profile_and_bad_input(
         assert codes["nope"] == "NotImplemented"
         assert codes["ns"] == "NotSupported"
         assert seq.ctx.state == "idle"
+        huge_id = await csms.call(call.RequestBatterySwap(
+            id_token={"id_token": "EV-1", "type": "Central"}, request_id=2**64
+        ))  # fmt: skip
+        assert huge_id.status == "Rejected"
+        assert huge_id.status_info["reason_code"] == "InvalidValue"
         with pytest.raises(OCPPError):
             await csms.call(call.Reset(type="Sometimes"))
         # Still answering, and the daemon runs.
@@ -341,9 +365,14 @@ async def test_reset_waits_for_the_swap_then_restarts_and_boots_as_remote_reset(
     ) as rig:  # fmt: skip
         await csms.wait_for(lambda: len(csms.of("BootNotification")) == 2, what="the second boot")
         assert csms.of("BootNotification")[1]["reason"] == "RemoteReset"
-        # Idle: accepted at once.
+        # Idle: accepted at once, and from then on no swap starts.
         answer = await csms.call(call.Reset(type="Immediate"))
         assert answer.status == "Accepted"
+        late = await csms.call(
+            call.RequestBatterySwap(id_token={"id_token": "EV-5", "type": "Central"}, request_id=5)
+        )
+        assert late.status == "Rejected"
+        assert "a restart is pending" in late.status_info["additional_info"]
         async with asyncio.timeout(10):
             assert await asyncio.shield(rig.task) == 75
     await csms.stop()
@@ -474,3 +503,68 @@ async def test_get_log_uploads_the_recent_log_by_http_put(
         server.shutdown()
         server.server_close()
         await csms.stop()
+
+
+async def test_a_refused_message_is_tried_again_then_dropped_and_the_rest_goes_on(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    csms = Csms("t1", PASSWORD)
+    await csms.start()
+    extra = "message_attempts = 3\nmessage_attempt_interval_s = 0.05\n"
+    async with running(
+        tmp_path, broker, [rack()], speed=SPEED, sections=sections(csms, extra),
+        environ=environ(), robot=True, plc=True,
+    ) as rig:  # fmt: skip
+        await boot(rig, csms)
+        seq = rig.station.sequencer
+        assert seq is not None
+        await until(lambda: not seq.blocking, what="station ready")
+        # BatteryIn: refused twice, taken the third time. BatteryOut: refused three times: dropped.
+        csms.refuse_swaps = [True, True, False, True, True, True]
+        answer = await csms.call(
+            call.RequestBatterySwap(id_token={"id_token": "EV-4", "type": "Central"}, request_id=4)
+        )
+        assert answer.status == "Accepted"
+        rig.sim.arrive("EV-4", serial="PK-OLD", soc=30.0)
+        await until(lambda: seq.ctx.state == "idle", timeout=30, what="swap done")
+        ocpp = rig.station.ocpp
+        assert ocpp is not None
+        await csms.wait_for(lambda: not csms.refuse_swaps, timeout=15, what="six BatterySwaps")
+        sent = [p["eventType"] for p in csms.of("BatterySwap")]
+        assert sent == ["BatteryIn"] * 3 + ["BatteryOut"] * 3
+        # The queue went on: a later message (a status, a transaction event) is still delivered.
+        await seq.request("set_slot", slot=3, enabled=False)
+        await csms.wait_for(lambda: statuses(csms).get(3) == "Unavailable",
+                            what="a later status delivered")  # fmt: skip
+        assert await ocpp.queue.length() <= 1
+        assert not rig.task.done()
+    await csms.stop()
+
+
+async def test_another_csms_does_not_get_the_first_one_s_backlog(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    gone = Csms("t1", PASSWORD)
+    await gone.start()
+    await gone.stop()  # its port, now closed: the station queues for it
+    async with running(
+        tmp_path, broker, [rack()], speed=SPEED, sections=sections(gone),
+        environ=environ(), robot=True, plc=True,
+    ) as rig:  # fmt: skip
+        ocpp = rig.station.ocpp
+        assert ocpp is not None
+        async with asyncio.timeout(10):  # polled, as until() does, for a journal read
+            while await ocpp.queue.length() == 0:  # noqa: ASYNC110 - a journal read, polled
+                await asyncio.sleep(0.01)
+    csms = Csms("t1", PASSWORD)
+    await csms.start()
+    async with running(
+        tmp_path, broker, [rack()], speed=SPEED, sections=sections(csms),
+        environ=environ(), robot=True, plc=True,
+    ) as rig:  # fmt: skip
+        await boot(rig, csms)
+        await csms.wait_for(lambda: bool(tx_events(csms, 3)), what="slot 3's transaction")
+        events = tx_events(csms, 3)
+        assert events[0]["eventType"] == "Started" and events[0]["seqNo"] == 0
+        assert not any(p.get("offline") for p in csms.of("TransactionEvent"))
+    await csms.stop()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from ocpp.exceptions import InternalError
 from ocpp.routing import on
 from ocpp.v21 import ChargePoint, call_result
 from websockets.asyncio.server import Server, ServerConnection, basic_auth, serve
@@ -82,6 +83,8 @@ class _Station(ChargePoint):  # type: ignore[misc]
 
     @on("BatterySwap")  # type: ignore[untyped-decorator]
     def on_battery_swap(self, **_: Any) -> Any:
+        if self.csms.refuse_swaps and self.csms.refuse_swaps.pop(0):
+            raise InternalError(description="refused by the test")
         return call_result.BatterySwap()
 
     @on("LogStatusNotification")  # type: ignore[untyped-decorator]
@@ -103,6 +106,8 @@ class Csms:
     tls: ssl.SSLContext | None = None
     heartbeat_s: int = 300
     authorized: set[str] = field(default_factory=set)
+    # The answers to the next BatterySwap requests: True refuses one (a CALLERROR).
+    refuse_swaps: list[bool] = field(default_factory=list)
     port: int = 0
     seen: list[Seen] = field(default_factory=list)
     frames: list[str] = field(default_factory=list)
