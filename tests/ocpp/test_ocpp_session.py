@@ -568,3 +568,31 @@ async def test_another_csms_does_not_get_the_first_one_s_backlog(
         assert events[0]["eventType"] == "Started" and events[0]["seqNo"] == 0
         assert not any(p.get("offline") for p in csms.of("TransactionEvent"))
     await csms.stop()
+
+
+async def test_until_the_boot_is_accepted_the_csms_may_only_configure(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    csms = Csms("t1", PASSWORD, boot_status="Pending")
+    await csms.start()
+    async with running(
+        tmp_path, broker, [rack()], speed=SPEED, sections=sections(csms),
+        environ=environ(), robot=True, plc=True,
+    ) as rig:  # fmt: skip
+        await csms.wait_for(lambda: bool(csms.of("BootNotification")), what="a boot")
+        ocpp = rig.station.ocpp
+        assert ocpp is not None and ocpp.state == "pending"
+        got = await csms.call(call.GetVariables(get_variable_data=[
+            {"component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "HeartbeatInterval"}}
+        ]))  # fmt: skip
+        assert got.get_variable_result[0]["attribute_status"] == "Accepted"
+        with pytest.raises(OCPPError) as refused:
+            await csms.call(call.RequestBatterySwap(
+                id_token={"id_token": "EV-1", "type": "Central"}, request_id=1
+            ))  # fmt: skip
+        assert "the boot is not accepted yet" in str(refused.value)
+        assert not csms.of("StatusNotification")  # nothing else is sent meanwhile
+        csms.boot_status = "Accepted"
+        await boot(rig, csms)
+        assert len(csms.of("BootNotification")) >= 2
+    await csms.stop()

@@ -60,6 +60,10 @@ async def test_handovers_become_battery_swaps_once_in_order_across_a_restart(
         ("swap_aborted", {"swap_id": "b"}),  # its pack never went out
         ("pack_handed_over", handed("old", "in", 3, 90.0)),  # a swap OCPP never followed
         ("swap_started", {"garbage": True}),  # a shape we do not know: skipped, loudly
+        ("swap_started", started("c", "ocpp:99999999999999999999:Central")),  # not 32 bits
+        ("swap_recovered", {"swap_id": "c", "state": "storing"}),  # resumed: not its end
+        ("pack_handed_over", handed("c", "out", 2, 95.0)),
+        ("swap_recovered", {"swap_id": "c", "pack_in": "S-c-out", "pack_out": None}),  # its end
     )
     await drain(translator)
     await journal.close()
@@ -73,10 +77,10 @@ async def test_handovers_become_battery_swaps_once_in_order_across_a_restart(
         await drain(translator)
         messages = await queue.head(100)
         payloads = [m.payload for m in messages]
-        assert [m.action for m in messages] == ["BatterySwap"] * 3
+        assert [m.action for m in messages] == ["BatterySwap"] * 4
         for p in payloads:
             wire.check_request("BatterySwap", p)
-        assert [(p["eventType"], p["requestId"]) for p in payloads] == [
+        assert [(p["eventType"], p["requestId"]) for p in payloads[:3]] == [
             ("BatteryIn", 42), ("BatteryOut", 42), ("BatteryOutTimeout", payloads[2]["requestId"]),
         ]  # fmt: skip
         assert payloads[0]["idToken"] == {"idToken": "EV-1", "type": "Central"}
@@ -90,6 +94,11 @@ async def test_handovers_become_battery_swaps_once_in_order_across_a_restart(
         local = payloads[2]
         assert local["idToken"] == {"idToken": "EV-1", "type": "Local"}
         assert local["batteryData"][0]["evseId"] == 2 and local["batteryData"][0]["soC"] == 88.0
+        assert local["requestId"] < 0  # the station's own: never one a CSMS chose
+        # A by that is not a 32-bit requestId is taken as the station's own swap; its recovery
+        # mid-swap is not its end, its ending (swap_recovered with pack_in) is.
+        last = payloads[3]
+        assert last["eventType"] == "BatteryOut" and last["requestId"] < 0
         rows = await journal.call(lambda c: c.execute("SELECT * FROM ocpp_swaps").fetchall())
         assert rows == []  # ended swaps are forgotten
         text = json.dumps(payloads)

@@ -65,9 +65,9 @@ class _Station(ChargePoint):  # type: ignore[misc]
 
     @on("BootNotification")  # type: ignore[untyped-decorator]
     def on_boot(self, **_: Any) -> Any:
-        return call_result.BootNotification(
-            current_time=_now(), interval=self.csms.heartbeat_s, status="Accepted"
-        )
+        status = self.csms.boot_status
+        interval = self.csms.heartbeat_s if status == "Accepted" else 1
+        return call_result.BootNotification(current_time=_now(), interval=interval, status=status)
 
     @on("Heartbeat")  # type: ignore[untyped-decorator]
     def on_heartbeat(self, **_: Any) -> Any:
@@ -106,6 +106,7 @@ class Csms:
     tls: ssl.SSLContext | None = None
     heartbeat_s: int = 300
     authorized: set[str] = field(default_factory=set)
+    boot_status: str = "Accepted"  # what BootNotification is answered
     # The answers to the next BatterySwap requests: True refuses one (a CALLERROR).
     refuse_swaps: list[bool] = field(default_factory=list)
     port: int = 0
