@@ -35,7 +35,7 @@ from controller.charging.control import SlotControl
 from controller.charging.gridcmds import GridCommands
 from controller.config.model import StationConfig
 from controller.errors import OcppCallRefusedError as CallRefusedError
-from controller.errors import OcppFrameError
+from controller.errors import OcppFrameError, StorageError
 from controller.ocpp import wire
 from controller.ocpp.device import Settings, evse_ids, evse_status, variables
 from controller.ocpp.handlers import CsmsCalls
@@ -178,22 +178,33 @@ class OcppClient:
         while True:
             await self._journal_wake.wait()
             self._journal_wake.clear()
-            slots = set(self._tx_slots)
-            self._tx_slots.clear()
-            self.transactions.meter_interval_s = self.settings.meter_interval_s
-            self.transactions.offline = not self.accepted.is_set()
-            batch = JournalBatch()
-            self.transactions.step(slots, batch)
-            queued = bool(batch)
-            if batch:
-                await self.events.commit(batch)
-            if self._events_new.is_set():  # only when events came: a step alone adds none
-                self._events_new.clear()
-                while await self.swaps.step():
-                    queued = True
-            if queued:
-                self._queued = True
-                self._work.set()
+            try:
+                await self._queue_what_happened()
+            except StorageError:
+                raise  # the journal itself: the daemon cannot go on (and restarts)
+            except Exception:  # noqa: BLE001 - a second door's bug must not stop the station
+                _log.exception("OCPP: queueing failed; trying again")
+                self._journal_wake.set()
+                self._events_new.set()
+                await asyncio.sleep(RETRY_PAUSE_S)
+
+    async def _queue_what_happened(self) -> None:
+        slots = set(self._tx_slots)
+        self._tx_slots.clear()
+        self.transactions.meter_interval_s = self.settings.meter_interval_s
+        self.transactions.offline = not self.accepted.is_set()
+        batch = JournalBatch()
+        self.transactions.step(slots, batch)
+        queued = bool(batch)
+        if batch:
+            await self.events.commit(batch)
+        if self._events_new.is_set():  # only when events came: a step alone adds none
+            self._events_new.clear()
+            while await self.swaps.step():
+                queued = True
+        if queued:
+            self._queued = True
+            self._work.set()
 
     # --- the connection -------------------------------------------------------------------------
 
