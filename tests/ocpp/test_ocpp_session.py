@@ -403,17 +403,20 @@ async def test_a_swap_started_at_the_station_asks_the_csms_first(
         assert seq is not None
         await until(lambda: not seq.blocking, what="station ready")
 
-        async def start_swap(vehicle: str) -> str:
+        async def start_swap(vehicle: str, *extra: str) -> str:
             env = {k: v for k, v in os.environ.items() if not k.startswith("SWAPSTATION_")}
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "controller", "cmd", "--config", str(rig.config_path),
-                "start_swap", f"vehicle_id={vehicle}", "pack_type=STD75",
+                "start_swap", f"vehicle_id={vehicle}", "pack_type=STD75", *extra,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=REPO,
                 env={**env, **environ()},
             )  # fmt: skip
             out, err = await asyncio.wait_for(proc.communicate(), 30)
             return out.decode() + err.decode()
 
+        # Only the CSMS's requests carry an ocpp: by; on MQTT it is refused.
+        forged = await start_swap("EV-1", "by=ocpp:42:Central")
+        assert "invalid: by: 'ocpp:' is the station's own" in forged, forged
         refused = await start_swap("EV-9")
         assert "not authorised: the CSMS answered Invalid for EV-9" in refused, refused
         assert seq.ctx.vehicle_id != "EV-9"
