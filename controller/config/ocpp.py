@@ -51,6 +51,10 @@ class OcppConfig(Section):
     # While the CSMS is unreachable, a swap started at the station runs unauthorised (a
     # station that serves cars) or is refused.
     offline_swaps: Literal["allow", "refuse"] = "allow"
+    # GetLog uploads go to public hosts only, and to these (e.g. a log server on the station's
+    # own network); each upload is given this long in all.
+    log_upload_hosts: list[str] = Field(default_factory=list, max_length=32)
+    log_upload_timeout_s: Seconds = 60.0
     # Incoming messages over this are answered with an error and not parsed.
     max_message_bytes: int = Field(default=65_536, ge=4096, le=1_048_576)
     vendor: str = Field(default="swapstation", min_length=1, max_length=50)

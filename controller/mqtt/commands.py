@@ -58,6 +58,7 @@ NAME_RE = re.compile(r"^[a-z_]{1,32}$")
 MAX_DEPTH = 8  # nesting of a request's JSON: a command needs 1; deeper is refused unread
 MAX_TOPIC = 256
 RESERVED_BY = "ocpp:"  # a swap the CSMS asked for (controller/ocpp/swaps.py): not for MQTT
+RESERVED_SOURCE = "ocpp"  # the CSMS's charging profiles' power limit (controller/ocpp/profiles.py)
 PEEK_BYTES = 65536  # an oversized request up to this is still read for its id (the reply's)
 
 Code = Literal[
@@ -419,12 +420,13 @@ class CommandServer:
     async def _run(self, name: str, ident: str, request: BaseModel) -> CommandReply:
         """Hand a request to the swap or the power management (by its type); answer its outcome."""
         outcome: swap.Outcome | power.Outcome
+        reserved = _reserved(request)
+        if reserved is not None:
+            return _reply(ident, "invalid", reserved)
         try:
             if isinstance(request, power.PowerRequest) and self.grid is not None:
                 outcome = await self.grid.submit(request)
             elif isinstance(request, swap.SwapRequest):
-                if (request.by or "").startswith(RESERVED_BY):
-                    return _reply(ident, "invalid", f"by: {RESERVED_BY!r} is the station's own")
                 if isinstance(request, swap.StartSwap) and self.authorize is not None:
                     why = await self.authorize(request.vehicle_id)
                     if why is not None:
@@ -439,6 +441,16 @@ class CommandServer:
         code: Code = "accepted" if name in ACCEPTED else "done"
         result = dict(outcome.result) if outcome.result is not None else None
         return _reply(ident, code, outcome.message, result=result)
+
+
+def _reserved(request: BaseModel) -> str | None:
+    """What of the request only the OCPP side may say (the CSMS's own), or None."""
+    if isinstance(request, power.SetPowerLimit | power.ClearPowerLimit):
+        if request.source == RESERVED_SOURCE:
+            return f"source: {RESERVED_SOURCE!r} is the CSMS's"
+    elif isinstance(request, swap.SwapRequest) and (request.by or "").startswith(RESERVED_BY):
+        return f"by: {RESERVED_BY!r} is the station's own"
+    return None
 
 
 def _reply(

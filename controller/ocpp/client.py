@@ -58,6 +58,7 @@ RETRY_PAUSE_S = 2.0
 # anything else, a swap above all, waits for the boot.
 BEFORE_BOOT = frozenset({"GetVariables", "SetVariables", "Reset", "GetLog"})
 HELD_S = 60.0  # a session accepted this long resets the reconnection backoff
+MAX_INTERVAL_S = 86_400  # a Heartbeat or boot interval the CSMS names is bounded by a day
 CSMS_KEY = "ocpp_csms"  # meta row: the CSMS (URL and identity) the OCPP state belongs to
 RESET_KEY = "ocpp_boot_reason"  # meta row: why the next boot happens (after a Reset)
 MAX_CALLS_IN_FLIGHT = 4  # requests from the CSMS answered at once (OCPP: it sends one at a time)
@@ -117,6 +118,7 @@ class OcppClient:
         events.follow(self._events_new)
         self._statuses: dict[int, str] = {}
         self._accepted_at: float | None = None  # monotonic: this session's boot accepted
+        self._next_beat = 0.0  # monotonic: the next Heartbeat
 
     async def load(self) -> None:
         """Restore the open transactions and the translator's place in the journal."""
@@ -178,19 +180,22 @@ class OcppClient:
         while True:
             await self._journal_wake.wait()
             self._journal_wake.clear()
+            slots = set(self._tx_slots)
+            self._tx_slots.clear()
             try:
-                await self._queue_what_happened()
+                await self._queue_what_happened(slots)
             except StorageError:
                 raise  # the journal itself: the daemon cannot go on (and restarts)
             except Exception:  # noqa: BLE001 - a second door's bug must not stop the station
                 _log.exception("OCPP: queueing failed; trying again")
+                # From what the journal holds: nothing half-done in memory survives.
+                self._tx_slots.update(slots)
+                await self.transactions.load()
                 self._journal_wake.set()
                 self._events_new.set()
                 await asyncio.sleep(RETRY_PAUSE_S)
 
-    async def _queue_what_happened(self) -> None:
-        slots = set(self._tx_slots)
-        self._tx_slots.clear()
+    async def _queue_what_happened(self, slots: set[int]) -> None:
         self.transactions.meter_interval_s = self.settings.meter_interval_s
         self.transactions.offline = not self.accepted.is_set()
         batch = JournalBatch()
@@ -270,6 +275,7 @@ class OcppClient:
                 _log.error("OCPP: the CSMS did not agree to %s", wire.SUBPROTOCOL)
                 return
             self._ws = ws
+            self._in_flight = set()  # the last session's requests no longer count against it
             _log.info("OCPP: connected to %s as %s", self.cfg.csms_url, self.identity)
             tasks = [
                 asyncio.create_task(self._read(ws), name="ocpp-read"),
@@ -303,7 +309,7 @@ class OcppClient:
                         wire.error(frame.unique_id, "GenericError", "too many requests at once")
                     )
                     continue
-                task = asyncio.create_task(self._answer(frame))
+                task = asyncio.create_task(self._answer(frame, ws))
                 self._in_flight.add(task)
                 task.add_done_callback(self._in_flight.discard)
                 continue
@@ -313,7 +319,7 @@ class OcppClient:
             else:
                 future.set_result(frame)
 
-    async def _answer(self, frame: wire.Frame) -> None:
+    async def _answer(self, frame: wire.Frame, ws: ClientConnection) -> None:
         try:
             self._check_booted(frame.action)
             payload = await self.calls.answer(frame.action, frame.payload)
@@ -324,6 +330,8 @@ class OcppClient:
         except Exception:  # noqa: BLE001 - answered as OCPP's InternalError, logged here
             _log.exception("OCPP: %s failed", frame.action)
             text = wire.error(frame.unique_id, "InternalError", f"{frame.action} failed")
+        if ws is not self._ws:
+            return  # its session is gone: the CSMS that asked will not read the answer
         with contextlib.suppress(ConnectionClosed):
             await self._send(text)
 
@@ -359,7 +367,8 @@ class OcppClient:
         try:
             wire.check_response(action, frame.payload)
         except OcppFrameError as exc:
-            raise CallRefusedError(exc.code, f"the CSMS's answer: {exc.description}") from None
+            # Still an answer: the CSMS took the request. Said, and not sent again.
+            _log.warning("OCPP: the CSMS's answer to %s breaks OCPP: %s", action, exc.description)
         return dict(frame.payload)
 
     async def _converse(self) -> None:
@@ -373,22 +382,28 @@ class OcppClient:
         self._queued = True
         self._status_slots.update(self.control.book.slots)
         self._work.set()
-        next_beat = clock.monotonic() + self.settings.heartbeat_s
+        self._next_beat = clock.monotonic() + self.settings.heartbeat_s
         while True:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, next_beat - clock.monotonic())):
+                async with asyncio.timeout(max(0.0, self._next_beat - clock.monotonic())):
                     await self._work.wait()
             self._work.clear()
             await self._report_statuses()
             await self._drain()
-            if "heartbeat" in self.settings.changed or clock.monotonic() >= next_beat:
-                self.settings.changed.clear()
-                if clock.monotonic() >= next_beat:
-                    try:
-                        await self.call("Heartbeat", {})
-                    except CallRefusedError as exc:
-                        _log.warning("OCPP: the CSMS refused a Heartbeat: %s", exc)
-                next_beat = clock.monotonic() + self.settings.heartbeat_s
+            await self._beat_if_due()
+
+    async def _beat_if_due(self) -> None:
+        """A Heartbeat when one is due (and the interval anew when the CSMS changed it)."""
+        if "heartbeat" in self.settings.changed:
+            self.settings.changed.clear()
+            self._next_beat = min(self._next_beat, clock.monotonic() + self.settings.heartbeat_s)
+        if clock.monotonic() < self._next_beat:
+            return
+        try:
+            await self.call("Heartbeat", {})
+        except CallRefusedError as exc:
+            _log.warning("OCPP: the CSMS refused a Heartbeat: %s", exc)
+        self._next_beat = clock.monotonic() + self.settings.heartbeat_s
 
     async def _boot(self) -> None:
         while True:
@@ -405,7 +420,7 @@ class OcppClient:
                     },
                 },
             )
-            interval = int(answer.get("interval", 0))
+            interval = max(0, min(int(answer.get("interval", 0)), MAX_INTERVAL_S))
             if answer.get("status") == "Accepted":
                 if interval > 0:
                     self.settings.heartbeat_s = interval
@@ -453,27 +468,35 @@ class OcppClient:
                 await self._deliver(message)
                 if self._status_slots:
                     await self._report_statuses()
+                await self._beat_if_due()
 
     async def _deliver(self, message: Queued) -> None:
+        """Send one queued message until the CSMS settles it, or its attempts are used up.
+
+        Each sending counts as an attempt before it goes (journalled): a message that makes the
+        CSMS drop the connection, or that it never answers, is dropped once it used them. A
+        refusal of the action itself (`NotImplemented`, `NotSupported`) is not tried again.
+        """
         attempts = message.attempts
         while True:
+            if attempts >= self.cfg.message_attempts:
+                _log.error("OCPP: %s #%d not settled in %d attempts: dropped",
+                           message.action, message.seq, attempts)  # fmt: skip
+                break
+            attempts += 1
+            await self.queue.attempted(message.seq)
             try:
                 await self.call(message.action, message.payload)
-            except TimeoutError:
-                await self.queue.attempted(message.seq)
-                if attempts + 1 >= self.cfg.message_attempts:
-                    _log.error("OCPP: %s #%d unanswered %d times: dropped",
-                               message.action, message.seq, attempts + 1)  # fmt: skip
-                    break
-                raise
             except CallRefusedError as exc:
-                attempts += 1
+                if exc.code in {"NotImplemented", "NotSupported"}:
+                    _log.error("OCPP: the CSMS does not take %s (#%d dropped): %s",
+                               message.action, message.seq, exc)  # fmt: skip
+                    break
                 if attempts < self.cfg.message_attempts:
+                    pause = self.cfg.message_attempt_interval_s * attempts
                     _log.warning("OCPP: the CSMS refused %s #%d (%s); again in %g s",
-                                 message.action, message.seq, exc,
-                                 self.cfg.message_attempt_interval_s * attempts)  # fmt: skip
-                    await self.queue.attempted(message.seq)
-                    await asyncio.sleep(self.cfg.message_attempt_interval_s * attempts)
+                                 message.action, message.seq, exc, pause)  # fmt: skip
+                    await self._pause(pause)
                     continue
                 _log.error("OCPP: the CSMS refused %s #%d %d times, dropped: %s",
                            message.action, message.seq, attempts, exc)  # fmt: skip
@@ -483,6 +506,18 @@ class OcppClient:
             break
         self.answered += 1
         await self.queue.done(message.seq)
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait, keeping the heartbeat and the statuses going meanwhile."""
+        deadline = clock.monotonic() + seconds
+        while (left := deadline - clock.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(left, self._next_beat - clock.monotonic())):
+                    await self._work.wait()
+            self._work.clear()
+            await self._report_statuses()
+            await self._beat_if_due()
+        self._work.set()  # whatever woke us meanwhile is looked at again
 
     async def authorize(self, vehicle_id: str) -> str | None:
         """Ask the CSMS whether `vehicle_id` may swap (a swap started at the station).
@@ -510,8 +545,9 @@ class OcppClient:
         return None if status == "Accepted" else f"the CSMS answered {status} for {vehicle_id}"
 
     def close(self) -> None:
-        """Stop keeping the log (the daemon is done)."""
+        """Stop keeping the log and following profiles (the daemon is done)."""
         logging.getLogger().removeHandler(self.recent_log)
+        self.calls.close()
 
     def wake(self) -> None:
         """Look at the settings, the statuses and the queue again now."""

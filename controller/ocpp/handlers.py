@@ -13,6 +13,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from http.client import HTTPException
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
@@ -25,7 +26,7 @@ from controller.errors import BusyError, OcppCallRefusedError, OcppFrameError, R
 from controller.ocpp import logs, wire
 from controller.ocpp.device import evse_status
 from controller.ocpp.profiles import PURPOSES, Held, StationProfiles
-from controller.ocpp.swaps import REQUEST_ID_MAX, REQUEST_ID_MIN, by_of
+from controller.ocpp.swaps import REQUEST_ID_MAX, by_of
 from controller.swap.requests import StartSwap
 from controller.swap.sequencer import Sequencer
 from drivers import clock
@@ -201,8 +202,9 @@ class CsmsCalls:
         """`RequestBatterySwap`: `start_swap` for the idToken's vehicle; the requestId follows."""
         request = _RequestBatterySwap.model_validate(payload)
         token = request.idToken
-        if not REQUEST_ID_MIN <= request.requestId <= REQUEST_ID_MAX:
-            return _status("Rejected", "InvalidValue", "requestId: a 32-bit integer")
+        if not 0 <= request.requestId <= REQUEST_ID_MAX:
+            # (Negative ones are the station's own swaps': swaps.py.)
+            return _status("Rejected", "InvalidValue", f"requestId: 0..{REQUEST_ID_MAX}")
         if self.sequencer is None:
             return _status("Rejected", "NoSwapRobot", "this station runs its racks only")
         if not VEHICLE_RE.match(token.idToken):
@@ -251,10 +253,10 @@ class CsmsCalls:
         request = _SetChargingProfile.model_validate(payload)
         profile = request.chargingProfile
         if request.evseId != 0 or profile.chargingProfilePurpose not in PURPOSES:
+            # (ChargingStationExternalConstraints is an external system's, never the CSMS's.)
             return _status(
                 "Rejected", "UnsupportedPurpose",
-                "a station-wide limit only: evseId 0, ChargingStationMaxProfile or"
-                " ChargingStationExternalConstraints",
+                "a station-wide limit only: evseId 0, ChargingStationMaxProfile",
             )  # fmt: skip
         if profile.chargingProfileKind not in {"Absolute", "Relative"}:
             return _status("Rejected", "UnsupportedKind", "Absolute or Relative profiles only")
@@ -316,9 +318,18 @@ class CsmsCalls:
                 continue
             matching.append(purpose)
         if not matching:
+            if not self.profiles.held:
+                await self.profiles.lift()  # an `ocpp` limit nobody holds (another CSMS's)
             return _status("Unknown")
         await self.profiles.clear(matching)
         return _status("Accepted")
+
+    def close(self) -> None:
+        """Stop the tasks of our own (the daemon is done)."""
+        self.profiles.close()
+        for task in (self._reset_task, self._log_task):
+            if task is not None:
+                task.cancel()
 
     # --- the device model ---------------------------------------------------------------------
 
@@ -405,13 +416,23 @@ class CsmsCalls:
         return seq is not None and seq.ctx.active
 
     async def _restart_when_idle(self, kind: str) -> None:
+        try:
+            await self._wait_idle_and_restart(kind)
+        except Exception:  # noqa: BLE001 - swaps must not stay refused for a failed reset
+            _log.exception("OCPP: Reset failed; restarting all the same")
+            self.restart(f"OCPP Reset ({kind})")
+
+    async def _wait_idle_and_restart(self, kind: str) -> None:
         while True:
             while self._busy():  # noqa: ASYNC110 - the sequencer has no idle event; twice a second
                 await asyncio.sleep(IDLE_CHECK_S)
             await asyncio.sleep(IDLE_CHECK_S)  # the answer goes out first
             if not self._busy():  # (a start_swap that ran meanwhile is refused, but look)
                 break
-        await self.client.note_reset()
+        try:
+            await self.client.note_reset()
+        except Exception:  # noqa: BLE001 - the boot will say PowerUp; the restart goes on
+            _log.exception("OCPP: the Reset could not be noted for the next boot")
         _log.warning("OCPP: Reset (%s): restarting between swaps", kind)
         self.restart(f"OCPP Reset ({kind})")
 
@@ -424,6 +445,10 @@ class CsmsCalls:
         parts = urlsplit(location)
         if parts.scheme not in {"http", "https"} or not parts.hostname:
             return _status("Rejected", "UnsupportedScheme", "an http:// or https:// URL (PUT)")
+        try:
+            await asyncio.to_thread(logs.check_host, location, self.client.cfg.log_upload_hosts)
+        except logs.UploadRefusedError as exc:
+            return _status("Rejected", "ForbiddenLocation", str(exc))
         oldest, latest = request.log.oldestTimestamp, request.log.latestTimestamp
         body = self.client.recent_log.text(
             oldest.timestamp() if oldest else None, latest.timestamp() if latest else None
@@ -459,8 +484,8 @@ class CsmsCalls:
         await self._log_status("Uploading", request_id)
         for attempt in range(retries + 1):
             try:
-                await logs.put(url, body, self.client.cfg.call_timeout_s)
-            except (OSError, ValueError) as exc:  # urllib's errors are OSErrors
+                await logs.put(url, body, self.client.cfg.log_upload_timeout_s)
+            except (OSError, ValueError, HTTPException) as exc:
                 _log.warning("OCPP: log upload %d, attempt %d: %s", request_id, attempt + 1, exc)
                 if attempt < retries:
                     await asyncio.sleep(pause)
@@ -470,6 +495,9 @@ class CsmsCalls:
         return "UploadFailure"
 
     async def _log_status(self, status: str, request_id: int) -> None:
+        if self.client.state != "accepted":
+            _log.info("OCPP: LogStatusNotification %s not sent: the boot is not accepted", status)
+            return
         try:
             await self.client.call(
                 "LogStatusNotification", {"status": status, "requestId": request_id}

@@ -2,16 +2,22 @@
 
 Only with `[ocpp]`: a handler on the root logger keeps the last `LINES` lines (INFO and up, as
 the daemon logs them, secrets redacted), about 2 MB at most. GetLog uploads the lines within the
-request's time range with one HTTP(S) PUT, on a worker thread.
+request's time range with one HTTP(S) PUT, on a thread of its own, within a deadline, to a public
+host (or one `ocpp.log_upload_hosts` allows).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
+import contextlib
+import http.client
+import ipaddress
 import logging
-import urllib.request
+import socket
 from collections.abc import Iterable
+from urllib.parse import urlsplit
 
 LINES = 10_000
 LINE_MAX = 200  # characters kept of one line (a traceback's lines come as one record)
@@ -48,14 +54,67 @@ class RecentLog(logging.Handler):
         return ("\n".join(kept) + "\n").encode("utf-8") if kept else b""
 
 
-def _put(url: str, body: bytes, timeout_s: float) -> int:
-    request = urllib.request.Request(  # noqa: S310 - the scheme is checked: http or https
-        url, data=body, method="PUT", headers={"Content-Type": "text/plain; charset=utf-8"}
-    )
-    with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
+# Uploads run on a thread of their own (never the loop's shared pool: a server that trickles
+# its answer must not starve the schema checks, DNS or the journal's close of threads), one at
+# a time, and are ended by closing their socket when their deadline passes.
+_UPLOADS = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ocpp-log")
+
+
+class UploadRefusedError(ValueError):
+    """The location may not be uploaded to (its host is not public, nor allowed)."""
+
+
+def check_host(url: str, allowed: Iterable[str]) -> None:
+    """Refuse a host that is loopback, private, link-local or reserved, unless it is allowed.
+
+    A name is resolved first and every address judged: the station must not become a relay
+    into its own plant network for whoever runs the CSMS.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if host in set(allowed):
+        return
+    try:
+        infos = socket.getaddrinfo(host, parts.port or 443, proto=socket.IPPROTO_TCP)
+    except OSError as exc:
+        raise UploadRefusedError(f"cannot resolve {host}: {exc.strerror}") from exc
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+        if not address.is_global or address.is_multicast:
+            raise UploadRefusedError(
+                f"{host} is {address}: not a public address (ocpp.log_upload_hosts allows one)"
+            )
+
+
+def _put(url: str, body: bytes, timeout_s: float, opened: list[http.client.HTTPConnection]) -> int:
+    parts = urlsplit(url)
+    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = kind(parts.hostname or "", parts.port, timeout=timeout_s)
+    opened.append(conn)
+    try:
+        path = parts.path or "/"
+        conn.request("PUT", f"{path}?{parts.query}" if parts.query else path, body=body,
+                     headers={"Content-Type": "text/plain; charset=utf-8"})  # fmt: skip
+        response = conn.getresponse()
+        response.read(65_536)
+        if response.status >= 400:
+            raise OSError(f"HTTP {response.status} {response.reason}")
         return int(response.status)
+    finally:
+        conn.close()
 
 
 async def put(url: str, body: bytes, timeout_s: float) -> int:
-    """PUT `body` at `url` on a worker thread; the HTTP status (an error status raises)."""
-    return await asyncio.to_thread(_put, url, body, timeout_s)
+    """PUT `body` at `url` within `timeout_s` in all; the HTTP status (an error raises)."""
+    opened: list[http.client.HTTPConnection] = []
+    loop = asyncio.get_running_loop()
+    job = loop.run_in_executor(_UPLOADS, _put, url, body, timeout_s, opened)
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await asyncio.shield(job)
+    except BaseException:
+        for conn in opened:  # the thread's blocked read ends: it is free for the next upload
+            if conn.sock is not None:
+                with contextlib.suppress(OSError):
+                    conn.sock.shutdown(socket.SHUT_RDWR)
+        raise

@@ -5,8 +5,8 @@ At most one profile per purpose is held (`ChargingStationMaxProfile`,
 at a moment is the lowest limit of the profiles in force then (OCPP combines the two purposes
 as their minimum), and that is the one `ocpp` limit the allocator sees (controller/charging/).
 
-The limit follows the schedules without a gap: each value is set with an end a minute past the
-moment the value changes, and replaced in place at that moment; the last one ends with its
+The limit follows the schedules without a gap: each value is set with an end five minutes past
+the moment the value changes, and replaced in place at that moment; the last one ends with its
 profile. The held profiles are kept in the journal and followed again after a restart.
 """
 
@@ -32,8 +32,12 @@ from drivers import clock
 _log = logging.getLogger(__name__)
 
 SOURCE = "ocpp"
-PURPOSES = ("ChargingStationMaxProfile", "ChargingStationExternalConstraints")
-OVERLAP_S = 60.0  # a value's limit outlives the moment it is replaced (no gap between two)
+# What the CSMS may set (ChargingStationExternalConstraints is an external system's, K12). The
+# code holds one profile per purpose, as if there were several.
+PURPOSES = ("ChargingStationMaxProfile",)
+# A value's limit outlives the moment it is replaced, so that there is no gap between two (a
+# wall clock stepped forward by less than this, less CHUNK_S, opens none either).
+OVERLAP_S = 300.0
 CHUNK_S = 30.0  # the follower looks at the wall clock at least this often (NTP steps)
 META_KEY = "ocpp_profiles"
 
@@ -69,7 +73,8 @@ class StationProfiles:
         self.journal = journal
         self.held: dict[str, Held] = {}
         self._task: asyncio.Task[None] | None = None
-        self._limit_set = False
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
 
     # --- the limit ----------------------------------------------------------------------------
 
@@ -84,17 +89,22 @@ class StationProfiles:
         return min(later) if later else None
 
     async def apply(self) -> None:
-        """Set (or lift) the `ocpp` limit to what is in force now; raises if it cannot be set."""
+        """Set (or lift) the `ocpp` limit to what is in force now; raises if it cannot be set.
+
+        One at a time (the handlers' and the follower's): each sets what is in force when it
+        runs, so none can undo a later one.
+        """
+        async with self._lock:
+            await self._apply()
+
+    async def _apply(self) -> None:
         now = clock.wall()
         for purpose, held in list(self.held.items()):
             if held.end is not None and held.end <= now:
                 del self.held[purpose]
         watts = self.value(now)
         if watts is None:
-            if self._limit_set or not self.held:
-                with contextlib.suppress(RefusedError):
-                    await self.grid.clear_limit(ClearPowerLimit(source=SOURCE, by="ocpp"))
-                self._limit_set = False
+            await self.lift()
             return
         change = self.next_change(now)
         until: float | None = None
@@ -111,57 +121,68 @@ class StationProfiles:
                 by="ocpp",
             )
         )
-        self._limit_set = True
+
+    async def lift(self) -> None:
+        """No `ocpp` limit (if there is one, whoever left it: a profile ended, another CSMS)."""
+        if SOURCE in self.grid.control.limits.runtime:
+            with contextlib.suppress(RefusedError):
+                await self.grid.clear_limit(ClearPowerLimit(source=SOURCE, by="ocpp"))
 
     async def replace(self, held: Held) -> None:
         """Hold `held` (replacing its purpose's), apply it, keep it; undone if it cannot apply."""
-        before = dict(self.held)
-        self.held[held.purpose] = held
-        try:
-            await self.apply()
-        except (RefusedError, ValidationError):
-            self.held = before
-            raise
-        await self._save()
+        async with self._lock:
+            before = dict(self.held)
+            self.held[held.purpose] = held
+            try:
+                await self._apply()
+            except (RefusedError, ValidationError):
+                self.held = before
+                raise
+            await self._save()
         self.follow()
 
     async def clear(self, purposes: Iterable[str]) -> None:
         """Drop the profiles of `purposes`; the limit follows what is left."""
-        for purpose in purposes:
-            self.held.pop(purpose, None)
-        await self.apply()
-        await self._save()
+        async with self._lock:
+            for purpose in purposes:
+                self.held.pop(purpose, None)
+            await self._apply()
+            await self._save()
         self.follow()
 
     # --- the follower -------------------------------------------------------------------------
 
-    def follow(self, *, apply_first: bool = False) -> None:
-        """(Re)start the task that applies each change as it comes (and what is due now)."""
+    def follow(self) -> None:
+        """Have the follower look again (started once; it lives until `close`)."""
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._follow(), name="ocpp-profiles")
+
+    def close(self) -> None:
+        """Stop following (the daemon is done)."""
         if self._task is not None:
             self._task.cancel()
-        self._task = asyncio.create_task(
-            self._follow(apply_first=apply_first), name="ocpp-profiles"
-        )
 
-    async def _follow(self, *, apply_first: bool) -> None:
-        if apply_first:
-            try:
-                await self.apply()
-            except (RefusedError, ValidationError) as exc:
-                _log.error("OCPP: charging profile not applied: %s", exc)
+    async def _follow(self) -> None:
+        """Apply each change as it comes, and what is due whenever woken."""
         while True:
-            change = self.next_change(clock.wall())
-            if change is None:
-                return
-            # In chunks, against the wall clock: a clock stepped meanwhile is seen within one.
-            while (wait := change - clock.wall()) > 0:  # noqa: ASYNC110 - a deadline, not a flag
-                await asyncio.sleep(min(wait, CHUNK_S))
             try:
                 await self.apply()
-            except (RefusedError, ValidationError) as exc:
-                _log.error("OCPP: charging profile not applied at its change: %s", exc)
-            if not self.held:
-                await self._save()
+                if not self.held:
+                    await self._save()
+            except Exception as exc:  # noqa: BLE001 - said; the follower goes on
+                _log.error("OCPP: charging profile not applied: %r", exc)
+            self._wake.clear()
+            # Until the next change, or woken; in chunks, against the wall clock (a clock
+            # stepped meanwhile is seen within one).
+            while not self._wake.is_set():
+                change = self.next_change(clock.wall())
+                wait = None if change is None else change - clock.wall()
+                if wait is not None and wait <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(None if wait is None else min(wait, CHUNK_S)):
+                        await self._wake.wait()
 
     # --- the journal --------------------------------------------------------------------------
 
@@ -188,9 +209,8 @@ class StationProfiles:
         except (ValueError, KeyError, TypeError) as exc:
             _log.error("OCPP: the kept charging profiles are unreadable, dropped: %s", exc)
             self.held = {}
-        self._limit_set = bool(self.held)
-        if self.held:
-            self.follow(apply_first=True)
+        # What is in force now (nothing held: no `ocpp` limit, whoever left one), then onwards.
+        self.follow()
 
     async def _save(self) -> None:
         text = json.dumps({p: asdict(h) for p, h in self.held.items()})

@@ -8,6 +8,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from controller.charging.control import SlotControl
+from controller.charging.requests import ClearPowerLimit
 from controller.charging.setpoints import Rack
 from controller.config.model import StationConfig
 from controller.mqtt.commands import CommandServer
@@ -179,6 +180,12 @@ class Station:
         """Restore what the journal remembers."""
         await self.control.load()
         await self.control.grid.load()
+        if self.ocpp is None and "ocpp" in self.control.limits.runtime:
+            # Left by an OCPP CSMS before [ocpp] was removed: nobody may renew or lift it now.
+            _log.warning("the OCPP CSMS's power limit is lifted: [ocpp] is no longer configured")
+            await self.control.grid.clear_limit(
+                ClearPowerLimit(source="ocpp", by="start: no [ocpp]")
+            )
         if self.sequencer is not None:
             await self.sequencer.load()
         if self.ocpp is not None:

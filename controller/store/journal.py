@@ -208,8 +208,7 @@ MIGRATIONS: tuple[str, ...] = (
         seq     INTEGER PRIMARY KEY AUTOINCREMENT,
         action  TEXT NOT NULL,
         payload TEXT NOT NULL,
-        at      REAL NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0
+        at      REAL NOT NULL
     ) STRICT;
     -- How far the OCPP translator has read the events table (one row).
     CREATE TABLE ocpp_cursor (
@@ -235,6 +234,10 @@ MIGRATIONS: tuple[str, ...] = (
         started_at REAL NOT NULL,
         state      TEXT NOT NULL
     ) STRICT;
+    """,
+    """
+    -- OCPP: how often a queued message was sent without an answer that settles it.
+    ALTER TABLE ocpp_queue ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
     """,
 )
 

@@ -12,6 +12,7 @@ import http.server
 import json
 import logging
 import os
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -182,23 +183,28 @@ async def test_boot_statuses_swap_transaction_profile_and_bad_input(
         await until(lambda: control.last_step > stepped, what="one control step")
         assert control.allocation.budget_w is not None
         assert control.allocation.bound_w <= 3000.0 + 1e-6
-        # A second purpose: the lower of the two binds; each is cleared on its own.
+        # ExternalConstraints are an external system's, never the CSMS's: refused.
         external = {**profile, "id": 8,
                     "charging_profile_purpose": "ChargingStationExternalConstraints"}  # fmt: skip
-        external["charging_schedule"] = [{
+        answer = await csms.call(call.SetChargingProfile(evse_id=0, charging_profile=external))
+        assert answer.status == "Rejected"
+        assert answer.status_info["reason_code"] == "UnsupportedPurpose"
+        # Another max profile replaces the first.
+        lower = {**profile, "id": 9}
+        lower["charging_schedule"] = [{
             "id": 2, "charging_rate_unit": "W",
             "charging_schedule_period": [{"start_period": 0, "limit": 2000.0}],
         }]  # fmt: skip
-        answer = await csms.call(call.SetChargingProfile(evse_id=0, charging_profile=external))
+        answer = await csms.call(call.SetChargingProfile(evse_id=0, charging_profile=lower))
         assert answer.status == "Accepted"
         assert control.power_state().limit_kw == pytest.approx(2.0)
         answer = await csms.call(call.ClearChargingProfile(charging_profile_criteria={
             "charging_profile_purpose": "TxDefaultProfile", "evse_id": 3,
         }))  # fmt: skip
         assert answer.status == "Unknown"
-        answer = await csms.call(call.ClearChargingProfile(charging_profile_id=8))
-        assert answer.status == "Accepted"
-        assert control.power_state().limit_kw == pytest.approx(3.0)
+        assert control.power_state().limit_kw == pytest.approx(2.0)
+        answer = await csms.call(call.ClearChargingProfile(charging_profile_id=7))
+        assert answer.status == "Unknown"  # replaced: no longer held
         answer = await csms.call(call.ClearChargingProfile())
         assert answer.status == "Accepted"
         assert control.power_state().binding != "ocpp"
@@ -404,10 +410,15 @@ async def test_a_swap_started_at_the_station_asks_the_csms_first(
         await until(lambda: not seq.blocking, what="station ready")
 
         async def start_swap(vehicle: str, *extra: str) -> str:
+            return await swapctl_cmd(
+                "start_swap", f"vehicle_id={vehicle}", "pack_type=STD75", *extra
+            )
+
+        async def swapctl_cmd(*args: str) -> str:
             env = {k: v for k, v in os.environ.items() if not k.startswith("SWAPSTATION_")}
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "controller", "cmd", "--config", str(rig.config_path),
-                "start_swap", f"vehicle_id={vehicle}", "pack_type=STD75", *extra,
+                *args,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=REPO,
                 env={**env, **environ()},
             )  # fmt: skip
@@ -417,6 +428,9 @@ async def test_a_swap_started_at_the_station_asks_the_csms_first(
         # Only the CSMS's requests carry an ocpp: by; on MQTT it is refused.
         forged = await start_swap("EV-1", "by=ocpp:42:Central")
         assert "invalid: by: 'ocpp:' is the station's own" in forged, forged
+        # ... and the CSMS's power limit is its own too.
+        forged = await swapctl_cmd("set_power_limit", "source=ocpp", "kw=5")
+        assert "invalid: source: 'ocpp' is the CSMS's" in forged, forged
         refused = await start_swap("EV-9")
         assert "not authorised: the CSMS answered Invalid for EV-9" in refused, refused
         assert seq.ctx.vehicle_id != "EV-9"
@@ -465,9 +479,11 @@ async def test_get_log_uploads_the_recent_log_by_http_put(
     thread.start()
     csms = Csms("t1", PASSWORD)
     await csms.start()
+    stalled = socket.create_server(("127.0.0.1", 0))  # takes the connection, never answers
+    extra = 'log_upload_hosts = ["127.0.0.1"]\nlog_upload_timeout_s = 1\n'
     try:
         async with running(
-            tmp_path, broker, [rack()], speed=SPEED, sections=sections(csms),
+            tmp_path, broker, [rack()], speed=SPEED, sections=sections(csms, extra),
             environ=environ(), robot=True, plc=True,
         ) as rig:  # fmt: skip
             await boot(rig, csms)
@@ -491,6 +507,25 @@ async def test_get_log_uploads_the_recent_log_by_http_put(
             ))  # fmt: skip
             assert answer.status == "Rejected"
             assert answer.status_info["reason_code"] == "UnsupportedScheme"
+            # The station's own network is not a place to upload to, unless allowed.
+            answer = await csms.call(call.GetLog(
+                log={"remote_location": "http://10.20.30.40/x"}, log_type="DiagnosticsLog",
+                request_id=8,
+            ))  # fmt: skip
+            assert answer.status == "Rejected"
+            assert answer.status_info["reason_code"] == "ForbiddenLocation"
+            # A server that never answers: the upload ends at its deadline.
+            port = stalled.getsockname()[1]
+            answer = await csms.call(call.GetLog(
+                log={"remote_location": f"http://127.0.0.1:{port}/x"},
+                log_type="DiagnosticsLog", request_id=9, retries=0,
+            ))  # fmt: skip
+            assert answer.status == "Accepted"
+            await csms.wait_for(
+                lambda: {"status": "UploadFailure", "requestId": 9}
+                in csms.of("LogStatusNotification"),
+                what="the stalled upload given up",
+            )  # fmt: skip
             # An unreachable location: retried, then UploadFailure.
             answer = await csms.call(call.GetLog(
                 log={"remote_location": "http://127.0.0.1:1/x"}, log_type="DiagnosticsLog",
@@ -503,6 +538,7 @@ async def test_get_log_uploads_the_recent_log_by_http_put(
                 what="the failure reported",
             )  # fmt: skip
     finally:
+        stalled.close()
         server.shutdown()
         server.server_close()
         await csms.stop()

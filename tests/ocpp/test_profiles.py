@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -20,24 +21,31 @@ from controller.charging.requests import MAX_DURATION_S, ClearPowerLimit, SetPow
 from controller.ocpp.profiles import OVERLAP_S, PURPOSES, Held, StationProfiles
 from controller.store.journal import Journal
 from drivers import clock
+from tests.rig import until
 
 
 class Grid:
     """The `ocpp` source's limit as the grid commands would hold it."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay_s: float = 0.0) -> None:
         self.kw: float | None = None
         self.until: datetime | None = None
         self.calls: list[str] = []
+        self.delay_s = delay_s  # a slow journal commit
+        self.control = SimpleNamespace(limits=SimpleNamespace(runtime={}))
 
     async def set_limit(self, request: SetPowerLimit) -> Any:
         assert request.source == "ocpp"
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         self.kw, self.until = request.kw, request.until
+        self.control.limits.runtime["ocpp"] = request
         self.calls.append("set")
 
     async def clear_limit(self, request: ClearPowerLimit) -> Any:
         assert request.source == "ocpp"
         self.kw = self.until = None
+        self.control.limits.runtime.pop("ocpp", None)
         self.calls.append("clear")
 
 
@@ -60,7 +68,7 @@ helds = st.builds(
         tuple((T0 + offset + s, w) for s, w in steps),
         None if length is None else T0 + offset + steps[0][0] + length,
     ),
-    st.sampled_from(PURPOSES),
+    st.sampled_from(["ChargingStationMaxProfile", "Other"]),  # the minimum over purposes
     st.integers(-3600, 3600),
     periods,
     st.one_of(st.none(), st.integers(1, 7200)),
@@ -134,19 +142,20 @@ async def test_profiles_are_kept_and_followed_again_after_a_restart(
     try:
         grid = Grid()
         book = profiles(grid, journal)
-        await book.replace(Held(7, PURPOSES[0], 0, ((T0, 40_000.0), (T0 + 600, 20_000.0)), None))
-        await book.replace(Held(8, PURPOSES[1], 1, ((T0, 30_000.0),), T0 + 300))
-        assert grid.kw == 30.0  # the lower of the two in force
+        await book.replace(Held(7, PURPOSES[0], 0, ((T0, 30_000.0),), T0 + 300))
+        assert grid.kw == 30.0
+        # Replaced by another of its purpose.
+        await book.replace(Held(8, PURPOSES[0], 0, ((T0, 40_000.0), (T0 + 600, 20_000.0)), None))
+        assert grid.kw == 40.0
         grid.kw = None
-        # Restarted 400 s later: the external constraint has ended; the max profile's first
-        # period is in force, its second comes at T0 + 600.
+        # Restarted 400 s later: the profile's first period is in force, its second comes at
+        # T0 + 600.
         now[0] = T0 + 400
         again = profiles(grid, journal)
         await again.load()
-        assert set(again.held) == {PURPOSES[0], PURPOSES[1]}
+        assert [h.id for h in again.held.values()] == [8]
         await again.apply()
         assert kw_of(grid) == 40.0
-        assert set(again.held) == {PURPOSES[0]}
         assert grid.until is not None and grid.until.timestamp() == T0 + 600 + OVERLAP_S
         await again.clear([PURPOSES[0]])
         assert kw_of(grid) is None and grid.calls[-1] == "clear"
@@ -154,4 +163,41 @@ async def test_profiles_are_kept_and_followed_again_after_a_restart(
         await third.load()
         assert third.held == {}
     finally:
+        for opened in (locals().get("book"), locals().get("again"), locals().get("third")):
+            if isinstance(opened, StationProfiles):
+                opened.close()
+        await journal.close()
+
+
+@pytest.mark.asyncio
+async def test_a_change_that_comes_while_a_profile_is_applied_is_not_missed(
+    tmp_path: Path,
+) -> None:
+    journal = await Journal.open(tmp_path)
+    grid = Grid(delay_s=0.2)  # the journal's commit outlasts the first period
+    book = profiles(grid, journal)
+    now = clock.wall()
+    try:
+        await book.replace(Held(1, PURPOSES[0], 0, ((now, 10_000.0), (now + 0.1, 2_000.0)), None))
+        # The 2 kW period began while the 10 kW one was being set: it is applied all the same.
+        await until(lambda: kw_of(grid) == 2.0, timeout=5, what="the 2 kW period")
+        assert grid.until is None  # the last period, for ever
+    finally:
+        book.close()
+        await journal.close()
+
+
+@pytest.mark.asyncio
+async def test_an_ocpp_limit_nobody_holds_is_lifted_at_start(tmp_path: Path) -> None:
+    journal = await Journal.open(tmp_path)
+    grid = Grid()
+    grid.control.limits.runtime["ocpp"] = object()  # left by another CSMS, or an old release
+    grid.kw = 3.0
+    book = profiles(grid, journal)
+    try:
+        await book.load()
+        await until(lambda: "ocpp" not in grid.control.limits.runtime, timeout=5, what="lifted")
+        assert grid.calls == ["clear"]
+    finally:
+        book.close()
         await journal.close()
