@@ -46,6 +46,7 @@ __all__ = [
     "SwapstationError",
     "TaskExitedError",
     "UnreadableJournalError",
+    "UploadRefusedError",
     "UsageError",
 ]
 
@@ -189,3 +190,7 @@ class OcppCallRefusedError(SwapstationError):
     def __init__(self, code: str, description: str) -> None:
         super().__init__(f"{code}: {description}")
         self.code = code
+
+
+class UploadRefusedError(RefusedError):
+    """A GetLog location the station does not upload to (its host not public, nor allowed)."""

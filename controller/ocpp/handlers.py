@@ -22,7 +22,13 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from websockets.exceptions import ConnectionClosed
 
 from controller.charging.gridcmds import GridCommands
-from controller.errors import BusyError, OcppCallRefusedError, OcppFrameError, RefusedError
+from controller.errors import (
+    BusyError,
+    OcppCallRefusedError,
+    OcppFrameError,
+    RefusedError,
+    UploadRefusedError,
+)
 from controller.ocpp import logs, wire
 from controller.ocpp.device import evse_status
 from controller.ocpp.profiles import PURPOSES, Held, StationProfiles
@@ -447,7 +453,7 @@ class CsmsCalls:
             return _status("Rejected", "UnsupportedScheme", "an http:// or https:// URL (PUT)")
         try:
             await asyncio.to_thread(logs.check_host, location, self.client.cfg.log_upload_hosts)
-        except logs.UploadRefusedError as exc:
+        except UploadRefusedError as exc:
             return _status("Rejected", "ForbiddenLocation", str(exc))
         oldest, latest = request.log.oldestTimestamp, request.log.latestTimestamp
         body = self.client.recent_log.text(

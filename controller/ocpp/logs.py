@@ -19,6 +19,8 @@ import socket
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
+from controller.errors import UploadRefusedError
+
 LINES = 10_000
 LINE_MAX = 200  # characters kept of one line (a traceback's lines come as one record)
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -58,10 +60,6 @@ class RecentLog(logging.Handler):
 # its answer must not starve the schema checks, DNS or the journal's close of threads), one at
 # a time, and are ended by closing their socket when their deadline passes.
 _UPLOADS = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ocpp-log")
-
-
-class UploadRefusedError(ValueError):
-    """The location may not be uploaded to (its host is not public, nor allowed)."""
 
 
 def check_host(url: str, allowed: Iterable[str]) -> None:
