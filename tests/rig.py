@@ -115,6 +115,12 @@ async def running(
                     lambda: task.done() or all(p.online for p in rig.station.pollers.values()),
                     what="racks online",
                 )
+                if broker is not None:
+                    # Subscribed to its commands: a request sent before would be lost.
+                    await until(
+                        lambda: task.done() or daemon.link.connected.is_set(),
+                        what="the daemon on the broker",
+                    )
             if task.done():
                 raise AssertionError(f"daemon exited with {task.result()}")
             yield rig

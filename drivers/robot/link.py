@@ -498,6 +498,13 @@ class RobotLink:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(poll, remaining)):
                     return await asyncio.shield(txn.done)
+            if txn.done.done():  # settled as the poll ran out (the link dropped, say)
+                return txn.done.result()
+            if self._proto is None:
+                # The command went out before the link dropped: never "link down" (not sent).
+                raise RobotLinkError(
+                    f"robot link lost during {txn.message.type.name}: its outcome is unknown"
+                )
             # No DONE yet: ask again. The robot re-acknowledges a command it is running and
             # repeats the DONE of one it finished, without running it twice.
             self._send(data, retransmit=True)

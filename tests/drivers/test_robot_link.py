@@ -323,3 +323,18 @@ async def test_a_lost_link_fails_the_command_at_once(tmp_path: Path) -> None:
         with pytest.raises(RobotLinkError, match="outcome is unknown"):
             await move
         assert time.monotonic() - started < 1.0  # not after the 2 s reconnect pause
+
+
+async def test_a_command_in_flight_when_the_port_goes_is_unknown_never_not_sent(
+    tmp_path: Path,
+) -> None:
+    # The link's port gone between two polls for a DONE, its transaction not yet settled (the
+    # drop and the poll's timeout in one turn of the loop): the command went out, so its
+    # outcome is unknown. It was once "robot link down", which reads as "not sent".
+    slow = Timing(speed_m_s=0.01)
+    async with bench(tmp_path, speed=1.0, timing=slow) as b:
+        move = asyncio.create_task(b.link.command(MsgType.MOVE, MoveArgs(Target.SLOT, 4)))
+        await until(lambda: b.sim.state is RobotState.BUSY, what="moving")
+        b.link._proto = None  # as if gone, the pending transaction not finished yet
+        with pytest.raises(RobotLinkError, match="outcome is unknown"):
+            await move
