@@ -10,5 +10,5 @@ echo "== mypy" >&2
 .venv/bin/mypy
 echo "== pytest" >&2
 # Two workers: most tests wait on simulated devices rather than use a core (the whole suite
-# takes about 5 minutes on 2 cores this way, against 9 in one process).
+# takes about 9½ minutes on 2 cores this way; in one process it would not fit in 10).
 exec .venv/bin/python -m pytest -n 2 --dist worksteal "$@"
