@@ -108,72 +108,64 @@ def config_warnings(path: Path | str, config: StationConfig) -> list[str]:
 def _with_password(config: StationConfig) -> tuple[StationConfig, list[ConfigIssue]]:
     """Read `mqtt.password_file` into `mqtt.password`, after checking the pair is coherent."""
     mqtt = config.mqtt
-    if mqtt.password is not None and mqtt.password_file is not None:
-        return config, [
-            ConfigIssue(
-                "mqtt.password_file",
-                "give the password either in password_file or in the environment, not both",
-            )
-        ]
-    if (mqtt.password is not None or mqtt.password_file is not None) and mqtt.username is None:
+    # (Both given: _secret says so.)
+    one_given = (mqtt.password is None) != (mqtt.password_file is None)
+    if one_given and mqtt.username is None:
         return config, [ConfigIssue("mqtt.username", "required when a password is set")]
-    if mqtt.password_file is None:
-        return config, []
-    try:
-        secret = mqtt.password_file.read_text(encoding="utf-8").rstrip("\r\n")
-    except OSError as exc:
-        return config, [
-            ConfigIssue(
-                "mqtt.password_file",
-                f"cannot read: {exc.strerror}",
-                got=repr(str(mqtt.password_file)),
-            )
-        ]
-    if not secret:
-        return config, [ConfigIssue("mqtt.password_file", "the file is empty")]
-    new_mqtt = mqtt.model_copy(update={"password": SecretStr(secret)})
+    secret, issues = _secret("mqtt", mqtt.password, mqtt.password_file)
+    if secret is None:
+        return config, issues
+    new_mqtt = mqtt.model_copy(update={"password": secret})
     return config.model_copy(update={"mqtt": new_mqtt}), []
 
 
-def _with_ocpp_password(  # noqa: PLR0911 - one return per problem
-    config: StationConfig,
-) -> tuple[StationConfig, list[ConfigIssue]]:
+def _with_ocpp_password(config: StationConfig) -> tuple[StationConfig, list[ConfigIssue]]:
     """Read `ocpp.password_file` into `ocpp.password`; security profiles 1 and 2 need one."""
     ocpp = config.ocpp
     if ocpp is None:
         return config, []
-    if ocpp.password is not None and ocpp.password_file is not None:
+    if ocpp.password is None and ocpp.password_file is None:
         return config, [
             ConfigIssue(
                 "ocpp.password_file",
+                f"security profile {ocpp.security_profile} needs a password: a"
+                f" password_file or the {ENV_PREFIX}OCPP{ENV_NESTED}PASSWORD environment"
+                " variable",
+            )
+        ]
+    secret, issues = _secret("ocpp", ocpp.password, ocpp.password_file)
+    if secret is None:
+        return config, issues
+    return config.model_copy(update={"ocpp": ocpp.model_copy(update={"password": secret})}), []
+
+
+def _secret(
+    section: str, given: SecretStr | None, path: Path | None
+) -> tuple[SecretStr | None, list[ConfigIssue]]:
+    """A section's password: from the environment (`given`) or read from `path`, not both.
+
+    None with no issue: there is none (or the environment's stands as it is).
+    """
+    if given is not None and path is not None:
+        return None, [
+            ConfigIssue(
+                f"{section}.password_file",
                 "give the password either in password_file or in the environment, not both",
             )
         ]
-    if ocpp.password_file is None:
-        if ocpp.password is None:
-            return config, [
-                ConfigIssue(
-                    "ocpp.password_file",
-                    f"security profile {ocpp.security_profile} needs a password: a"
-                    f" password_file or the {ENV_PREFIX}OCPP{ENV_NESTED}PASSWORD environment"
-                    " variable",
-                )
-            ]
-        return config, []
+    if path is None:
+        return None, []
     try:
-        secret = ocpp.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        text = path.read_text(encoding="utf-8").rstrip("\r\n")
     except OSError as exc:
-        return config, [
+        return None, [
             ConfigIssue(
-                "ocpp.password_file",
-                f"cannot read: {exc.strerror}",
-                got=repr(str(ocpp.password_file)),
+                f"{section}.password_file", f"cannot read: {exc.strerror}", got=repr(str(path))
             )
         ]
-    if not secret:
-        return config, [ConfigIssue("ocpp.password_file", "the file is empty")]
-    new = ocpp.model_copy(update={"password": SecretStr(secret)})
-    return config.model_copy(update={"ocpp": new}), []
+    if not text:
+        return None, [ConfigIssue(f"{section}.password_file", "the file is empty")]
+    return SecretStr(text), []
 
 
 def _env_overrides(env: Mapping[str, str]) -> tuple[dict[str, Any], list[ConfigIssue]]:
