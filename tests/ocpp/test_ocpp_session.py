@@ -8,6 +8,7 @@ schemas, as the library does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.server
 import json
 import logging
@@ -56,6 +57,14 @@ def sections(csms: Csms, extra: str = "") -> str:
     )
 
 
+def station(
+    path: Path, broker: Mosquitto, config: str, env: dict[str, str]
+) -> contextlib.AbstractAsyncContextManager[Rig]:
+    """The daemon with `[ocpp]` and its password, against the simulated station (robot, PLC)."""
+    return running(path, broker, [rack()], speed=SPEED, sections=config, environ=env,
+                   robot=True, plc=True)  # fmt: skip
+
+
 def environ(password: str = PASSWORD) -> dict[str, str]:
     return {"SWAPSTATION_OCPP__PASSWORD": password}
 
@@ -94,10 +103,7 @@ async def test_boot_statuses_swap_transaction_profile_and_bad_input(
 ) -> None:
     csms = Csms("t1", PASSWORD)
     await csms.start()
-    async with running(
-        tmp_path, broker, [rack()], speed=SPEED, sections=sections(csms),
-        environ=environ(), robot=True, plc=True,
-    ) as rig:  # fmt: skip
+    async with station(tmp_path, broker, sections(csms), environ()) as rig:
         await boot(rig, csms)
         # Boot: the library checked it against the schema; the station says who it is.
         boot_msg = csms.of("BootNotification")[0]
@@ -257,10 +263,7 @@ async def test_a_csms_outage_mid_swap_loses_nothing_and_keeps_the_order(
 ) -> None:
     csms = Csms("t1", PASSWORD)
     await csms.start()
-    async with running(
-        tmp_path, broker, [rack()], speed=SPEED, sections=sections(csms),
-        environ=environ(), robot=True, plc=True,
-    ) as rig:  # fmt: skip
+    async with station(tmp_path, broker, sections(csms), environ()) as rig:
         await boot(rig, csms)
         seq = rig.station.sequencer
         assert seq is not None
@@ -305,16 +308,10 @@ async def test_profile_2_tls_with_a_self_signed_ca_and_a_wrong_password(
     await csms.start()
     extra = f'ca_file = "{ocpp_pki.ca}"\n'
     tls_sections = sections(csms, extra).replace("security_profile = 1", "security_profile = 2")
-    async with running(
-        tmp_path / "good", broker, [rack()], speed=SPEED, sections=tls_sections,
-        environ=environ(), robot=True, plc=True,
-    ) as rig:  # fmt: skip
+    async with station(tmp_path / "good", broker, tls_sections, environ()) as rig:
         await boot(rig, csms)
         assert csms.frames and csms.refused_logins == 0
-    async with running(
-        tmp_path / "bad", broker, [rack()], speed=SPEED, sections=tls_sections,
-        environ=environ("wrong-password"), robot=True, plc=True,
-    ) as rig:  # fmt: skip
+    async with station(tmp_path / "bad", broker, tls_sections, environ("wrong-password")) as rig:
         ocpp = rig.station.ocpp
         assert ocpp is not None
         await until(lambda: ocpp.state == "refused", what="the login refused")
@@ -339,10 +336,7 @@ async def test_reset_waits_for_the_swap_then_restarts_and_boots_as_remote_reset(
 ) -> None:
     csms = Csms("t1", PASSWORD)
     await csms.start()
-    async with running(
-        tmp_path, broker, [rack()], speed=SPEED, sections=sections(csms),
-        environ=environ(), robot=True, plc=True,
-    ) as rig:  # fmt: skip
+    async with station(tmp_path, broker, sections(csms), environ()) as rig:
         await boot(rig, csms)
         assert csms.of("BootNotification")[0]["reason"] == "PowerUp"
         seq = rig.station.sequencer
@@ -365,10 +359,7 @@ async def test_reset_waits_for_the_swap_then_restarts_and_boots_as_remote_reset(
         record = await _last_record(rig.station.config.storage.dir)
         assert record.vehicle_id == "EV-3" and record.outcome == "completed"
     # The next start boots as RemoteReset, once.
-    async with running(
-        tmp_path, broker, [rack()], speed=SPEED, sections=sections(csms),
-        environ=environ(), robot=True, plc=True,
-    ) as rig:  # fmt: skip
+    async with station(tmp_path, broker, sections(csms), environ()) as rig:
         await csms.wait_for(lambda: len(csms.of("BootNotification")) == 2, what="the second boot")
         assert csms.of("BootNotification")[1]["reason"] == "RemoteReset"
         # Idle: accepted at once, and from then on no swap starts.
@@ -399,11 +390,8 @@ async def test_a_swap_started_at_the_station_asks_the_csms_first(
 ) -> None:
     csms = Csms("t1", PASSWORD, authorized={"EV-1"})
     await csms.start()
-    async with running(
-        tmp_path, broker, [rack()], speed=SPEED,
-        sections=sections(csms, "authorize_local_swaps = true\noffline_swaps = \"refuse\"\n"),
-        environ=environ(), robot=True, plc=True,
-    ) as rig:  # fmt: skip
+    extra = 'authorize_local_swaps = true\noffline_swaps = "refuse"\n'
+    async with station(tmp_path, broker, sections(csms, extra), environ()) as rig:
         await boot(rig, csms)
         seq = rig.station.sequencer
         assert seq is not None
@@ -482,10 +470,7 @@ async def test_get_log_uploads_the_recent_log_by_http_put(
     stalled = socket.create_server(("127.0.0.1", 0))  # takes the connection, never answers
     extra = 'log_upload_hosts = ["127.0.0.1"]\nlog_upload_timeout_s = 1\n'
     try:
-        async with running(
-            tmp_path, broker, [rack()], speed=SPEED, sections=sections(csms, extra),
-            environ=environ(), robot=True, plc=True,
-        ) as rig:  # fmt: skip
+        async with station(tmp_path, broker, sections(csms, extra), environ()) as rig:
             await boot(rig, csms)
             where = f"http://127.0.0.1:{server.server_address[1]}/logs/"
             answer = await csms.call(call.GetLog(
@@ -550,10 +535,7 @@ async def test_a_refused_message_is_tried_again_then_dropped_and_the_rest_goes_o
     csms = Csms("t1", PASSWORD)
     await csms.start()
     extra = "message_attempts = 3\nmessage_attempt_interval_s = 0.05\n"
-    async with running(
-        tmp_path, broker, [rack()], speed=SPEED, sections=sections(csms, extra),
-        environ=environ(), robot=True, plc=True,
-    ) as rig:  # fmt: skip
+    async with station(tmp_path, broker, sections(csms, extra), environ()) as rig:
         await boot(rig, csms)
         seq = rig.station.sequencer
         assert seq is not None
@@ -586,10 +568,7 @@ async def test_another_csms_does_not_get_the_first_one_s_backlog(
     gone = Csms("t1", PASSWORD)
     await gone.start()
     await gone.stop()  # its port, now closed: the station queues for it
-    async with running(
-        tmp_path, broker, [rack()], speed=SPEED, sections=sections(gone),
-        environ=environ(), robot=True, plc=True,
-    ) as rig:  # fmt: skip
+    async with station(tmp_path, broker, sections(gone), environ()) as rig:
         ocpp = rig.station.ocpp
         assert ocpp is not None
         async with asyncio.timeout(10):  # polled, as until() does, for a journal read
@@ -597,10 +576,7 @@ async def test_another_csms_does_not_get_the_first_one_s_backlog(
                 await asyncio.sleep(0.01)
     csms = Csms("t1", PASSWORD)
     await csms.start()
-    async with running(
-        tmp_path, broker, [rack()], speed=SPEED, sections=sections(csms),
-        environ=environ(), robot=True, plc=True,
-    ) as rig:  # fmt: skip
+    async with station(tmp_path, broker, sections(csms), environ()) as rig:
         await boot(rig, csms)
         await csms.wait_for(lambda: bool(tx_events(csms, 3)), what="slot 3's transaction")
         events = tx_events(csms, 3)
@@ -614,10 +590,7 @@ async def test_until_the_boot_is_accepted_the_csms_may_only_configure(
 ) -> None:
     csms = Csms("t1", PASSWORD, boot_status="Pending")
     await csms.start()
-    async with running(
-        tmp_path, broker, [rack()], speed=SPEED, sections=sections(csms),
-        environ=environ(), robot=True, plc=True,
-    ) as rig:  # fmt: skip
+    async with station(tmp_path, broker, sections(csms), environ()) as rig:
         await csms.wait_for(lambda: bool(csms.of("BootNotification")), what="a boot")
         ocpp = rig.station.ocpp
         assert ocpp is not None and ocpp.state == "pending"
