@@ -490,8 +490,13 @@ class CsmsCalls:
         await self._log_status("Uploading", request_id)
         for attempt in range(retries + 1):
             try:
-                await logs.put(url, body, self.client.cfg.log_upload_timeout_s)
-            except (OSError, ValueError, HTTPException) as exc:
+                await logs.put(
+                    url,
+                    body,
+                    self.client.cfg.log_upload_timeout_s,
+                    self.client.cfg.log_upload_hosts,
+                )
+            except (OSError, ValueError, HTTPException, UploadRefusedError) as exc:
                 _log.warning("OCPP: log upload %d, attempt %d: %s", request_id, attempt + 1, exc)
                 if attempt < retries:
                     await asyncio.sleep(pause)

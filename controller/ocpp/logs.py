@@ -12,11 +12,13 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import functools
 import http.client
 import ipaddress
 import logging
 import socket
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import urlsplit
 
 from controller.errors import UploadRefusedError
@@ -62,32 +64,48 @@ class RecentLog(logging.Handler):
 _UPLOADS = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ocpp-log")
 
 
-def check_host(url: str, allowed: Iterable[str]) -> None:
+def check_host(url: str, allowed: Iterable[str]) -> str | None:
     """Refuse a host that is loopback, private, link-local or reserved, unless it is allowed.
 
-    A name is resolved first and every address judged: the station must not become a relay
-    into its own plant network for whoever runs the CSMS.
+    A name is resolved and every address judged: the station must not become a relay into its
+    own plant network for whoever runs the CSMS. Returns the address to connect to (None: an
+    allowed host, connected to by its name), so that the upload goes where the check looked,
+    not where a second lookup might point.
     """
     parts = urlsplit(url)
     host = parts.hostname or ""
     if host in set(allowed):
-        return
+        return None
     try:
         infos = socket.getaddrinfo(host, parts.port or 443, proto=socket.IPPROTO_TCP)
     except OSError as exc:
         raise UploadRefusedError(f"cannot resolve {host}: {exc.strerror}") from exc
-    for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+    addresses = [str(info[4][0]).split("%", 1)[0] for info in infos]
+    for text in addresses:
+        address = ipaddress.ip_address(text)
         if not address.is_global or address.is_multicast:
             raise UploadRefusedError(
                 f"{host} is {address}: not a public address (ocpp.log_upload_hosts allows one)"
             )
+    if not addresses:
+        raise UploadRefusedError(f"{host} has no address")
+    return addresses[0]
 
 
-def _put(url: str, body: bytes, timeout_s: float, opened: list[http.client.HTTPConnection]) -> int:
+def _put(
+    url: str,
+    body: bytes,
+    timeout_s: float,
+    allowed: list[str],
+    opened: list[http.client.HTTPConnection],
+) -> int:
+    address = check_host(url, allowed)
     parts = urlsplit(url)
     kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     conn = kind(parts.hostname or "", parts.port, timeout=timeout_s)
+    if address is not None:
+        # To the address judged (TLS still checks the certificate against the name).
+        conn._create_connection = functools.partial(_connect_to, address)  # type: ignore[attr-defined]  # noqa: SLF001
     opened.append(conn)
     try:
         path = parts.path or "/"
@@ -102,11 +120,18 @@ def _put(url: str, body: bytes, timeout_s: float, opened: list[http.client.HTTPC
         conn.close()
 
 
-async def put(url: str, body: bytes, timeout_s: float) -> int:
-    """PUT `body` at `url` within `timeout_s` in all; the HTTP status (an error raises)."""
+def _connect_to(address: str, where: tuple[str, int], *args: Any, **kwargs: Any) -> socket.socket:
+    return socket.create_connection((address, where[1]), *args, **kwargs)
+
+
+async def put(url: str, body: bytes, timeout_s: float, allowed: list[str]) -> int:
+    """PUT `body` at `url` within `timeout_s` in all; the HTTP status (an error raises).
+
+    The host is judged again (`check_host`) and connected to at the address judged.
+    """
     opened: list[http.client.HTTPConnection] = []
     loop = asyncio.get_running_loop()
-    job = loop.run_in_executor(_UPLOADS, _put, url, body, timeout_s, opened)
+    job = loop.run_in_executor(_UPLOADS, _put, url, body, timeout_s, allowed, opened)
     try:
         async with asyncio.timeout(timeout_s):
             return await asyncio.shield(job)
